@@ -1,0 +1,84 @@
+"""Model builders, one per preset (presets are data: iterations per stage, or block and units)."""
+
+from __future__ import annotations
+
+from .baselines import RESNETS, ResNet
+from .iamnn import PRESETS, IamNN, IamNNStats, IterativeStage, ProcessingBlock
+from .registry import create_model, list_models, register_model
+
+__all__ = [
+    "IamNN",
+    "IamNNStats",
+    "IterativeStage",
+    "ProcessingBlock",
+    "ResNet",
+    "PRESETS",
+    "RESNETS",
+    "create_model",
+    "list_models",
+    "register_model",
+]
+
+
+def _iamnn(preset: str, **kwargs) -> IamNN:
+    return IamNN(PRESETS[preset], **kwargs)
+
+
+def _resnet(name: str, **kwargs) -> ResNet:
+    block, layers = RESNETS[name]
+    return ResNet(block, layers, **kwargs)
+
+
+@register_model
+def iamnn_r18(**kwargs) -> IamNN:
+    """IamNN after ResNet-18: at most 2, 2, 2, 2 iterations per stage."""
+    return _iamnn("r18", **kwargs)
+
+
+@register_model
+def iamnn_r34(**kwargs) -> IamNN:
+    """IamNN after ResNet-34: at most 3, 4, 6, 3 iterations per stage."""
+    return _iamnn("r34", **kwargs)
+
+
+@register_model
+def iamnn_r50(**kwargs) -> IamNN:
+    """IamNN after ResNet-50: at most 3, 4, 6, 3 iterations per stage."""
+    return _iamnn("r50", **kwargs)
+
+
+@register_model
+def iamnn_r101(**kwargs) -> IamNN:
+    """IamNN after ResNet-101 (the paper's CIFAR model): at most 3, 4, 23, 3 iterations."""
+    return _iamnn("r101", **kwargs)
+
+
+@register_model
+def iamnn_r152(**kwargs) -> IamNN:
+    """IamNN after ResNet-152 (the paper's ImageNet model): at most 3, 8, 36, 3 iterations."""
+    return _iamnn("r152", **kwargs)
+
+
+@register_model
+def resnet18(**kwargs) -> ResNet:
+    return _resnet("resnet18", **kwargs)
+
+
+@register_model
+def resnet34(**kwargs) -> ResNet:
+    return _resnet("resnet34", **kwargs)
+
+
+@register_model
+def resnet50(**kwargs) -> ResNet:
+    return _resnet("resnet50", **kwargs)
+
+
+@register_model
+def resnet101(**kwargs) -> ResNet:
+    return _resnet("resnet101", **kwargs)
+
+
+@register_model
+def resnet152(**kwargs) -> ResNet:
+    return _resnet("resnet152", **kwargs)

@@ -1,0 +1,108 @@
+"""ResNet baselines: torchvision's ResNet with a ``cifar`` stem option, ``in_chans`` and ``width``.
+
+The blocks, ``_make_layer`` and the forward are torchvision's own; this module only swaps the
+stem (3x3/1 conv, no max-pool for ``cifar``) and, for ``width != 1``, rebuilds the stages with
+scaled widths through torchvision's ``_make_layer``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet as tv
+
+from .iamnn import IamNNStats, Stem, _scaled
+
+RESNETS: dict[str, tuple[type[tv.BasicBlock] | type[tv.Bottleneck], tuple[int, int, int, int]]] = {
+    "resnet18": (tv.BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (tv.BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (tv.Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (tv.Bottleneck, (3, 4, 23, 3)),
+    "resnet152": (tv.Bottleneck, (3, 8, 36, 3)),
+}
+
+
+class ResNet(tv.ResNet):
+    """torchvision ResNet plus ``stem``, ``in_chans``, ``width`` and IamNN-style ``return_stats``."""
+
+    def __init__(
+        self,
+        block: type[tv.BasicBlock] | type[tv.Bottleneck],
+        layers: tuple[int, int, int, int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        stem: Stem = "imagenet",
+        width: float = 1.0,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__(block, list(layers), num_classes=num_classes, zero_init_residual=zero_init_residual)
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        self.layers, self.in_chans, self.stem_type, self.width = tuple(layers), in_chans, stem, width
+        stem_channels = _scaled(64, width)
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(in_chans, stem_channels, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_chans, stem_channels, 7, stride=2, padding=3, bias=False)
+        if width != 1.0:
+            self.inplanes = stem_channels
+            self.bn1 = nn.BatchNorm2d(stem_channels)
+            planes = [_scaled(64 * 2**k, width) for k in range(4)]
+            self.layer1 = self._make_layer(block, planes[0], layers[0])
+            self.layer2 = self._make_layer(block, planes[1], layers[1], stride=2)
+            self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)
+            self.layer4 = self._make_layer(block, planes[3], layers[3], stride=2)
+            self.fc = nn.Linear(planes[3] * block.expansion, num_classes)
+        self.num_features = self.fc.in_features
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        # torchvision's initialisation, re-applied to the modules replaced above
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, tv.Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, tv.BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    @property
+    def max_iterations(self) -> tuple[int, ...]:
+        return self.layers
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.avgpool(features), 1))
+
+    def forward(self, x: Tensor, return_stats: bool = False) -> Tensor | tuple[Tensor, IamNNStats]:
+        logits = self._forward_impl(x)
+        if not return_stats:
+            return logits
+        batch = x.shape[0]
+        units = torch.tensor(self.layers, device=x.device).expand(batch, 4)
+        macs = torch.full((batch,), self.static_macs(tuple(x.shape[-2:])), dtype=torch.long, device=x.device)
+        return logits, IamNNStats(units.clone(), units.to(x.dtype) + 1.0, macs)
+
+    def static_macs(self, input_hw: tuple[int, int]) -> int:
+        """Per-sample MACs at ``input_hw`` (every sample costs the same), from FlopCounterMode."""
+        cache = self.__dict__.setdefault("_macs_cache", {})
+        if input_hw not in cache:
+            from ..cost import model_macs
+
+            cache[input_hw] = model_macs(self, (self.in_chans, *input_hw))
+        return cache[input_hw]
+
+    def max_macs(self, input_hw: tuple[int, int], halting: object = None) -> int:
+        return self.static_macs(tuple(input_hw))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes)

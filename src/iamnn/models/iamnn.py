@@ -1,0 +1,308 @@
+r"""IamNN: a ResNet whose stages are single weight-shared blocks iterated under ACT control.
+
+Read top to bottom: the processing block :math:`B_k` → one iterative stage (state buffer,
+per-iteration BatchNorm, halting unit, active-set compaction) → the network → presets.
+Equations follow SPEC.md sections 1–2 (which fix what the paper leaves open).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..cost import conv_macs, conv_out_hw, linear_macs
+from .act import HaltingUnit, act_step
+
+Halting = Literal["act", "full"] | int
+Stem = Literal["imagenet", "cifar"]
+
+# max iterations per stage == residual units per stage of the matching ResNet
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "r18": (2, 2, 2, 2),
+    "r34": (3, 4, 6, 3),
+    "r50": (3, 4, 6, 3),
+    "r101": (3, 4, 23, 3),
+    "r152": (3, 8, 36, 3),
+}
+
+
+@dataclass
+class IamNNStats:
+    """What one forward spent, per sample.
+
+    iterations: (B, 4) long, iterations N used in each stage.
+    ponder: (B, 4) float, ponder cost ρ = N + R per stage (differentiable in ``act`` mode).
+    macs: (B,) long, multiply-accumulates this sample cost.
+    """
+
+    iterations: Tensor
+    ponder: Tensor
+    macs: Tensor
+
+
+class ProcessingBlock(nn.Module):
+    r"""Bottleneck :math:`B_k` = 1x1 conv → BN → ReLU → 3x3 conv → BN → ReLU → 1x1 conv → BN.
+
+    The three convolutions are shared by every iteration; each iteration ``i`` has its own three
+    BatchNorms (the paper found separate statistics per iteration important).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, max_iterations: int) -> None:
+        super().__init__()
+        mid = out_channels // 4
+        self.conv1 = nn.Conv2d(in_channels + out_channels, mid, 1, bias=False)
+        self.conv2 = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
+        self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
+        self.norms = nn.ModuleList(
+            nn.ModuleList([nn.BatchNorm2d(mid), nn.BatchNorm2d(mid), nn.BatchNorm2d(out_channels)])
+            for _ in range(max_iterations)
+        )
+
+    def forward(self, x0: Tensor, s: Tensor, i: int) -> Tensor:
+        """u_i = B_k(concat(x0, s_{i-1})) with iteration ``i``'s (0-based) BatchNorms."""
+        bn1, bn2, bn3 = self.norms[i]
+        u = torch.relu(bn1(self.conv1(torch.cat([x0, s], dim=1))))
+        u = torch.relu(bn2(self.conv2(u)))
+        return bn3(self.conv3(u))
+
+    def macs(self, hw: tuple[int, int]) -> int:
+        return sum(conv_macs(c, hw) for c in (self.conv1, self.conv2, self.conv3))
+
+
+class IterativeStage(nn.Module):
+    r"""One IamNN stage: up to ``max_iterations`` applications of a shared :class:`ProcessingBlock`.
+
+    With :math:`s_0 = 0`: :math:`u_i = B_k(\mathrm{concat}(x_0, s_{i-1}))`,
+    :math:`s_i = \mathrm{ReLU}(s_{i-1} + u_i)`; the stage output is :math:`y = \sum_n p_n s_n`.
+
+    Samples that have halted leave the batch: each later iteration computes on the still-active
+    rows only, so the work done is proportional to the iterations actually used.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        max_iterations: int,
+        halting_hidden: int = 64,
+        halting_bias: float = -3.0,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.max_iterations = max_iterations
+        self.block = ProcessingBlock(in_channels, out_channels, max_iterations)
+        self.halting = HaltingUnit(2 * out_channels + in_channels, halting_hidden, halting_bias)
+
+    def step(self, x0: Tensor, s: Tensor, i: int) -> tuple[Tensor, Tensor]:
+        """Iteration ``i`` (0-based): returns (s_i, u_i)."""
+        u = self.block(x0, s, i)
+        # s_i = ReLU(s_{i-1} + u_i), the residual update of torchvision's Bottleneck
+        return torch.relu(s + u), u
+
+    def forward(self, x0: Tensor, halting: Halting, epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long, ponder ρ (B,)."""
+        batch = x0.shape[0]
+        s = x0.new_zeros(batch, self.out_channels, *x0.shape[2:])
+        if halting != "act":
+            # full: N_k iterations, p one-hot on the last state; fixed k: min(k, N_k) iterations
+            n = self.max_iterations if halting == "full" else max(1, min(int(halting), self.max_iterations))
+            for i in range(n):
+                s, _ = self.step(x0, s, i)
+            iterations = torch.full((batch,), n, dtype=torch.long, device=x0.device)
+            return s, iterations, iterations.to(x0.dtype) + 1.0  # ρ = N + R with R = p_N = 1
+
+        rows = torch.arange(batch, device=x0.device)  # full-batch index of each active sample
+        cum_h = x0.new_zeros(batch)  # Σ_{i<n} h_i of the active samples
+        weighted, weighted_rows, halted_rows, halted_n, halted_rho = [], [], [], [], []
+        for i in range(self.max_iterations):
+            is_last = i == self.max_iterations - 1
+            s, u = self.step(x0, s, i)
+            h = None if is_last else self.halting(s, x0, u)
+            p, halt = act_step(cum_h, h, epsilon, is_last)
+            weighted.append(p[:, None, None, None] * s)  # the p_n · s_n term of y
+            weighted_rows.append(rows)
+            done = rows[halt]
+            halted_rows.append(done)
+            halted_n.append(torch.full_like(done, i + 1))
+            halted_rho.append(p[halt] + (i + 1))  # ponder cost ρ = N + R, and p_N = R
+            if is_last:
+                break
+            keep = ~halt
+            if not keep.any():
+                break
+            cum_h = cum_h + h
+            if not keep.all():  # compaction: halted samples leave the batch
+                rows, x0, s, cum_h = rows[keep], x0[keep], s[keep], cum_h[keep]
+
+        # y = Σ_n p_n · s_n, each term scattered back to its sample's row
+        y = s.new_zeros(batch, *s.shape[1:]).index_add(0, torch.cat(weighted_rows), torch.cat(weighted))
+        done = torch.cat(halted_rows)
+        iterations = torch.empty(batch, dtype=torch.long, device=x0.device).index_put((done,), torch.cat(halted_n))
+        ponder = x0.new_empty(batch).index_put((done,), torch.cat(halted_rho))
+        return y, iterations, ponder
+
+    def iteration_macs(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """(MACs of one iteration of the processing block, MACs of one halting-unit call)."""
+        return self.block.macs(hw), self.halting.macs()
+
+
+def _scaled(channels: int, width: float, divisor: int = 1) -> int:
+    """``channels · width`` rounded to a multiple of ``divisor`` (stage widths: 4, for C/4 inside)."""
+    return max(divisor, int(round(channels * width / divisor)) * divisor)
+
+
+class IamNN(nn.Module):
+    r"""IamNN (Leroux et al., 2018): stem → 4 iterative stages (2x2 max-pool between) → GAP → FC.
+
+    Args:
+        iterations: max iterations per stage, e.g. ``(3, 4, 23, 3)`` for the ResNet-101 preset.
+        num_classes: classifier outputs.
+        in_chans: input channels (1 for Fashion-MNIST).
+        stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool) or ``"cifar"`` (3x3/1 conv, no pool).
+        width: multiplier of the ResNet bottleneck widths (stage k outputs 256·2^k·width).
+        halting: ``"act"`` (adaptive), ``"full"`` (all iterations) or an int k (fixed k iterations).
+        epsilon: ACT threshold slack ε (halt once Σh ≥ 1 − ε).
+        halting_bias: initial bias of the halting unit's last layer (negative: start by iterating).
+        zero_init_residual: start each iteration's last BN at γ = 0 (as torchvision's option).
+        channels: explicit stage output widths (overrides ``width`` for the stages; the stem
+            keeps 64·width), e.g. ``(256, 512, 1024, 1024)`` for a narrower last stage.
+    """
+
+    def __init__(
+        self,
+        iterations: tuple[int, ...] = PRESETS["r101"],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        stem: Stem = "imagenet",
+        width: float = 1.0,
+        halting: Halting = "act",
+        epsilon: float = 0.01,
+        halting_bias: float = -3.0,
+        halting_hidden: int = 64,
+        zero_init_residual: bool = False,
+        channels: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        self.max_iterations = tuple(int(n) for n in iterations)
+        self.num_classes, self.in_chans, self.stem_type, self.width = num_classes, in_chans, stem, width
+        self.epsilon = epsilon
+        self.halting = halting
+
+        stem_channels = _scaled(64, width)
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, stem_channels, 7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, stem_channels, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(stem_channels)
+        self.pool = nn.MaxPool2d(2, stride=2)  # between stages, instead of strided convolutions
+
+        if channels is None:
+            channels = tuple(_scaled(256 * 2**k, width, 4) for k in range(len(iterations)))
+        if len(channels) != len(iterations) or any(c % 4 for c in channels):
+            raise ValueError(f"channels must give one multiple of 4 per stage, got {channels}")
+        channels = [stem_channels, *channels]
+        self.stages = nn.ModuleList(
+            IterativeStage(channels[k], channels[k + 1], n, halting_hidden, halting_bias)
+            for k, n in enumerate(self.max_iterations)
+        )
+        self.num_features = channels[-1]
+        self.fc = nn.Linear(self.num_features, num_classes)
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for stage in self.stages:
+                for _, _, bn3 in stage.block.norms:
+                    nn.init.zeros_(bn3.weight)
+
+    @property
+    def halting(self) -> Halting:
+        return self._halting
+
+    @halting.setter
+    def halting(self, mode: Halting) -> None:
+        if not (mode in ("act", "full") or (isinstance(mode, int) and not isinstance(mode, bool) and mode >= 1)):
+            raise ValueError(f"halting must be 'act', 'full' or an int k >= 1, got {mode!r}")
+        self._halting = mode
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, C, H, W) -> features (B, C_4, h, w), iterations (B, 4), ponder (B, 4)."""
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        iterations, ponder = [], []
+        for k, stage in enumerate(self.stages):
+            if k > 0:
+                x = self.pool(x)
+            x, n, rho = stage(x, self.halting, self.epsilon)
+            iterations.append(n)
+            ponder.append(rho)
+        return x, torch.stack(iterations, 1), torch.stack(ponder, 1)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1))
+
+    def forward(self, x: Tensor, return_stats: bool = False) -> Tensor | tuple[Tensor, IamNNStats]:
+        """(B, C, H, W) -> logits (B, classes), and with ``return_stats`` the per-sample costs."""
+        features, iterations, ponder = self.forward_features(x)
+        logits = self.forward_head(features)
+        if not return_stats:
+            return logits
+        return logits, IamNNStats(iterations, ponder, self.macs(iterations, x.shape[-2:]))
+
+    # -- cost ----------------------------------------------------------------------------------
+    def cost_table(self, input_hw: tuple[int, int]) -> dict[str, object]:
+        """Analytic MACs: stem, per stage (one processing-block iteration, one halting call), head."""
+        hw = conv_out_hw(tuple(input_hw), self.conv1)
+        stem = conv_macs(self.conv1, hw)
+        if isinstance(self.maxpool, nn.MaxPool2d):
+            hw = conv_out_hw(hw, self.maxpool)
+        block, halt = [], []
+        for k, stage in enumerate(self.stages):
+            if k > 0:
+                hw = conv_out_hw(hw, self.pool)
+            b, h = stage.iteration_macs(hw)
+            block.append(b)
+            halt.append(h)
+        return {"stem": stem, "block": block, "halting": halt, "head": linear_macs(self.fc)}
+
+    def macs(self, iterations: Tensor, input_hw: tuple[int, int], halting: Halting | None = None) -> Tensor:
+        """Per-sample MACs for (B, 4) ``iterations``: stem + Σ_k N_k·block_k + halting calls + head.
+
+        In ``act`` mode the halting unit runs after every iteration but the forced last one
+        (h_{N_k} := 1 needs no computation), i.e. min(N, N_k − 1) times per stage.
+        """
+        table = self.cost_table(input_hw)
+        halting = self.halting if halting is None else halting
+        macs = torch.full_like(iterations[:, 0], table["stem"] + table["head"])
+        for k, n in enumerate(iterations.unbind(1)):
+            macs = macs + n * table["block"][k]
+            if halting == "act":
+                macs = macs + n.clamp(max=self.max_iterations[k] - 1) * table["halting"][k]
+        return macs
+
+    def max_macs(self, input_hw: tuple[int, int], halting: Halting | None = None) -> int:
+        """MACs of a sample that uses every iteration the mode allows."""
+        halting = self.halting if halting is None else halting
+        if halting in ("act", "full"):
+            n = list(self.max_iterations)
+        else:
+            n = [min(int(halting), m) for m in self.max_iterations]
+        return int(self.macs(torch.tensor([n]), input_hw, halting)[0])
+
+    # -- timm-style interface ------------------------------------------------------------------
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes)
