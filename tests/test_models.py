@@ -260,7 +260,7 @@ def test_registered_model_forward_backward(name: str, stem: str, batch: int) -> 
 
 
 def test_registry_api() -> None:
-    assert iamnn.list_models("iamnn_*") == [f"iamnn_{p}" for p in sorted(PRESETS)]
+    assert {f"iamnn_{p}" for p in PRESETS} <= set(iamnn.list_models("iamnn_*"))
     assert "resnet152" in iamnn.list_models("resnet*")
     model = iamnn.create_model("iamnn_r18", width=SMALL, num_classes=None, epsilon=None)  # None → default
     assert model.num_classes == 1000 and model.epsilon == 0.01
@@ -292,3 +292,35 @@ def test_parameter_sharing_and_per_iteration_batchnorm() -> None:
     # the paper's ~90 % reduction against ResNet-101 (ours: 7.36 M, see README)
     resnet = count_params(iamnn.create_model("resnet101", stem="cifar", num_classes=10))
     assert count_params(model) < 0.2 * resnet
+
+
+# -- inference with folded BatchNorm -------------------------------------------------------------
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+@pytest.mark.parametrize("halting", ["act", "full", 2])
+def test_folded_batchnorm_matches_eval_forward(stem: str, halting: object) -> None:
+    from iamnn.models.fold import fold_batchnorm
+
+    x = _varied_input(12, INPUT[stem])
+    model = iamnn.create_model("iamnn_r34", stem=stem, num_classes=7, width=SMALL, halting=halting)
+    model = _spread_halting(model, x)
+    with torch.no_grad():  # give every BatchNorm non-trivial statistics and affine parameters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        scale = model.eval()(x).abs().max()
+        model.fc.weight /= scale
+        model.fc.bias /= scale
+        logits, stats = model(x, return_stats=True)
+        folded = fold_batchnorm(model)
+        f_logits, f_stats = folded(x, return_stats=True)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert torch.equal(f_stats.iterations, stats.iterations)
+    torch.testing.assert_close(f_logits, logits, atol=1e-4, rtol=0)
+    assert torch.equal(f_stats.macs, stats.macs)
+    with torch.no_grad():
+        assert measure_macs(lambda: folded(x)) == int(f_stats.macs.sum())
+    with pytest.raises(RuntimeError, match="inference only"):
+        folded.train()

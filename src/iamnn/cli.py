@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
+REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # the recipes of a source checkout
 
 
 class CLIError(Exception):
@@ -66,6 +69,176 @@ def _profile(args: argparse.Namespace) -> None:
     )
 
 
+# -- report ------------------------------------------------------------------------------------
+def _print_report(result: dict, out_dir: str) -> None:
+    console = _console()
+    table = Table(title="Table 1 (this run's test set)")
+    for col in ("network", "params", "avg MACs", "min–max MACs", "top-1", "top-5", "mean iterations per stage"):
+        table.add_column(col, justify="left" if col == "network" else "right")
+    for s in result["models"]:
+        its = " / ".join(f"{m:.2f}" for m in s["iterations_mean"])
+        maxima = "/".join(str(n) for n in s["max_iterations"])
+        table.add_row(
+            s["network"], human(s["params"]), human(s["macs_mean"]),
+            f"{human(s['macs_min'])} – {human(s['macs_max'])}", f"{s['top1']:.2f}", f"{s['top5']:.2f}",
+            f"{its} (max {maxima})",
+        )  # fmt: skip
+    console.print(table)
+    print(f"report: {out_dir}/report.md, {out_dir}/report.json; figures:")
+    for name in result["figures"]:
+        print(f"  {out_dir}/{name}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .report import build_report
+
+    missing = [r for r in args.runs if not os.path.isdir(r)]
+    if missing:
+        raise CLIError(f"no such run directory: {', '.join(missing)}")
+    result = build_report(args.runs, args.output, sweep=not args.no_sweep, test_subset=args.test_subset)
+    _print_report(result, args.output)
+
+
+# -- predict -----------------------------------------------------------------------------------
+def _predict(args: argparse.Namespace) -> None:
+    from .predict import predict_files
+    from .weights import WeightsError, load_model, pretrained_path, read_config
+
+    try:
+        if args.weights:
+            path = Path(args.weights)
+        elif args.model and args.pretrained:
+            path = pretrained_path(args.model)
+        else:
+            raise CLIError("give --weights FILE, or --model NAME --pretrained")
+        config = read_config(path)
+        model = load_model(path)
+    except WeightsError as err:
+        raise CLIError(str(err)) from None
+    if "data" not in config:
+        raise CLIError(f"{path}: the weights carry no preprocessing config (input size, mean, std)")
+    results, bad = predict_files(model, config["data"], args.images)
+    if args.json:
+        print(json.dumps({"predictions": [vars(r) for r in results], "errors": [list(b) for b in bad]}, indent=2))
+    else:
+        table = Table()
+        for col in ("image", "class", "confidence", "iterations per stage", "MACs"):
+            table.add_column(col, justify="left" if col in ("image", "class") else "right")
+        for r in results:
+            table.add_row(r.path, r.label, f"{r.confidence:.3f}", " / ".join(map(str, r.iterations)), human(r.macs))
+        if results:
+            _console().print(table)
+    for path, reason in bad:
+        print(f"iamnn predict: skipped {path}: {reason}", file=sys.stderr)
+    if bad or not results:
+        sys.exit(1)
+
+
+# -- bench -------------------------------------------------------------------------------------
+def _bench_inputs(data: dict | None, model, count: int, input_size: int | None, seed: int = 0):
+    """Real test images when the model's dataset is here, else a seeded synthetic set."""
+    import torch
+
+    if data and input_size is None:
+        try:
+            from . import data as datasets
+
+            dm = getattr(datasets, data["dataset"])(val_size=0, test_subset=count, augment=False)
+            dm.setup("test")
+            xs, ys = zip(*(dm.test_set[i] for i in range(len(dm.test_set))), strict=True)
+            return torch.stack(xs), torch.stack(ys), f"{data['dataset']} test images"
+        except Exception as err:  # noqa: BLE001 - missing data falls back to synthetic inputs
+            note = f" ({data['dataset']} unavailable: {str(err).splitlines()[0][:80]})"
+    else:
+        note = ""
+    size = input_size or (data["input_size"][0] if data else 32)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(count, model.in_chans, size, size, generator=g)
+    return x, torch.randint(0, model.num_classes, (count,), generator=g), f"synthetic N(0,1) {size}x{size}{note}"
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from .bench import BenchConfig, run_bench
+    from .models import IamNN, create_model
+    from .weights import WeightsError, load_model, pretrained_path, read_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = None
+    try:
+        if args.weights or args.pretrained:
+            path = Path(args.weights) if args.weights else pretrained_path(args.model)
+            model, data = load_model(path), read_config(path).get("data")
+        else:
+            model = create_model(args.model, **({"width": args.width} if args.width else {}))
+    except (WeightsError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    if not isinstance(model, IamNN):
+        raise CLIError(f"{args.model}: bench compares an IamNN with its ResNet; give an iamnn_* model")
+    sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    config = BenchConfig(batch_sizes=sizes, fold=not args.no_fold)
+    count = max(512, max(sizes))
+    if args.smoke:
+        config = BenchConfig(batch_sizes=sizes, latency_images=4, throughput_images=8, warmup=1, train_batch=8)
+        count = max(8, max(sizes))
+    images, labels, source = _bench_inputs(data, model, count, args.input_size)
+    result = run_bench(model, images, labels, config)
+    result.update(
+        model=args.model if not args.weights else str(args.weights), inputs=source,
+        input_size=list(images.shape[1:]), folded_batchnorm=config.fold, torch=torch.__version__,
+    )  # fmt: skip
+    _print_bench(result, sizes)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
+    title = (f"iamnn bench: {result['model']} on {result['inputs']}, {result['threads']} threads, "
+             f"device {result['device']}, BN folded: {result['folded_batchnorm']}")  # fmt: skip
+    table = Table(title=title)
+    cols = ["row", "params", "avg MACs", "p50 ms @1", "p95 ms @1", *[f"img/s @{b}" for b in sizes]]
+    cols += [f"speedup/MAC-ratio @{b}" for b in sizes]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "row" else "right")
+    for r in result["rows"]:
+        eff = [f"{r[f'efficiency@{b}']:.2f}" if f"efficiency@{b}" in r else "" for b in sizes]
+        table.add_row(
+            r["row"], human(r["params"]), human(r["macs_mean"]), f"{r['latency_p50_ms']:.2f}",
+            f"{r['latency_p95_ms']:.2f}", *[f"{r[f'images_per_s@{b}']:.0f}" for b in sizes], *eff,
+        )  # fmt: skip
+    _console().print(table)
+    full, act = result["rows"][1], result["rows"][2]
+    print(f"act: MAC ratio full/act {act['mac_ratio']:.2f}; realised speedup "
+          + ", ".join(f"@{b}: {act[f'speedup_over_full@{b}']:.2f}x" for b in sizes))  # fmt: skip
+    print("IamNN full time per MAC vs the ResNet's: "
+          + ", ".join(f"@{b}: {full[f'time_per_mac_vs_baseline@{b}']:.2f}" for b in sizes))  # fmt: skip
+    if "train_step" in result:
+        t = result["train_step"]
+        print(
+            f"training step, batch {t['batch']}: full {t['full'] * 1000:.0f} ms, act {t['act'] * 1000:.0f} ms: "
+            f"speedup {t['speedup']:.2f}x at MAC ratio {t['mac_ratio']:.2f} ({t['speedup_over_mac_ratio']:.2f})"
+        )
+
+
+# -- demo ----------------------------------------------------------------------------------------
+def _demo(args: argparse.Namespace) -> None:
+    """Train the demo recipe, then report on it: what `make demo` runs."""
+    from .lit import run_lightning_cli
+    from .report import build_report
+
+    recipe = Path(args.config) if args.config else REPO_RECIPES / "fashion_mnist" / "demo.yaml"
+    if not recipe.is_file():
+        raise CLIError(f"demo recipe not found: {recipe} (pass --config)")
+    cli = run_lightning_cli(["fit", "--config", str(recipe), *args.overrides])
+    run_dir = cli.trainer.log_dir
+    result = build_report([run_dir], args.output, sweep=True)
+    _print_report(result, args.output)
+
+
 # -- entry point ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iamnn", description=__doc__.splitlines()[0])
@@ -77,6 +250,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0, help="width multiplier of the IamNN rows (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_profile)
+
+    p = sub.add_parser("report", help="Table-1-style table and figures for trained runs")
+    p.add_argument("runs", nargs="+", help="run directories written by `iamnn fit` (runs/<name>)")
+    p.add_argument("-o", "--output", default="report", help="output folder (default: report)")
+    p.add_argument("--no-sweep", action="store_true", help="skip the accuracy-vs-MACs sweep of inference regimes")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    p.set_defaults(run=_report)
+
+    p = sub.add_parser("predict", help="classify image files with trained weights")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--weights", help="safetensors weights or Lightning .ckpt (loaded without running pickle code)")
+    p.add_argument("--model", help="registered model name, with --pretrained")
+    p.add_argument("--pretrained", action="store_true", help="use the weights shipped with the package")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_predict)
+
+    p = sub.add_parser("bench", help="wall-clock speed of early exit: ResNet vs IamNN full / act / fixed-1")
+    p.add_argument("--model", default="iamnn_r34_fmnist", help="registered model (default: iamnn_r34_fmnist)")
+    p.add_argument("--pretrained", action="store_true", help="use the weights shipped with the package")
+    p.add_argument("--weights", help="safetensors weights or .ckpt of a trained IamNN")
+    p.add_argument("--width", type=float, default=None, help="width of an untrained --model")
+    p.add_argument("--input-size", type=int, default=None, help="input height = width (default: the model's data)")
+    p.add_argument("--batch-sizes", default="1,64,256", help="comma-separated (default 1,64,256)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-fold", action="store_true", help="keep BatchNorm unfolded at inference")
+    p.add_argument("--json", default="benchmarks/results/bench.json", help="where to write the JSON")
+    p.add_argument("--smoke", action="store_true", help="tiny measurement, for tests")
+    p.set_defaults(run=_bench)
+
+    p = sub.add_parser("demo", help="train the demo recipe on Fashion-MNIST, then print its report")
+    p.add_argument("--config", default=None, help="recipe (default: recipes/fashion_mnist/demo.yaml)")
+    p.add_argument("-o", "--output", default="report/demo", help="report folder (default: report/demo)")
+    p.add_argument("overrides", nargs="*", help="extra LightningCLI arguments, e.g. --trainer.max_epochs=1")
+    p.set_defaults(run=_demo)
     return parser
 
 

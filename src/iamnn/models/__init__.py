@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .baselines import RESNETS, ResNet
 from .iamnn import PRESETS, IamNN, IamNNStats, IterativeStage, ProcessingBlock
-from .registry import create_model, list_models, register_model
+from .registry import create_model, list_models, register_model, register_pretrained
 
 __all__ = [
     "IamNN",
@@ -82,3 +82,14 @@ def resnet101(**kwargs) -> ResNet:
 @register_model
 def resnet152(**kwargs) -> ResNet:
     return _resnet("resnet152", **kwargs)
+
+
+# -- trained weights shipped with the package (iamnn/weights/, see README "Shipped weights") --------
+@register_model
+def iamnn_r34_fmnist(**kwargs) -> IamNN:
+    """IamNN-r34 at width 1/8 for Fashion-MNIST (1x28x28, 10 classes), as trained by
+    ``recipes/fashion_mnist/iamnn_r34_shipped.yaml``; ``pretrained=True`` loads its weights."""
+    return _iamnn("r34", **{"stem": "cifar", "in_chans": 1, "num_classes": 10, "width": 0.125, **kwargs})
+
+
+register_pretrained("iamnn_r34_fmnist", "iamnn_r34_fmnist.safetensors")

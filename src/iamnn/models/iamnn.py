@@ -56,20 +56,33 @@ class ProcessingBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_channels + out_channels, mid, 1, bias=False)
         self.conv2 = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
         self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
+        self.out_channels = out_channels
         self.norms = nn.ModuleList(
             nn.ModuleList([nn.BatchNorm2d(mid), nn.BatchNorm2d(mid), nn.BatchNorm2d(out_channels)])
             for _ in range(max_iterations)
         )
 
-    def forward(self, x0: Tensor, s: Tensor, i: int) -> Tensor:
-        """u_i = B_k(concat(x0, s_{i-1})) with iteration ``i``'s (0-based) BatchNorms."""
+    def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
+        """u_i = B_k(concat(x0, s_{i-1})) with iteration ``i``'s (0-based) BatchNorms.
+
+        ``s=None`` stands for the zero state s_0: its half of the first 1x1 convolution
+        contributes nothing, so only the x0 half runs (no concatenation, fewer MACs).
+        """
         bn1, bn2, bn3 = self.norms[i]
-        u = torch.relu(bn1(self.conv1(torch.cat([x0, s], dim=1))))
+        if s is None:
+            z = nn.functional.conv2d(x0, self.conv1.weight[:, : x0.shape[1]].contiguous())
+        else:
+            z = self.conv1(torch.cat([x0, s], dim=1))
+        u = torch.relu(bn1(z))
         u = torch.relu(bn2(self.conv2(u)))
         return bn3(self.conv3(u))
 
-    def macs(self, hw: tuple[int, int]) -> int:
-        return sum(conv_macs(c, hw) for c in (self.conv1, self.conv2, self.conv3))
+    def macs(self, hw: tuple[int, int], first: bool = False) -> int:
+        """MACs of one iteration at spatial size ``hw``; ``first``: from the zero state s_0."""
+        macs = sum(conv_macs(c, hw) for c in (self.conv1, self.conv2, self.conv3))
+        if first:  # the state's input channels of conv1 are skipped
+            macs -= hw[0] * hw[1] * self.conv1.out_channels * self.out_channels
+        return macs
 
 
 class IterativeStage(nn.Module):
@@ -96,16 +109,16 @@ class IterativeStage(nn.Module):
         self.block = ProcessingBlock(in_channels, out_channels, max_iterations)
         self.halting = HaltingUnit(2 * out_channels + in_channels, halting_hidden, halting_bias)
 
-    def step(self, x0: Tensor, s: Tensor, i: int) -> tuple[Tensor, Tensor]:
-        """Iteration ``i`` (0-based): returns (s_i, u_i)."""
+    def step(self, x0: Tensor, s: Tensor | None, i: int) -> tuple[Tensor, Tensor]:
+        """Iteration ``i`` (0-based) from state ``s`` (None: the zero state s_0): returns (s_i, u_i)."""
         u = self.block(x0, s, i)
         # s_i = ReLU(s_{i-1} + u_i), the residual update of torchvision's Bottleneck
-        return torch.relu(s + u), u
+        return torch.relu(u if s is None else s + u), u
 
     def forward(self, x0: Tensor, halting: Halting, epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
         """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long, ponder ρ (B,)."""
         batch = x0.shape[0]
-        s = x0.new_zeros(batch, self.out_channels, *x0.shape[2:])
+        s = None  # s_0 = 0
         if halting != "act":
             # full: N_k iterations, p one-hot on the last state; fixed k: min(k, N_k) iterations
             n = self.max_iterations if halting == "full" else max(1, min(int(halting), self.max_iterations))
@@ -144,9 +157,9 @@ class IterativeStage(nn.Module):
         ponder = x0.new_empty(batch).index_put((done,), torch.cat(halted_rho))
         return y, iterations, ponder
 
-    def iteration_macs(self, hw: tuple[int, int]) -> tuple[int, int]:
-        """(MACs of one iteration of the processing block, MACs of one halting-unit call)."""
-        return self.block.macs(hw), self.halting.macs()
+    def iteration_macs(self, hw: tuple[int, int]) -> tuple[int, int, int]:
+        """MACs of the first iteration (from s_0 = 0), of each later one, and of one halting call."""
+        return self.block.macs(hw, first=True), self.block.macs(hw), self.halting.macs()
 
 
 def _scaled(channels: int, width: float, divisor: int = 1) -> int:
@@ -264,31 +277,35 @@ class IamNN(nn.Module):
 
     # -- cost ----------------------------------------------------------------------------------
     def cost_table(self, input_hw: tuple[int, int]) -> dict[str, object]:
-        """Analytic MACs: stem, per stage (one processing-block iteration, one halting call), head."""
+        """Analytic MACs: stem; per stage the first iteration, each later iteration and one halting
+        call; head."""
         hw = conv_out_hw(tuple(input_hw), self.conv1)
         stem = conv_macs(self.conv1, hw)
         if isinstance(self.maxpool, nn.MaxPool2d):
             hw = conv_out_hw(hw, self.maxpool)
-        block, halt = [], []
+        first, block, halt = [], [], []
         for k, stage in enumerate(self.stages):
             if k > 0:
                 hw = conv_out_hw(hw, self.pool)
-            b, h = stage.iteration_macs(hw)
+            f, b, h = stage.iteration_macs(hw)
+            first.append(f)
             block.append(b)
             halt.append(h)
-        return {"stem": stem, "block": block, "halting": halt, "head": linear_macs(self.fc)}
+        return {"stem": stem, "first": first, "block": block, "halting": halt, "head": linear_macs(self.fc)}
 
     def macs(self, iterations: Tensor, input_hw: tuple[int, int], halting: Halting | None = None) -> Tensor:
-        """Per-sample MACs for (B, 4) ``iterations``: stem + Σ_k N_k·block_k + halting calls + head.
+        """Per-sample MACs for (B, 4) ``iterations``: stem + Σ_k (first_k + (N_k − 1)·block_k +
+        halting calls) + head.
 
-        In ``act`` mode the halting unit runs after every iteration but the forced last one
+        The first iteration starts from s_0 = 0 and skips the state's half of the first 1x1
+        convolution. In ``act`` mode the halting unit runs after every iteration but the forced last one
         (h_{N_k} := 1 needs no computation), i.e. min(N, N_k − 1) times per stage.
         """
         table = self.cost_table(input_hw)
         halting = self.halting if halting is None else halting
         macs = torch.full_like(iterations[:, 0], table["stem"] + table["head"])
         for k, n in enumerate(iterations.unbind(1)):
-            macs = macs + n * table["block"][k]
+            macs = macs + table["first"][k] + (n - 1) * table["block"][k]
             if halting == "act":
                 macs = macs + n.clamp(max=self.max_iterations[k] - 1) * table["halting"][k]
         return macs

@@ -43,14 +43,15 @@ def create_model(
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if pretrained:
-        if name not in _PRETRAINED:
-            raise ValueError(
-                f"no pretrained weights ship for {name!r}; models with weights: {list_models(pretrained=True)}"
-            )
         from ..weights import load_pretrained
 
-        return load_pretrained(name, _PRETRAINED[name], **kwargs)
+        return load_pretrained(name, **kwargs)
     model = _MODELS[name](**kwargs)
+    # what it takes to rebuild this model: saved with its weights (iamnn.weights)
+    model.model_config = {
+        "model": name,
+        "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
+    }
     if checkpoint_path is not None:
         from ..weights import load_weights
 

@@ -1,0 +1,188 @@
+"""Wall-clock benchmark of early exit (``iamnn bench``): does saved compute become saved time?
+
+Everything is measured in one process on the same inputs: the ResNet of the same preset, and the
+IamNN in ``full``, ``act`` and fixed-1 modes. For ``act`` the realised speedup over ``full`` is
+divided by its MAC ratio: 1.0 means every MAC saved became time saved.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .cost import count_params
+from .models import IamNN, create_model
+from .models.fold import fold_batchnorm
+
+BASELINE_OF = {"r18": "resnet18", "r34": "resnet34", "r50": "resnet50", "r101": "resnet101", "r152": "resnet152"}
+
+
+@dataclass
+class BenchConfig:
+    batch_sizes: tuple[int, ...] = (1, 64, 256)
+    latency_images: int = 200  # batch-1 latency is measured image by image over this many inputs
+    throughput_images: int = 512  # images per throughput measurement (at least 2 batches)
+    warmup: int = 3
+    fold: bool = True  # IamNN inference with BatchNorm folded per iteration
+    train_batch: int = 128  # training step act vs full on one batch (0: skip)
+
+
+def baseline_for(model: IamNN) -> nn.Module:
+    """The ResNet of ``model``'s preset with the same stem, input channels, classes and width."""
+    kwargs = dict(model.model_config["kwargs"])
+    preset = model.model_config["model"].removeprefix("iamnn_")
+    keep = {k: v for k, v in kwargs.items() if k in ("num_classes", "in_chans", "stem", "width")}
+    return create_model(BASELINE_OF[preset], **keep).eval()
+
+
+def _fold_resnet(model: nn.Module) -> nn.Module:
+    """Conv-BN folding for the baseline as well, so both sides get the same inference treatment."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(model)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def _latency(model: nn.Module, images: Tensor, warmup: int) -> list[float]:
+    device = images.device
+    for i in range(warmup):
+        model(images[i : i + 1])
+    times = []
+    for i in range(len(images)):
+        x = images[i : i + 1]
+        _sync(device)
+        t = time.perf_counter()
+        model(x)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+@torch.inference_mode()
+def _throughput(model: nn.Module, images: Tensor, batch: int, total: int, warmup: int) -> float:
+    """Images per second at batch size ``batch`` over ``total`` images (cycling through ``images``)."""
+    n_batches = max(2, total // batch)
+    batches = [images[(i * batch) % len(images) :][:batch] for i in range(n_batches)]
+    batches = [b if len(b) == batch else images[:batch] for b in batches]
+    for b in batches[: max(1, warmup // 2)]:
+        model(b)
+    _sync(images.device)
+    t = time.perf_counter()
+    for b in batches:
+        model(b)
+    _sync(images.device)
+    return n_batches * batch / (time.perf_counter() - t)
+
+
+@torch.inference_mode()
+def _avg_macs(model: nn.Module, images: Tensor) -> float:
+    macs = [model(images[i : i + 256], return_stats=True)[1].macs for i in range(0, len(images), 256)]
+    return float(torch.cat(macs).float().mean())
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(torch.tensor(values).quantile(q)) * 1000
+
+
+def train_step_times(model: IamNN, images: Tensor, labels: Tensor, repeats: int = 5) -> dict[str, float]:
+    """Seconds per training step (forward, backward, SGD) for ``act`` and ``full`` on one batch."""
+    import copy
+
+    out = {}
+    for mode in ("full", "act"):
+        net = copy.deepcopy(model).train()
+        net.halting = mode
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: every repeat sees the same network
+        times = []
+        for i in range(repeats + 1):
+            t = time.perf_counter()
+            logits, stats = net(images, return_stats=True)
+            loss = nn.functional.cross_entropy(logits, labels) + 0.01 * stats.ponder.sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            _sync(images.device)
+            if i:  # the first step warms up
+                times.append(time.perf_counter() - t)
+        out[mode] = sorted(times)[len(times) // 2]
+        out[f"{mode}_macs"] = float(stats.macs.float().mean())
+    return out
+
+
+def run_bench(model: IamNN, images: Tensor, labels: Tensor | None, config: BenchConfig) -> dict[str, Any]:
+    """Measure the four rows on ``images`` (already preprocessed, on the target device)."""
+    model = model.eval()
+    baseline = baseline_for(model).to(images.device)
+    infer = fold_batchnorm(model) if config.fold else model
+    if config.fold:
+        baseline = _fold_resnet(baseline)
+    rows = []
+    subjects: list[tuple[str, nn.Module, Any]] = [
+        (
+            f"{type(baseline).__name__} {BASELINE_OF[model.model_config['model'].removeprefix('iamnn_')]}",
+            baseline,
+            None,
+        ),
+        ("IamNN full", infer, "full"),
+        ("IamNN act", infer, "act"),
+        ("IamNN fixed-1", infer, 1),
+    ]
+    for name, net, mode in subjects:
+        if mode is not None:
+            net.halting = mode
+        macs = _avg_macs(net, images) if mode is not None else float(model_macs_static(baseline, images))
+        lat = _latency(net, images[: config.latency_images], config.warmup)
+        row = {
+            "row": name,
+            "params": count_params(model if mode is not None else baseline),
+            "macs_mean": macs,
+            "latency_p50_ms": _pct(lat, 0.5),
+            "latency_p95_ms": _pct(lat, 0.95),
+            "latency_mean_ms": sum(lat) / len(lat) * 1000,
+        }
+        for b in config.batch_sizes:
+            row[f"images_per_s@{b}"] = _throughput(net, images, b, max(config.throughput_images, 2 * b), config.warmup)
+        rows.append(row)
+    infer.halting = model.halting
+    full, act = rows[1], rows[2]
+    mac_ratio = full["macs_mean"] / act["macs_mean"]
+    act["mac_ratio"] = mac_ratio
+    act["speedup_over_full@1"] = full["latency_mean_ms"] / act["latency_mean_ms"]
+    act["efficiency@1"] = act["speedup_over_full@1"] / mac_ratio
+    for b in config.batch_sizes:
+        speedup = act[f"images_per_s@{b}"] / full[f"images_per_s@{b}"]
+        act[f"speedup_over_full@{b}"] = speedup
+        act[f"efficiency@{b}"] = speedup / mac_ratio
+    base = rows[0]
+    full["time_per_mac_vs_baseline@1"] = (full["latency_mean_ms"] / full["macs_mean"]) / (
+        base["latency_mean_ms"] / base["macs_mean"]
+    )
+    for b in config.batch_sizes:
+        full[f"time_per_mac_vs_baseline@{b}"] = (base[f"images_per_s@{b}"] * base["macs_mean"]) / (
+            full[f"images_per_s@{b}"] * full["macs_mean"]
+        )
+    result: dict[str, Any] = {"rows": rows, "threads": torch.get_num_threads(), "device": str(images.device)}
+    if config.train_batch and labels is not None:
+        batch = min(config.train_batch, len(images))
+        steps = train_step_times(model, images[:batch], labels[:batch])
+        steps["speedup"] = steps["full"] / steps["act"]
+        steps["mac_ratio"] = steps["full_macs"] / steps["act_macs"]
+        steps["speedup_over_mac_ratio"] = steps["speedup"] / steps["mac_ratio"]
+        result["train_step"] = {"batch": batch, **steps}
+    return result
+
+
+def model_macs_static(model: nn.Module, images: Tensor) -> int:
+    from .cost import measure_macs
+
+    with torch.inference_mode():
+        return measure_macs(lambda: model(images[:1]))

@@ -1,0 +1,238 @@
+"""Training system (LightningModule) and the LightningCLI behind ``iamnn fit|validate|test``.
+
+The network is a plain ``nn.Module`` from the registry; this module only adds the loss
+(cross-entropy + τ·ponder), the optimiser and schedule, and the metrics. Hyper-parameters are
+plain values, so checkpoints load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torchmetrics
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from torch import Tensor, nn
+
+from .models import IamNN, create_model
+
+
+def model_config_from_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The registry config (``{"model", "kwargs"}``) of the network a Classifier builds."""
+    kwargs = {
+        "num_classes": hparams.get("num_classes"),
+        "in_chans": hparams.get("in_chans"),
+        "stem": hparams.get("stem"),
+        "width": hparams.get("width"),
+        **(hparams.get("model_kwargs") or {}),
+    }
+    if hparams["model"].startswith("iamnn"):
+        kwargs.update(
+            halting=hparams.get("halting"), epsilon=hparams.get("epsilon"), halting_bias=hparams.get("halting_bias")
+        )
+    return {"model": hparams["model"], "kwargs": {k: v for k, v in kwargs.items() if v is not None}}
+
+
+class Classifier(L.LightningModule):
+    r"""Image classification with an IamNN or a ResNet baseline.
+
+    Loss: :math:`\mathcal{L} = \mathrm{CE} + \tau \sum_k \mathrm{mean}_\mathrm{batch}(\rho_k)` (ponder
+    cost :math:`\rho = N + R` per stage; zero weight for the baselines).
+
+    Args:
+        model: registry name (``iamnn_r18`` … ``iamnn_r152``, ``resnet18`` … ``resnet152``).
+        num_classes, in_chans: linked from the data module by the CLI.
+        stem, width, halting, epsilon, halting_bias: passed to the model (IamNN options ignored
+            by the ResNets). ``model_kwargs``: any further builder arguments.
+        tau: ponder-cost weight τ.
+        optimizer: ``sgd`` (momentum, nesterov) or ``adamw``.
+        lr, momentum, nesterov, weight_decay: optimiser settings (no decay on BN and biases).
+        lr_schedule: ``cosine`` (with linear warm-up), ``onecycle``, ``multistep`` or ``constant``;
+            all stepped per batch.
+        warmup_epochs: linear warm-up length for ``cosine``.
+        milestones, gamma: epochs at which ``multistep`` multiplies the rate by ``gamma``.
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(
+        self,
+        model: str = "iamnn_r18",
+        num_classes: int = 10,
+        in_chans: int = 3,
+        stem: Literal["imagenet", "cifar"] = "cifar",
+        width: float = 1.0,
+        halting: str | int = "act",
+        epsilon: float = 0.01,
+        halting_bias: float = -3.0,
+        model_kwargs: dict[str, Any] | None = None,
+        tau: float = 0.01,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        lr_schedule: Literal["cosine", "onecycle", "multistep", "constant"] = "cosine",
+        warmup_epochs: float = 0.0,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(halting, str) and halting.isdigit():
+            halting = int(halting)
+        self.save_hyperparameters()
+        config = model_config_from_hparams(dict(self.hparams))
+        self.model = create_model(config["model"], **config["kwargs"])
+        self.adaptive = isinstance(self.model, IamNN)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        top5 = min(5, num_classes)
+        self.train_acc = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
+        self.val_acc = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
+        self.val_acc5 = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=top5)
+        self.test_acc = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
+        self.test_acc5 = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=top5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
+        x, y = batch
+        logits, stats = self.model(x, return_stats=True)
+        ce = self.criterion(logits, y)
+        # ponder cost: τ · Σ_k mean_batch(ρ_k)
+        ponder = stats.ponder.mean(0).sum() if self.adaptive else logits.new_zeros(())
+        loss = ce + self.hparams.tau * ponder
+        train, n = split == "train", len(x)
+        self.log(f"{split}/loss", loss, on_step=train, on_epoch=True, prog_bar=train, batch_size=n)
+        self.log(f"{split}/ponder", ponder, on_step=False, on_epoch=True, batch_size=n)
+        for k, iterations in enumerate(stats.iterations.float().mean(0)):
+            self.log(f"{split}/iterations_stage{k + 1}", iterations, on_step=False, on_epoch=True, batch_size=n)
+        macs = stats.macs.float()
+        self.log(f"{split}/macs_mean", macs.mean(), on_step=False, on_epoch=True, batch_size=n, prog_bar=not train)
+        self.log(f"{split}/macs_max", macs.max(), on_step=False, on_epoch=True, reduce_fx="max", batch_size=n)
+        if train:
+            self.train_acc(logits, y)
+            self.log("train/acc1", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        else:
+            acc, acc5 = (self.val_acc, self.val_acc5) if split == "val" else (self.test_acc, self.test_acc5)
+            acc(logits, y)
+            acc5(logits, y)
+            self.log(f"{split}/acc1", acc, on_epoch=True, prog_bar=True)
+            self.log(f"{split}/acc5", acc5, on_epoch=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # preprocessing travels with the checkpoint, so `iamnn predict --weights x.ckpt` needs nothing else
+        from .weights import data_config
+
+        if self._trainer is not None and self.trainer.datamodule is not None:
+            checkpoint["iamnn_data"] = data_config(self.trainer.datamodule)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)  # BN and bias parameters are not decayed
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0)
+        else:
+            opt = torch.optim.AdamW(groups, lr=hp.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        per_epoch = max(1, total // epochs)
+        if hp.lr_schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=total, pct_start=0.25)
+        else:
+            warmup = int(hp.warmup_epochs * per_epoch)
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                if hp.lr_schedule == "cosine":
+                    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+                if hp.lr_schedule == "multistep":
+                    return hp.gamma ** sum(step >= m * per_epoch for m in hp.milestones)
+                return 1.0
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ExportWeights(Callback):
+    """At the end of ``fit``, save the best checkpoint's network as ``<log_dir>/model.safetensors``.
+
+    The file carries its config (``iamnn.weights``), so ``iamnn report``, ``iamnn predict`` and
+    ``create_model(..., checkpoint_path=...)`` use it without pickle or the training code.
+    """
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from .weights import data_config, load_state_dict, save_weights
+
+        if not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        model = pl_module.model
+        if best:
+            model = create_model(model.model_config["model"], **model.model_config["kwargs"])
+            model.load_state_dict(load_state_dict(best))
+        data = data_config(trainer.datamodule) if trainer.datamodule is not None else None
+        extra = {"checkpoint": Path(best).name or None}
+        save_weights(model, Path(trainer.log_dir) / "model.safetensors", data=data, extra=extra)
+
+
+class IamNNCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertising tip and a deprecation warning from its own internals."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+
+
+def run_lightning_cli(args: list[str]) -> IamNNCLI:
+    """``iamnn fit|validate|test [--config recipe.yaml] [--trainer.* ...]``."""
+    from .data import ImageDataModule
+
+    _quiet_lightning()
+    checkpoint = ModelCheckpoint(
+        filename="best-{epoch:03d}", monitor="val/acc1", mode="max", save_last=True, auto_insert_metric_name=False
+    )
+    return IamNNCLI(
+        Classifier,
+        ImageDataModule,
+        subclass_mode_data=True,
+        args=args,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "callbacks": [checkpoint, ExportWeights()],
+            "logger": [
+                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            ],
+            "deterministic": "warn",  # CUDA's index_add (compaction) has no deterministic kernel
+        },
+    )

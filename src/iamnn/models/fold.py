@@ -1,0 +1,87 @@
+r"""Inference with BatchNorm folded into the convolutions, one set of folded weights per iteration.
+
+Each iteration i of a stage has its own BatchNorms, so the shared convolution :math:`W` becomes
+per-iteration weights :math:`W_i = W \cdot \gamma_i / \sqrt{\sigma_i^2 + \epsilon}` with bias
+:math:`b_i = \beta_i - \mu_i \gamma_i / \sqrt{\sigma_i^2 + \epsilon}`: an iteration is then three
+convolutions with bias (no normalisation pass). The training model keeps its shared weights;
+:func:`fold_batchnorm` returns a separate, eval-only copy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .iamnn import IamNN, ProcessingBlock
+
+
+def _fold(weight: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
+
+class FoldedProcessingBlock(nn.Module):
+    """:class:`ProcessingBlock` for inference: per-iteration convolutions with BN folded in."""
+
+    def __init__(self, block: ProcessingBlock) -> None:
+        super().__init__()
+        self.out_channels = block.out_channels
+        self.conv1, self.conv2, self.conv3 = block.conv1, block.conv2, block.conv3  # for MAC accounting
+        in_channels = block.conv1.in_channels - block.out_channels
+        w1, b1, w2, b2, w3, b3, w1_first = [], [], [], [], [], [], []
+        for bn1, bn2, bn3 in block.norms:
+            w, b = _fold(block.conv1.weight, bn1)
+            w1.append(w)
+            b1.append(b)
+            w1_first.append(w[:, :in_channels].contiguous())  # s_0 = 0: only x0's channels matter
+            w, b = _fold(block.conv2.weight, bn2)
+            w2.append(w)
+            b2.append(b)
+            w, b = _fold(block.conv3.weight, bn3)
+            w3.append(w)
+            b3.append(b)
+        for name, tensors in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3), ("b3", b3)):
+            self.register_buffer(name, torch.stack(tensors).detach())
+        self.register_buffer("w1_first", torch.stack(w1_first).detach())
+
+    def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
+        if s is None:
+            u = F.conv2d(x0, self.w1_first[i], self.b1[i])
+        else:
+            u = F.conv2d(torch.cat([x0, s], dim=1), self.w1[i], self.b1[i])
+        u = F.conv2d(torch.relu(u), self.w2[i], self.b2[i], padding=1)
+        return F.conv2d(torch.relu(u), self.w3[i], self.b3[i])
+
+    macs = ProcessingBlock.macs
+
+
+@torch.no_grad()
+def fold_batchnorm(model: IamNN) -> IamNN:
+    """An eval-only copy of ``model`` with every BatchNorm folded into its convolution.
+
+    Outputs and iteration counts equal the eval-mode forward of ``model`` (to float rounding);
+    ``stats.macs`` are unchanged (bias additions are not MACs).
+    """
+    folded = copy.deepcopy(model).eval()
+    w, b = _fold(folded.conv1.weight, folded.bn1)
+    stem = nn.Conv2d(
+        folded.conv1.in_channels, folded.conv1.out_channels, folded.conv1.kernel_size,
+        stride=folded.conv1.stride, padding=folded.conv1.padding, bias=True,
+    )  # fmt: skip
+    stem.weight.copy_(w)
+    stem.bias.copy_(b)
+    folded.conv1, folded.bn1 = stem, nn.Identity()
+    for stage in folded.stages:
+        stage.block = FoldedProcessingBlock(stage.block)
+    folded.requires_grad_(False)
+    folded.train = _eval_only.__get__(folded)  # type: ignore[method-assign]
+    return folded
+
+
+def _eval_only(self: nn.Module, mode: bool = True) -> nn.Module:
+    if mode:
+        raise RuntimeError("a BatchNorm-folded IamNN is for inference only; train the original model")
+    return nn.Module.train(self, False)

@@ -1,0 +1,85 @@
+"""Classify image files with a trained model (``iamnn predict``): class, confidence, iterations, MACs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    index: int
+    confidence: float
+    iterations: list[int]
+    macs: int
+
+
+def expand_paths(paths: list[str | Path]) -> list[Path]:
+    """Files as given; directories expanded to the image files they hold (sorted, not recursive)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def load_image(path: Path, data: dict[str, Any]) -> Tensor:
+    """An image file as the model's normalised (C, H, W) input; ValueError if it is not an image."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if data["in_chans"] == 1 else "RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"not a readable image ({type(err).__name__})") from None
+    x = pil_to_tensor(img).float().div(255)
+    h, w = data["input_size"]
+    if tuple(x.shape[1:]) != (h, w):
+        x = center_crop(resize(x, [h, w] if h != w else h, antialias=True), [h, w])
+    mean = torch.tensor(data["mean"]).view(-1, 1, 1)
+    std = torch.tensor(data["std"]).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def predict_files(
+    model: nn.Module, data: dict[str, Any], paths: list[str | Path], batch_size: int = 64
+) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Predictions for every readable image, and ``(path, reason)`` for every file that is not one."""
+    model.eval()
+    good: list[tuple[Path, Tensor]] = []
+    bad: list[tuple[str, str]] = []
+    for path in expand_paths(paths):
+        try:
+            good.append((path, load_image(path, data)))
+        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+            bad.append((str(path), str(err) if isinstance(err, ValueError) else type(err).__name__))
+    results = []
+    names = data.get("class_names") or []
+    for i in range(0, len(good), batch_size):
+        chunk = good[i : i + batch_size]
+        logits, stats = model(torch.stack([x for _, x in chunk]), return_stats=True)
+        conf, index = logits.softmax(1).max(1)
+        for j, (path, _) in enumerate(chunk):
+            k = int(index[j])
+            results.append(
+                Prediction(
+                    str(path),
+                    names[k] if k < len(names) else str(k),
+                    k,
+                    float(conf[j]),
+                    stats.iterations[j].tolist(),
+                    int(stats.macs[j]),
+                )  # fmt: skip
+            )
+    return results, bad

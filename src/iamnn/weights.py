@@ -1,0 +1,168 @@
+"""Saving and loading weights without pickle: safetensors with the model's config in its metadata.
+
+A weights file carries everything needed to rebuild its model: the safetensors metadata holds
+``{"model": registry name, "kwargs": builder arguments}`` as JSON (also written beside it as
+``<file>.json`` for people). Lightning ``.ckpt`` files are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
+CONFIG_KEY = "iamnn_config"
+
+
+class WeightsError(RuntimeError):
+    """A weights file that cannot be used: unreadable, unsafe, or for another architecture."""
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """The ``{"model", "kwargs"}`` config that ``create_model`` recorded on ``model``."""
+    config = getattr(model, "model_config", None)
+    if config is None:
+        raise WeightsError("model was not built by iamnn.create_model, so its config is unknown")
+    return config
+
+
+def save_weights(
+    model: nn.Module, path: str | Path, data: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model``'s state dict (buffers included) and config to a safetensors file.
+
+    ``data`` is the preprocessing a user needs (``data_config``: input size, mean, std, class
+    names); it is stored with the config. ``extra`` (e.g. measured accuracy) goes into the JSON
+    sidecar only.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {**model_config(model), **({"data": data} if data else {})}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, tmp, metadata={CONFIG_KEY: json.dumps(config)})
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps({**config, **(extra or {})}, indent=2) + "\n")
+    return path
+
+
+def data_config(datamodule: Any) -> dict[str, Any]:
+    """Preprocessing of a data module, as stored with the weights (timm's ``pretrained_cfg`` idea)."""
+    return {
+        "dataset": type(datamodule).__name__,
+        "in_chans": datamodule.in_chans,
+        "input_size": list(datamodule.input_size),
+        "mean": list(datamodule.mean),
+        "std": list(datamodule.std),
+        "class_names": list(datamodule.class_names),
+    }
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The model config stored in a safetensors weights file or a Lightning checkpoint."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        checkpoint = _load_checkpoint(path)
+        hparams = checkpoint.get("hyper_parameters", {})
+        if "model" not in hparams:
+            raise WeightsError(f"{path}: checkpoint has no iamnn model hyper-parameters")
+        from .lit import model_config_from_hparams
+
+        config = model_config_from_hparams(hparams)
+        return {**config, "data": checkpoint["iamnn_data"]} if "iamnn_data" in checkpoint else config
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+    if CONFIG_KEY not in metadata:
+        raise WeightsError(f"{path}: safetensors file has no {CONFIG_KEY!r} metadata; pass the model name instead")
+    return json.loads(metadata[CONFIG_KEY])
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or the model weights of a Lightning checkpoint (no pickle code run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.suffix == ".ckpt":
+        state = _load_checkpoint(path).get("state_dict", {})
+        return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a weights file into ``model``; a file for another architecture fails naming the mismatch."""
+    state = load_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & state.keys()
+        if state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise WeightsError(f"{path}: weights do not fit this model: {'; '.join(parts)}")
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(path: str | Path, **overrides: Any) -> nn.Module:
+    """Rebuild the model described by a weights file (safetensors or .ckpt) and load its weights."""
+    from .models import create_model
+
+    config = read_config(path)
+    model = create_model(config["model"], **{**config.get("kwargs", {}), **overrides})
+    return load_weights(model, path).eval()
+
+
+def pretrained_path(name: str) -> Path:
+    """The weights file shipped in the package for the registered model ``name``."""
+    from .models.registry import _PRETRAINED, list_models
+
+    if name not in _PRETRAINED:
+        raise WeightsError(
+            f"no pretrained weights ship for {name!r}; models with weights: {list_models(pretrained=True)}"
+        )
+    path = PACKAGE_WEIGHTS / _PRETRAINED[name]
+    if not path.is_file():
+        raise WeightsError(f"pretrained weights for {name!r} are missing from the package ({path.name})")
+    return path
+
+
+def load_pretrained(name: str, **overrides: Any) -> nn.Module:
+    return load_model(pretrained_path(name), **overrides)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        # weights_only: tensors and plain containers only, never arbitrary pickled objects
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except Exception as err:  # noqa: BLE001 - every unpickling failure becomes one clear line
+        raise WeightsError(
+            f"{path}: refused to load checkpoint (only tensors and plain data are accepted): {_first_line(err)}"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

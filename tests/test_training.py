@@ -1,0 +1,149 @@
+"""Training (LightningCLI + recipes), report, predict and weights on the tiny digits set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import iamnn
+from iamnn.cli import main
+from iamnn.lit import Classifier, run_lightning_cli
+from iamnn.weights import WeightsError, load_model, read_config, save_weights
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_RECIPE = REPO / "recipes" / "digits" / "iamnn_r18.yaml"
+
+
+def _logger(save_dir: Path, name: str) -> str:
+    return json.dumps(
+        [
+            {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(save_dir), "name": name, "version": ""},
+            }
+        ]
+    )
+
+
+def fit_digits(tmp: Path, name: str = "digits", *overrides: str) -> Path:
+    cli = run_lightning_cli(
+        ["fit", "--config", str(DIGITS_RECIPE), f"--trainer.logger={_logger(tmp, name)}",
+         "--trainer.enable_progress_bar=false", *overrides]
+    )  # fmt: skip
+    return Path(cli.trainer.log_dir)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fit_digits(tmp_path_factory.mktemp("runs"))
+
+
+def test_digits_fit_learns(digits_run: Path) -> None:
+    metrics = [r for r in (digits_run / "metrics.csv").read_text().splitlines()[1:]]
+    header = (digits_run / "metrics.csv").read_text().splitlines()[0].split(",")
+    val = [dict(zip(header, r.split(","), strict=True)) for r in metrics]
+    accs = [float(r["val/acc1"]) for r in val if r.get("val/acc1")]
+    assert len(accs) == 5
+    assert accs[-1] > 0.8, f"10-class digits after 5 epochs: {accs}"  # chance is 0.1
+    assert (digits_run / "checkpoints" / "last.ckpt").is_file()
+    assert list((digits_run / "checkpoints").glob("best-*.ckpt"))
+    hparams = yaml.safe_load((digits_run / "hparams.yaml").read_text())
+    assert hparams["num_classes"] == 10 and hparams["in_chans"] == 1  # linked from the data module
+
+
+def test_exported_weights_rebuild_the_model(digits_run: Path) -> None:
+    weights = digits_run / "model.safetensors"
+    config = read_config(weights)
+    assert config["model"] == "iamnn_r18" and config["kwargs"]["width"] == 0.125
+    assert config["data"]["input_size"] == [16, 16] and len(config["data"]["class_names"]) == 10
+    model = load_model(weights)
+    ckpt = sorted((digits_run / "checkpoints").glob("best-*.ckpt"))[-1]
+    from_ckpt = load_model(ckpt)
+    x = torch.randn(4, 1, 16, 16)
+    torch.testing.assert_close(model(x), from_ckpt(x))
+    same = iamnn.create_model("iamnn_r18", checkpoint_path=weights, **{k: v for k, v in config["kwargs"].items()})
+    torch.testing.assert_close(same.eval()(x), model(x))
+
+
+def test_checkpoint_hparams_are_plain_data(digits_run: Path) -> None:
+    ckpt = digits_run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)  # raises if anything needs unpickling code
+    assert checkpoint["hyper_parameters"]["model"] == "iamnn_r18"
+    module = Classifier.load_from_checkpoint(ckpt, weights_only=True)
+    assert module.hparams.width == 0.125
+
+
+def test_report_writes_table_and_figures(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "report"
+    main(["report", str(digits_run), "-o", str(out)])
+    printed = capsys.readouterr().out
+    assert "Table 1" in printed and "digits" in printed
+    result = json.loads((out / "report.json").read_text())
+    (summary,) = result["models"]
+    assert summary["test_samples"] == 297 and 0 < summary["macs_min"] <= summary["macs_mean"] <= summary["macs_max"]
+    assert summary["top1"] > 80
+    regimes = {p["regime"] for p in result["sweeps"][digits_run.name]}
+    assert regimes == {"act", "fixed", "full", "trained"}
+    for name in result["figures"]:
+        png = out / name
+        assert png.stat().st_size > 5000
+        with Image.open(png) as img:
+            assert img.format == "PNG" and img.size[0] > 300
+    assert {"digits_iterations.png", "digits_easy_hard.png", "accuracy_vs_macs.png"} <= set(result["figures"])
+    assert "| network | params |" in (out / "report.md").read_text()
+
+
+def test_predict_on_png(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    img = Image.fromarray((digits.images[-1] * 255 / 16).astype("uint8"), mode="L")
+    img.save(tmp_path / "digit.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--weights", str(digits_run / "model.safetensors"), "--json", str(tmp_path)])
+    assert exit_info.value.code == 1  # one bad file in the folder
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    (pred,) = result["predictions"]
+    assert pred["path"].endswith("digit.png") and pred["label"] == str(digits.target[-1])
+    assert len(pred["iterations"]) == 4 and pred["macs"] > 0 and 0 < pred["confidence"] <= 1
+    assert "notes.png" in out.err
+
+
+def test_weights_refuse_other_architecture(digits_run: Path, tmp_path: Path) -> None:
+    other = iamnn.create_model("iamnn_r18", stem="cifar", in_chans=1, num_classes=3, width=0.125)
+    with pytest.raises(WeightsError, match="do not fit this model.*fc"):
+        iamnn.create_model("iamnn_r18", stem="cifar", in_chans=1, num_classes=3, width=0.125,
+                           checkpoint_path=digits_run / "model.safetensors")  # fmt: skip
+    path = save_weights(other, tmp_path / "w.safetensors")
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        load_model(path)
+
+
+def test_cli_entry_point_profile_json() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "iamnn.cli", "profile", "--json"], capture_output=True, text=True, check=True
+    ).stdout
+    rows = json.loads(out)
+    cifar = next(r for r in rows if r["dataset"] == "CIFAR-10" and r["model"] == "resnet101")
+    assert cifar["params"] == 42_512_970 and round(cifar["macs_max"] / 1e7) == 251
+
+
+def test_every_recipe_parses(capsys: pytest.CaptureFixture) -> None:
+    recipes = sorted((REPO / "recipes").rglob("*.yaml"))
+    assert len(recipes) >= 8
+    for recipe in recipes:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(recipe), "--print_config"])
+        printed = capsys.readouterr()
+        assert exit_info.value.code in (0, None), f"{recipe.name}: {printed.err[-500:]}"
+        assert "class_path: iamnn.data." in printed.out, recipe.name
