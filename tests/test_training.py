@@ -21,20 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 DIGITS_RECIPE = REPO / "recipes" / "digits" / "iamnn_r18.yaml"
 
 
-def _logger(save_dir: Path, name: str) -> str:
-    return json.dumps(
-        [
-            {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(save_dir), "name": name, "version": ""},
-            }
-        ]
-    )
-
-
 def fit_digits(tmp: Path, name: str = "digits", *overrides: str) -> Path:
     cli = run_lightning_cli(
-        ["fit", "--config", str(DIGITS_RECIPE), f"--trainer.logger={_logger(tmp, name)}",
+        ["fit", "--config", str(DIGITS_RECIPE), "--runs_dir", str(tmp), "--name", name,
          "--trainer.enable_progress_bar=false", *overrides]
     )  # fmt: skip
     return Path(cli.trainer.log_dir)
@@ -147,3 +136,47 @@ def test_every_recipe_parses(capsys: pytest.CaptureFixture) -> None:
         printed = capsys.readouterr()
         assert exit_info.value.code in (0, None), f"{recipe.name}: {printed.err[-500:]}"
         assert "class_path: iamnn.data." in printed.out, recipe.name
+
+
+def test_export_onnx_and_predict_with_onnxruntime(digits_run: Path, tmp_path: Path, capsys) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i in (-1, -2, -3):
+        Image.fromarray((digits.images[i] * 255 / 16).astype("uint8"), mode="L").save(tmp_path / f"d{-i}.png")
+    weights = digits_run / "model.safetensors"
+    onnx_path = tmp_path / "digits.onnx"
+    main(["export", "--weights", str(weights), "--format", "onnx", "-o", str(onnx_path)])
+    assert onnx_path.is_file() and not list(tmp_path.glob("*.partial"))
+    capsys.readouterr()
+    main(["predict", "--weights", str(weights), "--json", str(tmp_path)])
+    with_torch = json.loads(capsys.readouterr().out)["predictions"]
+    main(["predict", "--onnx", str(onnx_path), "--json", str(tmp_path)])
+    with_onnx = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(with_onnx) == 3
+    for a, b in zip(with_torch, with_onnx, strict=True):
+        assert (a["label"], a["iterations"], a["macs"]) == (b["label"], b["iterations"], b["macs"])
+        assert abs(a["confidence"] - b["confidence"]) < 1e-4
+    safetensors_out = tmp_path / "copy.safetensors"
+    main(["export", "--weights", str(weights), "--format", "safetensors", "-o", str(safetensors_out)])
+    assert read_config(safetensors_out)["data"]["input_size"] == [16, 16]
+    with pytest.raises(SystemExit):
+        main(["export", "--weights", str(weights), "--format", "safetensors", "-o", str(safetensors_out)])
+    assert "exists" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_one_line_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    import iamnn.data as data
+
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "system"))
+    monkeypatch.setenv("IAMNN_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_torchvision_download", lambda *a: (_ for _ in ()).throw(OSError("no network")))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "recipes" / "fashion_mnist" / "demo.yaml"),
+              "--runs_dir", str(tmp_path), "--data.data_dir", str(tmp_path / "nowhere")])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        err.startswith("iamnn fit: error: Fashion-MNIST not found") and "apt-get install dataset-fashion-mnist" in err
+    )
+    assert str(tmp_path / "nowhere") in err

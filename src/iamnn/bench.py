@@ -7,8 +7,11 @@ divided by its MAC ratio: 1.0 means every MAC saved became time saved.
 
 from __future__ import annotations
 
+import copy
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,11 +42,29 @@ def baseline_for(model: IamNN) -> nn.Module:
     return create_model(BASELINE_OF[preset], **keep).eval()
 
 
+@torch.no_grad()
 def _fold_resnet(model: nn.Module) -> nn.Module:
     """Conv-BN folding for the baseline as well, so both sides get the same inference treatment."""
-    from torch.fx.experimental.optimization import fuse
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    return fuse(model)
+    for module in model.modules():
+        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+            if isinstance(getattr(module, bn, None), nn.BatchNorm2d):
+                setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv), getattr(module, bn)))
+                setattr(module, bn, nn.Identity())
+        if isinstance(getattr(module, "downsample", None), nn.Sequential):
+            module.downsample = fuse_conv_bn_eval(module.downsample[0], module.downsample[1])
+    return model
+
+
+def _with_mode(net: IamNN, mode: Any):
+    """A callable that runs ``net`` in halting ``mode`` (the folded copy is shared by three rows)."""
+
+    def run(x: Tensor) -> Any:
+        net.halting = mode
+        return net(x)
+
+    return run
 
 
 def _sync(device: torch.device) -> None:
@@ -95,8 +116,6 @@ def _pct(values: list[float], q: float) -> float:
 
 def train_step_times(model: IamNN, images: Tensor, labels: Tensor, repeats: int = 5) -> dict[str, float]:
     """Seconds per training step (forward, backward, SGD) for ``act`` and ``full`` on one batch."""
-    import copy
-
     out = {}
     for mode in ("full", "act"):
         net = copy.deepcopy(model).train()
@@ -118,40 +137,75 @@ def train_step_times(model: IamNN, images: Tensor, labels: Tensor, repeats: int 
     return out
 
 
-def run_bench(model: IamNN, images: Tensor, labels: Tensor | None, config: BenchConfig) -> dict[str, Any]:
-    """Measure the four rows on ``images`` (already preprocessed, on the target device)."""
+def _onnx_runners(model: IamNN, baseline: nn.Module, images: Tensor, folder: Path, threads: int, act_onnx: str | None):
+    """onnxruntime sessions for the four rows, exported from the PyTorch models into ``folder``."""
+    from .export import OnnxModel, export_onnx
+
+    hw = tuple(images.shape[-2:])
+    base_path = folder / "baseline.onnx"
+    torch.onnx.export(
+        baseline, (images[:2],), str(base_path), dynamo=True, input_names=["input"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+    )  # fmt: skip
+    base = OnnxModel(base_path, threads)  # its session runs any graph; the baseline has one output
+    runners: list[Any] = [lambda x: base.session.run(None, {base.input_name: x.numpy()})]
+    for mode in ("full", "act", 1):
+        if mode == "act" and act_onnx:
+            runners.append(OnnxModel(act_onnx, threads))
+            continue
+        net = copy.deepcopy(model)
+        net.halting = mode
+        runners.append(OnnxModel(export_onnx(net, folder / f"iamnn_{mode}.onnx", input_size=hw), threads))
+    return runners
+
+
+def run_bench(
+    model: IamNN,
+    images: Tensor,
+    labels: Tensor | None,
+    config: BenchConfig,
+    runtime: str = "torch",
+    onnx_path: str | None = None,
+) -> dict[str, Any]:
+    """Measure the four rows on ``images`` (already preprocessed, on the target device).
+
+    ``runtime="onnxruntime"`` times ONNX exports of the same four models (the IamNN ones keep
+    their halting loops in the graph; ``onnx_path``, if given, is timed as the ``act`` row).
+    MACs always come from the PyTorch model, whose iteration counts the exports reproduce.
+    """
     model = model.eval()
     baseline = baseline_for(model).to(images.device)
     infer = fold_batchnorm(model) if config.fold else model
     if config.fold:
         baseline = _fold_resnet(baseline)
-    rows = []
-    subjects: list[tuple[str, nn.Module, Any]] = [
-        (
-            f"{type(baseline).__name__} {BASELINE_OF[model.model_config['model'].removeprefix('iamnn_')]}",
-            baseline,
-            None,
-        ),
-        ("IamNN full", infer, "full"),
-        ("IamNN act", infer, "act"),
-        ("IamNN fixed-1", infer, 1),
-    ]
-    for name, net, mode in subjects:
-        if mode is not None:
-            net.halting = mode
-        macs = _avg_macs(net, images) if mode is not None else float(model_macs_static(baseline, images))
-        lat = _latency(net, images[: config.latency_images], config.warmup)
-        row = {
-            "row": name,
-            "params": count_params(model if mode is not None else baseline),
-            "macs_mean": macs,
-            "latency_p50_ms": _pct(lat, 0.5),
-            "latency_p95_ms": _pct(lat, 0.95),
-            "latency_mean_ms": sum(lat) / len(lat) * 1000,
-        }
-        for b in config.batch_sizes:
-            row[f"images_per_s@{b}"] = _throughput(net, images, b, max(config.throughput_images, 2 * b), config.warmup)
-        rows.append(row)
+    preset = model.model_config["model"].removeprefix("iamnn_").split("_")[0]
+    names = [f"ResNet {BASELINE_OF[preset]}", "IamNN full", "IamNN act", "IamNN fixed-1"]
+    modes: list[Any] = [None, "full", "act", 1]
+    macs = [float(model_macs_static(baseline, images))]
+    for mode in modes[1:]:
+        infer.halting = mode
+        macs.append(_avg_macs(infer, images))
+    infer.halting = model.halting
+    with tempfile.TemporaryDirectory() as tmp:
+        if runtime == "onnxruntime":
+            runners = _onnx_runners(model, baseline, images, Path(tmp), torch.get_num_threads(), onnx_path)
+        else:
+            runners = [baseline] + [_with_mode(infer, mode) for mode in modes[1:]]
+        rows = []
+        for name, run, mode, avg_macs in zip(names, runners, modes, macs, strict=True):
+            lat = _latency(run, images[: config.latency_images], config.warmup)
+            row = {
+                "row": name,
+                "params": count_params(model if mode is not None else baseline),
+                "macs_mean": avg_macs,
+                "latency_p50_ms": _pct(lat, 0.5),
+                "latency_p95_ms": _pct(lat, 0.95),
+                "latency_mean_ms": sum(lat) / len(lat) * 1000,
+            }
+            for b in config.batch_sizes:
+                total = max(config.throughput_images, 2 * b)
+                row[f"images_per_s@{b}"] = _throughput(run, images, b, total, config.warmup)
+            rows.append(row)
     infer.halting = model.halting
     full, act = rows[1], rows[2]
     mac_ratio = full["macs_mean"] / act["macs_mean"]
@@ -170,7 +224,9 @@ def run_bench(model: IamNN, images: Tensor, labels: Tensor | None, config: Bench
         full[f"time_per_mac_vs_baseline@{b}"] = (base[f"images_per_s@{b}"] * base["macs_mean"]) / (
             full[f"images_per_s@{b}"] * full["macs_mean"]
         )
-    result: dict[str, Any] = {"rows": rows, "threads": torch.get_num_threads(), "device": str(images.device)}
+    result: dict[str, Any] = {
+        "rows": rows, "runtime": runtime, "threads": torch.get_num_threads(), "device": str(images.device),
+    }  # fmt: skip
     if config.train_batch and labels is not None:
         batch = min(config.train_batch, len(images))
         steps = train_step_times(model, images[:batch], labels[:batch])

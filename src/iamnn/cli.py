@@ -95,13 +95,15 @@ def _report(args: argparse.Namespace) -> None:
     missing = [r for r in args.runs if not os.path.isdir(r)]
     if missing:
         raise CLIError(f"no such run directory: {', '.join(missing)}")
-    result = build_report(args.runs, args.output, sweep=not args.no_sweep, test_subset=args.test_subset)
+    result = build_report(
+        args.runs, args.output, sweep=not args.no_sweep, test_subset=args.test_subset, quick=args.quick_sweep
+    )
     _print_report(result, args.output)
 
 
 # -- predict -----------------------------------------------------------------------------------
-def _predict(args: argparse.Namespace) -> None:
-    from .predict import predict_files
+def _load_source(args: argparse.Namespace):
+    """(model, config) from --weights FILE or --model NAME --pretrained; config holds "data"."""
     from .weights import WeightsError, load_model, pretrained_path, read_config
 
     try:
@@ -111,13 +113,27 @@ def _predict(args: argparse.Namespace) -> None:
             path = pretrained_path(args.model)
         else:
             raise CLIError("give --weights FILE, or --model NAME --pretrained")
-        config = read_config(path)
-        model = load_model(path)
+        return load_model(path), read_config(path)
     except WeightsError as err:
         raise CLIError(str(err)) from None
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .predict import onnx_runner, predict_files, torch_runner
+
+    if args.onnx:
+        try:
+            run, config = onnx_runner(args.onnx)
+        except (ImportError, ValueError) as err:
+            raise CLIError(str(err)) from None
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
+            raise CLIError(f"{args.onnx}: cannot load ONNX model ({str(err).splitlines()[0][:200]})") from None
+    else:
+        model, config = _load_source(args)
+        run = torch_runner(model)
     if "data" not in config:
-        raise CLIError(f"{path}: the weights carry no preprocessing config (input size, mean, std)")
-    results, bad = predict_files(model, config["data"], args.images)
+        raise CLIError("the weights carry no preprocessing config (input size, mean, std)")
+    results, bad = predict_files(run, config["data"], args.images)
     if args.json:
         print(json.dumps({"predictions": [vars(r) for r in results], "errors": [list(b) for b in bad]}, indent=2))
     else:
@@ -132,6 +148,35 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"iamnn predict: skipped {path}: {reason}", file=sys.stderr)
     if bad or not results:
         sys.exit(1)
+
+
+# -- export ------------------------------------------------------------------------------------
+def _export(args: argparse.Namespace) -> None:
+    from .weights import save_weights
+
+    model, config = _load_source(args)
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} exists (use --force to overwrite)")
+    if args.format == "safetensors":
+        save_weights(model, out, data=config.get("data"))
+        print(f"wrote {out} and {out.with_suffix('.json')}")
+        return
+    from .export import export_onnx
+
+    if args.halting is not None:
+        model.halting = int(args.halting) if args.halting.isdigit() else args.halting
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        source = {"weights": str(Path(args.weights).resolve())} if args.weights else {"pretrained": args.model}
+        kwargs = {**config.get("kwargs", {}), "halting": model.halting}
+        export_onnx(model, tmp, config={**config, "kwargs": kwargs, "source": source})
+        tmp.replace(out)
+    except ImportError as err:
+        raise CLIError(str(err)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {out} (halting {model.halting!r}; each stage's iterations are an ONNX Loop with early exit)")
 
 
 # -- bench -------------------------------------------------------------------------------------
@@ -166,13 +211,23 @@ def _bench(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.onnx and not (args.weights or args.pretrained):
+        from .export import OnnxModel
+
+        source = (OnnxModel(args.onnx).config or {}).get("source") or {}
+        if not source:
+            raise CLIError(f"{args.onnx}: no weights source recorded; add --weights or --model NAME --pretrained")
+        args.weights, args.pretrained = source.get("weights"), "pretrained" in source
+        args.model = source.get("pretrained", args.model)
+    if args.onnx and args.runtime != "onnxruntime":
+        raise CLIError("--onnx needs --runtime onnxruntime")
     data = None
     try:
         if args.weights or args.pretrained:
             path = Path(args.weights) if args.weights else pretrained_path(args.model)
             model, data = load_model(path), read_config(path).get("data")
         else:
-            model = create_model(args.model, **({"width": args.width} if args.width else {}))
+            model = create_model(args.model, width=args.width, stem=args.stem)
     except (WeightsError, ValueError) as err:
         raise CLIError(str(err)) from None
     if not isinstance(model, IamNN):
@@ -184,7 +239,10 @@ def _bench(args: argparse.Namespace) -> None:
         config = BenchConfig(batch_sizes=sizes, latency_images=4, throughput_images=8, warmup=1, train_batch=8)
         count = max(8, max(sizes))
     images, labels, source = _bench_inputs(data, model, count, args.input_size)
-    result = run_bench(model, images, labels, config)
+    try:
+        result = run_bench(model, images, labels, config, runtime=args.runtime, onnx_path=args.onnx)
+    except ImportError as err:
+        raise CLIError(str(err)) from None
     result.update(
         model=args.model if not args.weights else str(args.weights), inputs=source,
         input_size=list(images.shape[1:]), folded_batchnorm=config.fold, torch=torch.__version__,
@@ -197,8 +255,9 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
-    title = (f"iamnn bench: {result['model']} on {result['inputs']}, {result['threads']} threads, "
-             f"device {result['device']}, BN folded: {result['folded_batchnorm']}")  # fmt: skip
+    title = (f"iamnn bench ({result['runtime']}): {result['model']} on {result['inputs']}, "
+             f"{result['threads']} threads, device {result['device']}, "
+             f"BN folded: {result['folded_batchnorm']}")  # fmt: skip
     table = Table(title=title)
     cols = ["row", "params", "avg MACs", "p50 ms @1", "p95 ms @1", *[f"img/s @{b}" for b in sizes]]
     cols += [f"speedup/MAC-ratio @{b}" for b in sizes]
@@ -233,9 +292,15 @@ def _demo(args: argparse.Namespace) -> None:
     recipe = Path(args.config) if args.config else REPO_RECIPES / "fashion_mnist" / "demo.yaml"
     if not recipe.is_file():
         raise CLIError(f"demo recipe not found: {recipe} (pass --config)")
+    previous = Path("runs") / "demo"
+    if previous.is_dir() and recipe == REPO_RECIPES / "fashion_mnist" / "demo.yaml":
+        import shutil
+
+        print(f"replacing the previous demo run in {previous}/", file=sys.stderr)
+        shutil.rmtree(previous)
     cli = run_lightning_cli(["fit", "--config", str(recipe), *args.overrides])
     run_dir = cli.trainer.log_dir
-    result = build_report([run_dir], args.output, sweep=True)
+    result = build_report([run_dir], args.output, sweep=True, quick=True)
     _print_report(result, args.output)
 
 
@@ -256,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="report", help="output folder (default: report)")
     p.add_argument("--no-sweep", action="store_true", help="skip the accuracy-vs-MACs sweep of inference regimes")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    p.add_argument("--quick-sweep", action="store_true", help="8 sweep points instead of ~20")
     p.set_defaults(run=_report)
 
     p = sub.add_parser("predict", help="classify image files with trained weights")
@@ -263,18 +329,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="safetensors weights or Lightning .ckpt (loaded without running pickle code)")
     p.add_argument("--model", help="registered model name, with --pretrained")
     p.add_argument("--pretrained", action="store_true", help="use the weights shipped with the package")
+    p.add_argument("--onnx", help="an ONNX file written by `iamnn export`, run with onnxruntime")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_predict)
+
+    p = sub.add_parser("export", help="export trained weights: ONNX with early exit, or safetensors + JSON")
+    p.add_argument("--model", help="registered model name, with --pretrained")
+    p.add_argument("--pretrained", action="store_true", help="use the weights shipped with the package")
+    p.add_argument("--weights", help="safetensors weights or Lightning .ckpt")
+    p.add_argument("--format", choices=("onnx", "safetensors"), default="onnx")
+    p.add_argument("--halting", default=None, help="halting mode baked into the ONNX graph: act, full or k")
+    p.add_argument("-o", "--output", required=True, help="output file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.set_defaults(run=_export)
 
     p = sub.add_parser("bench", help="wall-clock speed of early exit: ResNet vs IamNN full / act / fixed-1")
     p.add_argument("--model", default="iamnn_r34_fmnist", help="registered model (default: iamnn_r34_fmnist)")
     p.add_argument("--pretrained", action="store_true", help="use the weights shipped with the package")
     p.add_argument("--weights", help="safetensors weights or .ckpt of a trained IamNN")
     p.add_argument("--width", type=float, default=None, help="width of an untrained --model")
+    p.add_argument("--stem", choices=("imagenet", "cifar"), default=None, help="stem of an untrained --model")
     p.add_argument("--input-size", type=int, default=None, help="input height = width (default: the model's data)")
     p.add_argument("--batch-sizes", default="1,64,256", help="comma-separated (default 1,64,256)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm unfolded at inference")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
+    p.add_argument("--onnx", help="with --runtime onnxruntime: an `iamnn export` file, timed as the act row")
     p.add_argument("--json", default="benchmarks/results/bench.json", help="where to write the JSON")
     p.add_argument("--smoke", action="store_true", help="tiny measurement, for tests")
     p.set_defaults(run=_bench)
@@ -289,16 +369,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in LIGHTNING_COMMANDS:
-        from .lit import run_lightning_cli
+    from .data import DatasetError
+    from .weights import WeightsError
 
-        run_lightning_cli(argv)
-        return
-    args = build_parser().parse_args(argv)
+    command = argv[0] if argv else ""
     try:
+        if command in LIGHTNING_COMMANDS:
+            from .lit import run_lightning_cli
+
+            run_lightning_cli(argv)
+            return
+        args = build_parser().parse_args(argv)
         args.run(args)
-    except CLIError as err:
-        print(f"iamnn {args.command}: error: {err}", file=sys.stderr)
+    except (CLIError, DatasetError, WeightsError) as err:
+        print(f"iamnn {command}: error: {err}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -201,6 +201,25 @@ class IamNNCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
+        parser.add_argument(
+            "--name", type=str | None, default=None, help="run name: every logger writes to runs/<name>"
+        )
+        parser.add_argument("--runs_dir", type=str | None, default=None, help="folder of the runs (default: runs)")
+
+    def before_instantiate_classes(self) -> None:
+        # one run name for all the recipe's loggers (a list is awkward to override item by item)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        loggers = config.trainer.logger
+        if not isinstance(loggers, list):
+            return
+        for logger in loggers:
+            args = getattr(logger, "init_args", None)
+            if args is None:
+                continue
+            if config.name:
+                args.name, args.version = config.name, ""
+            if config.runs_dir:
+                args.save_dir = config.runs_dir
 
 
 def _quiet_lightning() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,44 @@ def load_image(path: Path, data: dict[str, Any]) -> Tensor:
     return (x - mean) / std
 
 
+Runner = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]  # images -> logits, iterations, macs
+
+
+def torch_runner(model: nn.Module) -> Runner:
+    model.eval()
+
+    def run(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, stats = model(x, return_stats=True)
+        return logits, stats.iterations, stats.macs
+
+    return run
+
+
+def onnx_runner(path: str | Path, threads: int | None = None) -> tuple[Runner, dict[str, Any]]:
+    """An exported model run by onnxruntime; MACs from its iteration counts (the model's cost table)."""
+    from .export import OnnxModel
+    from .models import create_model
+
+    onnx = OnnxModel(path, threads)
+    config = onnx.config
+    if not config or "model" not in config:
+        raise ValueError(f"{path}: the ONNX file carries no iamnn config (was it written by `iamnn export`?)")
+    with torch.device("meta"):  # only the cost table is needed: no weights are allocated
+        cost_model = create_model(config["model"], **config.get("kwargs", {}))
+
+    def run(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, iterations = onnx(x)
+        iterations = torch.from_numpy(iterations)
+        return torch.from_numpy(logits), iterations, cost_model.macs(iterations, tuple(x.shape[-2:]))
+
+    return run, config
+
+
 @torch.no_grad()
 def predict_files(
-    model: nn.Module, data: dict[str, Any], paths: list[str | Path], batch_size: int = 64
+    run: Runner, data: dict[str, Any], paths: list[str | Path], batch_size: int = 64
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions for every readable image, and ``(path, reason)`` for every file that is not one."""
-    model.eval()
     good: list[tuple[Path, Tensor]] = []
     bad: list[tuple[str, str]] = []
     for path in expand_paths(paths):
@@ -68,7 +101,7 @@ def predict_files(
     names = data.get("class_names") or []
     for i in range(0, len(good), batch_size):
         chunk = good[i : i + batch_size]
-        logits, stats = model(torch.stack([x for _, x in chunk]), return_stats=True)
+        logits, iterations, macs = run(torch.stack([x for _, x in chunk]))
         conf, index = logits.softmax(1).max(1)
         for j, (path, _) in enumerate(chunk):
             k = int(index[j])
@@ -78,8 +111,8 @@ def predict_files(
                     names[k] if k < len(names) else str(k),
                     k,
                     float(conf[j]),
-                    stats.iterations[j].tolist(),
-                    int(stats.macs[j]),
+                    iterations[j].tolist(),
+                    int(macs[j]),
                 )  # fmt: skip
             )
     return results, bad

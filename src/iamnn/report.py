@@ -24,6 +24,7 @@ from .weights import load_model
 # inference regimes of the accuracy-vs-MACs curve: halting thresholds 1 − ε, and fixed k
 EPSILONS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 FIXED_K = (1, 2, 3, 4, 6, 8, 12, 16, 23, 36)
+QUICK_EPSILONS, QUICK_FIXED_K = (0.01, 0.1, 0.3, 0.6, 0.9), (1, 2, 4)
 
 
 @dataclass
@@ -108,7 +109,12 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, num_batches: int
 
 
 def sweep_regimes(
-    model: IamNN, test_loader: DataLoader, train_loader: DataLoader | None, recalibrate: bool = True
+    model: IamNN,
+    test_loader: DataLoader,
+    train_loader: DataLoader | None,
+    recalibrate: bool = True,
+    epsilons: tuple[float, ...] = EPSILONS,
+    fixed_k: tuple[int, ...] = FIXED_K,
 ) -> list[dict[str, Any]]:
     """Accuracy and average MACs over inference regimes: halting thresholds (ε) and fixed k.
 
@@ -118,7 +124,7 @@ def sweep_regimes(
     state = {k: v.clone() for k, v in model.state_dict().items()}
     halting, epsilon = model.halting, model.epsilon
     points = []
-    regimes = [("act", e) for e in EPSILONS] + [(k, epsilon) for k in FIXED_K if k <= max(model.max_iterations)]
+    regimes = [("act", e) for e in epsilons] + [(k, epsilon) for k in fixed_k if k < max(model.max_iterations)]
     regimes.append(("full", epsilon))
     for mode, eps in regimes:
         model.halting, model.epsilon = mode, eps
@@ -167,14 +173,17 @@ def find_weights(run_dir: Path) -> Path:
     return ckpts[-1]
 
 
-def evaluate_run(run_dir: str | Path, sweep: bool = True, test_subset: int | None = None) -> tuple[Evaluation, Any]:
+def evaluate_run(
+    run_dir: str | Path, sweep: bool = True, test_subset: int | None = None, quick: bool = False
+) -> tuple[Evaluation, Any]:
     run_dir = Path(run_dir)
     model = load_model(find_weights(run_dir))
     dm = load_datamodule(run_dir, **({"test_subset": test_subset} if test_subset else {}))
     ev = evaluate(model, dm.test_dataloader(), run_dir.name)
     if sweep and isinstance(model, IamNN):
         dm.setup("fit")
-        ev.sweep = sweep_regimes(model, dm.test_dataloader(), dm.train_dataloader())
+        grid = (QUICK_EPSILONS, QUICK_FIXED_K) if quick else (EPSILONS, FIXED_K)
+        ev.sweep = sweep_regimes(model, dm.test_dataloader(), dm.train_dataloader(), True, *grid)
     return ev, dm
 
 
@@ -281,14 +290,18 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
 
 
 def build_report(
-    run_dirs: list[str | Path], out_dir: str | Path, sweep: bool = True, test_subset: int | None = None
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    sweep: bool = True,
+    test_subset: int | None = None,
+    quick: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every run on its test set; write report.md, report.json and the PNG figures."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     evaluations, figures = [], []
     for run in run_dirs:
-        ev, dm = evaluate_run(run, sweep=sweep, test_subset=test_subset)
+        ev, dm = evaluate_run(run, sweep=sweep, test_subset=test_subset, quick=quick)
         evaluations.append(ev)
         if ev.iterations.float().std() > 0 or ev.sweep:  # adaptive: its own figures
             fig2, fig3 = out / f"{ev.name}_iterations.png", out / f"{ev.name}_easy_hard.png"

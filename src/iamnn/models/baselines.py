@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from .iamnn import IamNNStats, Stem, _scaled
+from .iamnn import IamNNStats, Stem, _scaled, check_input, init_resnet_style
 
 RESNETS: dict[str, tuple[type[tv.BasicBlock] | type[tv.Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (tv.BasicBlock, (2, 2, 2, 2)),
@@ -58,13 +58,7 @@ class ResNet(tv.ResNet):
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
-        # torchvision's initialisation, re-applied to the modules replaced above
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_style(self)  # torchvision's initialisation, re-applied to the modules replaced above
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, tv.Bottleneck):
@@ -84,6 +78,7 @@ class ResNet(tv.ResNet):
         return self.fc(torch.flatten(self.avgpool(features), 1))
 
     def forward(self, x: Tensor, return_stats: bool = False) -> Tensor | tuple[Tensor, IamNNStats]:
+        check_input(x, self.in_chans)
         logits = self._forward_impl(x)
         if not return_stats:
             return logits

@@ -127,39 +127,75 @@ class IterativeStage(nn.Module):
             iterations = torch.full((batch,), n, dtype=torch.long, device=x0.device)
             return s, iterations, iterations.to(x0.dtype) + 1.0  # ρ = N + R with R = p_N = 1
 
-        rows = torch.arange(batch, device=x0.device)  # full-batch index of each active sample
+        rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
         cum_h = x0.new_zeros(batch)  # Σ_{i<n} h_i of the active samples
-        weighted, weighted_rows, halted_rows, halted_n, halted_rho = [], [], [], [], []
+        y_active: Tensor | None = None  # Σ_{j≤i} p_j · s_j of the active samples
+        # one entry per halting event: rows, their y, N and ρ
+        done_rows: list[Tensor | None] = []
+        done_y, done_n, done_rho = [], [], []
         for i in range(self.max_iterations):
             is_last = i == self.max_iterations - 1
             s, u = self.step(x0, s, i)
             h = None if is_last else self.halting(s, x0, u)
             p, halt = act_step(cum_h, h, epsilon, is_last)
-            weighted.append(p[:, None, None, None] * s)  # the p_n · s_n term of y
-            weighted_rows.append(rows)
-            done = rows[halt]
-            halted_rows.append(done)
-            halted_n.append(torch.full_like(done, i + 1))
-            halted_rho.append(p[halt] + (i + 1))  # ponder cost ρ = N + R, and p_N = R
-            if is_last:
+            # y = Σ_n p_n · s_n, accumulated while the sample is active
+            term = p[:, None, None, None] * s
+            y_active = term if y_active is None else y_active + term
+            n_halt = len(halt) if is_last else int(halt.sum())  # the one host sync of an iteration
+            if n_halt == 0:
+                cum_h = cum_h + h
+                continue
+            # samples with N = i + 1 leave; ponder cost ρ = N + R, with p_N = R
+            if n_halt == len(halt):
+                done_rows.append(rows)
+                done_y.append(y_active)
+                done_n.append(torch.full_like(p, i + 1, dtype=torch.long))
+                done_rho.append(p + (i + 1))
                 break
-            keep = ~halt
-            if not keep.any():
-                break
-            cum_h = cum_h + h
-            if not keep.all():  # compaction: halted samples leave the batch
-                rows, x0, s, cum_h = rows[keep], x0[keep], s[keep], cum_h[keep]
+            gone, keep = halt.nonzero().squeeze(1), (~halt).nonzero().squeeze(1)
+            done_rows.append(gone if rows is None else rows[gone])
+            done_y.append(y_active[gone])
+            done_n.append(torch.full_like(gone, i + 1))
+            done_rho.append(p[gone] + (i + 1))
+            # compaction: the next iteration computes on the active samples only
+            rows = keep if rows is None else rows[keep]
+            x0, s, y_active, cum_h = x0[keep], s[keep], y_active[keep], (cum_h + h)[keep]
 
-        # y = Σ_n p_n · s_n, each term scattered back to its sample's row
-        y = s.new_zeros(batch, *s.shape[1:]).index_add(0, torch.cat(weighted_rows), torch.cat(weighted))
-        done = torch.cat(halted_rows)
-        iterations = torch.empty(batch, dtype=torch.long, device=x0.device).index_put((done,), torch.cat(halted_n))
-        ponder = x0.new_empty(batch).index_put((done,), torch.cat(halted_rho))
-        return y, iterations, ponder
+        if done_rows[0] is None:  # every sample halted at the same iteration: nothing to reorder
+            return done_y[0], done_n[0], done_rho[0]
+        order = torch.cat(done_rows)  # order[j] = full-batch row of the j-th finished sample
+        position = torch.empty_like(order).index_copy_(0, order, torch.arange(batch, device=order.device))
+        return torch.cat(done_y)[position], torch.cat(done_n)[position], torch.cat(done_rho)[position]
 
     def iteration_macs(self, hw: tuple[int, int]) -> tuple[int, int, int]:
         """MACs of the first iteration (from s_0 = 0), of each later one, and of one halting call."""
         return self.block.macs(hw, first=True), self.block.macs(hw), self.halting.macs()
+
+
+def init_resnet_style(module: nn.Module) -> None:
+    """torchvision ResNet's initialisation: Kaiming-normal (fan-out) convolutions, BN γ = 1, β = 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def check_input(x: Tensor, in_chans: int) -> None:
+    """Reject what would otherwise fail deep inside (or silently give garbage) with a clear message."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
+    if x.shape[0] == 0:
+        raise ValueError("empty batch: at least one image is needed")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point image tensor, got {x.dtype} (normalise it first)")
+    if x.device.type != "meta" and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        raise ValueError("input contains NaN or Inf values")
 
 
 def _scaled(channels: int, width: float, divisor: int = 1) -> int:
@@ -230,12 +266,7 @@ class IamNN(nn.Module):
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_style(self)
         if zero_init_residual:
             for stage in self.stages:
                 for _, _, bn3 in stage.block.norms:
@@ -254,6 +285,12 @@ class IamNN(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, C, H, W) -> features (B, C_4, h, w), iterations (B, 4), ponder (B, 4)."""
+        check_input(x, self.in_chans)
+        if min(self.stage_sizes(tuple(x.shape[-2:]))[-1]) < 1:
+            raise ValueError(
+                f"input {x.shape[-2]}x{x.shape[-1]} is too small: the {self.stem_type} stem and "
+                f"{len(self.stages) - 1} 2x2 poolings leave no pixel for the last stage"
+            )
         x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
         iterations, ponder = [], []
         for k, stage in enumerate(self.stages):
@@ -276,17 +313,25 @@ class IamNN(nn.Module):
         return logits, IamNNStats(iterations, ponder, self.macs(iterations, x.shape[-2:]))
 
     # -- cost ----------------------------------------------------------------------------------
+    def stage_sizes(self, input_hw: tuple[int, int]) -> list[tuple[int, int]]:
+        """Spatial size of the stem's output, then of each stage's maps, for ``input_hw``."""
+        hw = conv_out_hw(tuple(input_hw), self.conv1)
+        sizes = [hw]
+        if isinstance(self.maxpool, nn.MaxPool2d):
+            hw = conv_out_hw(hw, self.maxpool)
+        for k in range(len(self.stages)):
+            if k > 0:
+                hw = conv_out_hw(hw, self.pool)
+            sizes.append(hw)
+        return sizes
+
     def cost_table(self, input_hw: tuple[int, int]) -> dict[str, object]:
         """Analytic MACs: stem; per stage the first iteration, each later iteration and one halting
         call; head."""
-        hw = conv_out_hw(tuple(input_hw), self.conv1)
-        stem = conv_macs(self.conv1, hw)
-        if isinstance(self.maxpool, nn.MaxPool2d):
-            hw = conv_out_hw(hw, self.maxpool)
+        stem_hw, *stage_hw = self.stage_sizes(input_hw)
+        stem = conv_macs(self.conv1, stem_hw)
         first, block, halt = [], [], []
-        for k, stage in enumerate(self.stages):
-            if k > 0:
-                hw = conv_out_hw(hw, self.pool)
+        for stage, hw in zip(self.stages, stage_hw, strict=True):
             f, b, h = stage.iteration_macs(hw)
             first.append(f)
             block.append(b)

@@ -1,0 +1,79 @@
+"""`iamnn bench` in smoke mode: one table, and a JSON with every column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from iamnn.cli import main
+
+
+def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.json"
+    main(
+        [
+            "bench",
+            "--model",
+            "iamnn_r34",
+            "--width",
+            "0.0625",
+            "--stem",
+            "cifar",
+            "--input-size",
+            "16",
+            "--batch-sizes",
+            "1,4",
+            "--threads",
+            "1",
+            "--smoke",
+            "--json",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "IamNN act" in printed and "speedup" in printed
+    result = json.loads(out.read_text())
+    assert result["threads"] == 1 and result["inputs"].startswith("synthetic")
+    names = [r["row"] for r in result["rows"]]
+    assert names == ["ResNet resnet34", "IamNN full", "IamNN act", "IamNN fixed-1"]
+    for row in result["rows"]:
+        for key in ("params", "macs_mean", "latency_p50_ms", "latency_p95_ms", "images_per_s@1", "images_per_s@4"):
+            assert row[key] > 0, (row["row"], key)
+    act = result["rows"][2]
+    for key in ("mac_ratio", "speedup_over_full@1", "efficiency@1", "efficiency@4"):
+        assert act[key] > 0
+    assert result["rows"][1]["time_per_mac_vs_baseline@1"] > 0
+    assert result["rows"][3]["macs_mean"] < result["rows"][1]["macs_mean"]  # fixed-1 < full
+    assert result["train_step"]["full"] > 0 and result["train_step"]["act"] > 0
+
+
+def test_bench_onnxruntime_smoke(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.json"
+    main(
+        [
+            "bench",
+            "--model",
+            "iamnn_r18",
+            "--width",
+            "0.0625",
+            "--stem",
+            "cifar",
+            "--input-size",
+            "16",
+            "--batch-sizes",
+            "1,2",
+            "--threads",
+            "1",
+            "--smoke",
+            "--runtime",
+            "onnxruntime",
+            "--json",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert result["runtime"] == "onnxruntime" and len(result["rows"]) == 4
+    assert all(r["images_per_s@2"] > 0 for r in result["rows"])
+    assert "onnxruntime" in capsys.readouterr().out
