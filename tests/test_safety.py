@@ -1,0 +1,73 @@
+"""Loading refuses pickled code; bad inputs get clear errors (parts of the reliability issue)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import iamnn
+from iamnn.cli import main
+from iamnn.weights import WeightsError, load_model
+
+MARKER = "iamnn-pwned"
+
+
+class _Exploit:
+    """Unpickling this calls os.system: a checkpoint that runs code when plainly unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _crafted_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    marker = tmp_path / MARKER
+    ckpt = tmp_path / "evil.ckpt"
+    payload = {"state_dict": {}, "hyper_parameters": {"model": "iamnn_r18"}, "evil": _Exploit(marker)}
+    with open(ckpt, "wb") as f:
+        pickle.dump(payload, f)
+    torch.save(payload, tmp_path / "evil_torchsave.ckpt")
+    return ckpt, marker
+
+
+def test_crafted_pickle_checkpoint_is_refused_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt, marker = _crafted_checkpoint(tmp_path)
+    for path in (ckpt, tmp_path / "evil_torchsave.ckpt"):
+        with pytest.raises(WeightsError, match="refused to load checkpoint"):
+            load_model(path)
+        with pytest.raises(WeightsError, match="refused"):
+            iamnn.create_model("iamnn_r18", checkpoint_path=path)
+        (tmp_path / "img.png").write_bytes(b"")
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", "--weights", str(path), str(tmp_path / "img.png")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("iamnn predict: error:") and "refused" in err and len(err.splitlines()) == 1
+    assert not marker.exists(), "unpickling ran the payload"
+
+
+@pytest.mark.parametrize(
+    "x, error, match",
+    [
+        (torch.randn(2, 3, 16, 16), ValueError, "1 input channel"),
+        (torch.randn(1, 16, 16), ValueError, r"\(B, C, H, W\)"),
+        (torch.zeros(2, 1, 16, 16, dtype=torch.uint8), TypeError, "floating-point"),
+        (torch.full((2, 1, 16, 16), float("nan")), ValueError, "NaN or Inf"),
+        (torch.full((1, 1, 16, 16), float("inf")), ValueError, "NaN or Inf"),
+        (torch.randn(0, 1, 16, 16), ValueError, "empty batch"),
+        (torch.randn(1, 1, 4, 4), ValueError, "too small"),
+    ],
+)
+@pytest.mark.parametrize("name", ["iamnn_r18", "resnet18"])
+def test_bad_inputs_get_clear_errors(name: str, x: torch.Tensor, error: type, match: str) -> None:
+    model = iamnn.create_model(name, stem="cifar", in_chans=1, num_classes=3, width=1 / 16).eval()
+    if name == "resnet18" and match == "too small":
+        pytest.skip("a ResNet with strided convolutions accepts any size")
+    with pytest.raises(error, match=match):
+        model(x)
