@@ -180,3 +180,20 @@ def test_missing_dataset_is_one_line_error(tmp_path: Path, monkeypatch, capsys) 
         err.startswith("iamnn fit: error: Fashion-MNIST not found") and "apt-get install dataset-fashion-mnist" in err
     )
     assert str(tmp_path / "nowhere") in err
+
+
+def test_shipped_weights_load_without_network() -> None:
+    from iamnn.data import FashionMNISTDataModule
+    from iamnn.weights import pretrained_path
+
+    assert "iamnn_r34_fmnist" in iamnn.list_models(pretrained=True)
+    model = iamnn.create_model("iamnn_r34_fmnist", pretrained=True).eval()
+    config = read_config(pretrained_path("iamnn_r34_fmnist"))
+    assert config["data"]["dataset"] == "FashionMNISTDataModule" and config["kwargs"]["width"] == 0.125
+    dm = FashionMNISTDataModule(val_size=0, test_subset=500)
+    dm.setup("test")
+    x, y = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        logits, stats = model(x, return_stats=True)
+    assert (logits.argmax(1) == y).float().mean() > 0.88
+    assert stats.macs.float().mean() < model.max_macs((28, 28))  # it exits early on real images
