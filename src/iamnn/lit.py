@@ -229,6 +229,8 @@ def _quiet_lightning() -> None:
     )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # the TensorBoard and CSV loggers of a recipe share runs/<name>/: the second one always finds it
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
 def run_lightning_cli(args: list[str]) -> IamNNCLI:
