@@ -324,3 +324,21 @@ def test_folded_batchnorm_matches_eval_forward(stem: str, halting: object) -> No
         assert measure_macs(lambda: folded(x)) == int(f_stats.macs.sum())
     with pytest.raises(RuntimeError, match="inference only"):
         folded.train()
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_single_sample_inference_path_matches_batched(stem: str) -> None:
+    """Batch 1 at inference takes the host-side ACT path; it must agree with the batched loop."""
+    x = _varied_input(10, INPUT[stem])
+    model = _spread_halting(iamnn.create_model("iamnn_r101", stem=stem, num_classes=7, width=SMALL), x).eval()
+    with torch.no_grad():
+        scale = model(x).abs().max()
+        model.fc.weight /= scale
+        model.fc.bias /= scale
+        logits, stats = model(x, return_stats=True)
+        for b in range(len(x)):
+            one, one_stats = model(x[b : b + 1], return_stats=True)
+            assert torch.equal(one_stats.iterations[0], stats.iterations[b])
+            torch.testing.assert_close(one[0], logits[b], atol=1e-5, rtol=0)
+            torch.testing.assert_close(one_stats.ponder[0], stats.ponder[b], atol=1e-5, rtol=0)
+    assert len(stats.iterations.unique()) > 2

@@ -197,3 +197,21 @@ def test_shipped_weights_load_without_network() -> None:
         logits, stats = model(x, return_stats=True)
     assert (logits.argmax(1) == y).float().mean() > 0.88
     assert stats.macs.float().mean() < model.max_macs((28, 28))  # it exits early on real images
+
+
+def test_onnx_export_of_trained_model_matches_pytorch(digits_run: Path, tmp_path: Path) -> None:
+    """The digits model trained a few epochs: onnxruntime and PyTorch agree on 64 test inputs."""
+    from iamnn.export import OnnxModel, export_onnx
+    from iamnn.report import load_datamodule
+
+    model = load_model(digits_run / "model.safetensors")
+    dm = load_datamodule(digits_run, test_subset=64)
+    x = torch.cat([b for b, _ in dm.test_dataloader()])
+    assert len(x) == 64
+    onnx = OnnxModel(export_onnx(model, tmp_path / "digits.onnx", input_size=(16, 16)))
+    logits, iterations = onnx(x)
+    with torch.no_grad():
+        ref, stats = model(x, return_stats=True)
+    assert (torch.from_numpy(logits).argmax(1) == ref.argmax(1)).all()
+    torch.testing.assert_close(torch.from_numpy(logits), ref, atol=1e-4, rtol=0)
+    assert torch.equal(torch.from_numpy(iterations), stats.iterations)

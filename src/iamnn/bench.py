@@ -72,36 +72,43 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(run: Any, x: Tensor) -> float:
+    _sync(x.device)
+    t = time.perf_counter()
+    run(x)
+    _sync(x.device)
+    return time.perf_counter() - t
+
+
 @torch.inference_mode()
-def _latency(model: nn.Module, images: Tensor, warmup: int) -> list[float]:
-    device = images.device
-    for i in range(warmup):
-        model(images[i : i + 1])
-    times = []
+def _latencies(runners: list[Any], images: Tensor, warmup: int) -> list[list[float]]:
+    """Batch-1 seconds per image for every runner, interleaved image by image so that the
+    machine's drift (other load, clock changes) hits every row alike."""
+    for run in runners:
+        for i in range(warmup):
+            run(images[i : i + 1])
+    times: list[list[float]] = [[] for _ in runners]
     for i in range(len(images)):
-        x = images[i : i + 1]
-        _sync(device)
-        t = time.perf_counter()
-        model(x)
-        _sync(device)
-        times.append(time.perf_counter() - t)
+        for r, run in enumerate(runners):
+            times[r].append(_timed(run, images[i : i + 1]))
     return times
 
 
 @torch.inference_mode()
-def _throughput(model: nn.Module, images: Tensor, batch: int, total: int, warmup: int) -> float:
-    """Images per second at batch size ``batch`` over ``total`` images (cycling through ``images``)."""
+def _throughputs(runners: list[Any], images: Tensor, batch: int, total: int, warmup: int) -> list[float]:
+    """Images per second at batch size ``batch`` over ``total`` images (cycling through ``images``),
+    the runners taking turns batch by batch."""
     n_batches = max(2, total // batch)
     batches = [images[(i * batch) % len(images) :][:batch] for i in range(n_batches)]
     batches = [b if len(b) == batch else images[:batch] for b in batches]
-    for b in batches[: max(1, warmup // 2)]:
-        model(b)
-    _sync(images.device)
-    t = time.perf_counter()
+    for run in runners:
+        for b in batches[: max(1, warmup // 2)]:
+            run(b)
+    seconds = [0.0] * len(runners)
     for b in batches:
-        model(b)
-    _sync(images.device)
-    return n_batches * batch / (time.perf_counter() - t)
+        for r, run in enumerate(runners):
+            seconds[r] += _timed(run, b)
+    return [n_batches * batch / t for t in seconds]
 
 
 @torch.inference_mode()
@@ -192,8 +199,13 @@ def run_bench(
         else:
             runners = [baseline] + [_with_mode(infer, mode) for mode in modes[1:]]
         rows = []
-        for name, run, mode, avg_macs in zip(names, runners, modes, macs, strict=True):
-            lat = _latency(run, images[: config.latency_images], config.warmup)
+        latencies = _latencies(runners, images[: config.latency_images], config.warmup)
+        speeds = {
+            b: _throughputs(runners, images, b, max(config.throughput_images, 2 * b), config.warmup)
+            for b in config.batch_sizes
+        }
+        for r, (name, mode, avg_macs) in enumerate(zip(names, modes, macs, strict=True)):
+            lat = latencies[r]
             row = {
                 "row": name,
                 "params": count_params(model if mode is not None else baseline),
@@ -203,8 +215,7 @@ def run_bench(
                 "latency_mean_ms": sum(lat) / len(lat) * 1000,
             }
             for b in config.batch_sizes:
-                total = max(config.throughput_images, 2 * b)
-                row[f"images_per_s@{b}"] = _throughput(run, images, b, total, config.warmup)
+                row[f"images_per_s@{b}"] = speeds[b][r]
             rows.append(row)
     infer.halting = model.halting
     full, act = rows[1], rows[2]

@@ -34,9 +34,13 @@ class HaltingUnit(nn.Module):
         nn.init.constant_(self.fc3.bias, bias_init)
 
     def forward(self, s: Tensor, x0: Tensor, u: Tensor) -> Tensor:
-        """(B, C_s, H, W), (B, C_x, H, W), (B, C_s, H, W) -> (B,) halting scores in (0, 1)."""
-        # GAP of the concatenation == concatenation of the per-tensor GAPs (no (B, C, H, W) copy).
-        z = torch.cat([s.mean((2, 3)), x0.mean((2, 3)), u.mean((2, 3))], dim=1)
+        """(B, C_s, H, W), (B, C_x, H, W) or its GAP (B, C_x), (B, C_s, H, W) -> (B,) scores in (0, 1).
+
+        x0 is the same at every iteration of a stage, so the stage passes its GAP, computed once.
+        """
+        # GAP of the concatenation == concatenation of the per-tensor GAPs (no (B, C, H, W) copy)
+        x0_gap = x0 if x0.ndim == 2 else x0.mean((2, 3))
+        z = torch.cat([s.mean((2, 3)), x0_gap, u.mean((2, 3))], dim=1)
         z = torch.relu(self.fc1(z))
         z = torch.relu(self.fc2(z))
         return torch.sigmoid(self.fc3(z)).squeeze(1)

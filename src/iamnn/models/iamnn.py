@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -126,21 +127,24 @@ class IterativeStage(nn.Module):
                 s, _ = self.step(x0, s, i)
             iterations = torch.full((batch,), n, dtype=torch.long, device=x0.device)
             return s, iterations, iterations.to(x0.dtype) + 1.0  # ρ = N + R with R = p_N = 1
+        if batch == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32:
+            return self._act_one_sample(x0, epsilon)
 
         rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
         cum_h = x0.new_zeros(batch)  # Σ_{i<n} h_i of the active samples
         y_active: Tensor | None = None  # Σ_{j≤i} p_j · s_j of the active samples
+        x0_gap = x0.mean((2, 3))  # the halting unit's view of x0, the same at every iteration
         # one entry per halting event: rows, their y, N and ρ
         done_rows: list[Tensor | None] = []
         done_y, done_n, done_rho = [], [], []
         for i in range(self.max_iterations):
             is_last = i == self.max_iterations - 1
             s, u = self.step(x0, s, i)
-            h = None if is_last else self.halting(s, x0, u)
+            h = None if is_last else self.halting(s, x0_gap, u)
             p, halt = act_step(cum_h, h, epsilon, is_last)
-            # y = Σ_n p_n · s_n, accumulated while the sample is active
-            term = p[:, None, None, None] * s
-            y_active = term if y_active is None else y_active + term
+            # y = Σ_n p_n · s_n, accumulated while the sample is active (one fused pass per iteration)
+            p_map = p[:, None, None, None]
+            y_active = p_map * s if y_active is None else torch.addcmul(y_active, p_map, s)
             n_halt = len(halt) if is_last else int(halt.sum())  # the one host sync of an iteration
             if n_halt == 0:
                 cum_h = cum_h + h
@@ -159,13 +163,40 @@ class IterativeStage(nn.Module):
             done_rho.append(p[gone] + (i + 1))
             # compaction: the next iteration computes on the active samples only
             rows = keep if rows is None else rows[keep]
-            x0, s, y_active, cum_h = x0[keep], s[keep], y_active[keep], (cum_h + h)[keep]
+            x0, x0_gap, s, y_active, cum_h = x0[keep], x0_gap[keep], s[keep], y_active[keep], (cum_h + h)[keep]
 
         if done_rows[0] is None:  # every sample halted at the same iteration: nothing to reorder
             return done_y[0], done_n[0], done_rho[0]
         order = torch.cat(done_rows)  # order[j] = full-batch row of the j-th finished sample
         position = torch.empty_like(order).index_copy_(0, order, torch.arange(batch, device=order.device))
         return torch.cat(done_y)[position], torch.cat(done_n)[position], torch.cat(done_rho)[position]
+
+    def _act_one_sample(self, x0: Tensor, epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
+        """ACT for a single sample at inference: the halting decision is taken on the host.
+
+        The batched loop needs about ten small tensor ops per iteration for its bookkeeping; with
+        one sample they become float32 scalar arithmetic (numpy, so that every decision equals the
+        batched one bit for bit) and one host read of h per iteration.
+        """
+        s: Tensor | None = None
+        y: Tensor | None = None
+        x0_gap = x0.mean((2, 3))
+        cum_h = np.float32(0.0)  # Σ_{i<n} h_i
+        threshold = np.float32(1.0 - epsilon)
+        for i in range(self.max_iterations):
+            s, u = self.step(x0, s, i)
+            is_last = i == self.max_iterations - 1
+            h = np.float32(1.0) if is_last else np.float32(self.halting(s, x0_gap, u).item())
+            halt = is_last or cum_h + h >= threshold  # N = min{n : Σ_{i≤n} h_i ≥ 1 − ε}
+            p = np.float32(1.0) - cum_h if halt else h  # p_N = R = 1 − Σ_{i<N} h_i
+            p_map = torch.full((1, 1, 1, 1), float(p), dtype=s.dtype, device=s.device)
+            y = p_map * s if y is None else torch.addcmul(y, p_map, s)  # y = Σ_n p_n · s_n
+            if halt:
+                n = torch.full((1,), i + 1, dtype=torch.long, device=x0.device)
+                rho = torch.full((1,), float(p + np.float32(i + 1)), dtype=x0.dtype, device=x0.device)  # ρ = N + R
+                return y, n, rho
+            cum_h = cum_h + h
+        raise AssertionError("unreachable: the last iteration always halts")
 
     def iteration_macs(self, hw: tuple[int, int]) -> tuple[int, int, int]:
         """MACs of the first iteration (from s_0 = 0), of each later one, and of one halting call."""
