@@ -42,7 +42,7 @@ def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureF
         for key in ("params", "macs_mean", "latency_p50_ms", "latency_p95_ms", "images_per_s@1", "images_per_s@4"):
             assert row[key] > 0, (row["row"], key)
     act = result["rows"][2]
-    for key in ("mac_ratio", "speedup_over_full@1", "efficiency@1", "efficiency@4"):
+    for key in ("mac_ratio", "speedup_over_full@1", "efficiency@1", "efficiency@4", "efficiency_p50@1"):
         assert act[key] > 0
     assert result["rows"][1]["time_per_mac_vs_baseline@1"] > 0
     assert result["rows"][3]["macs_mean"] < result["rows"][1]["macs_mean"]  # fixed-1 < full

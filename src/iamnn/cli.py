@@ -271,8 +271,9 @@ def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
         )  # fmt: skip
     _console().print(table)
     full, act = result["rows"][1], result["rows"][2]
-    print(f"act: MAC ratio full/act {act['mac_ratio']:.2f}; realised speedup "
-          + ", ".join(f"@{b}: {act[f'speedup_over_full@{b}']:.2f}x" for b in sizes))  # fmt: skip
+    print(f"act: MAC ratio full/act {act['mac_ratio']:.2f}; realised speedup (throughput) "
+          + ", ".join(f"@{b}: {act[f'speedup_over_full@{b}']:.2f}x" for b in sizes)
+          + f"; batch-1 median latency: {act['speedup_p50_over_full@1']:.2f}x")  # fmt: skip
     print("IamNN full time per MAC vs the ResNet's: "
           + ", ".join(f"@{b}: {full[f'time_per_mac_vs_baseline@{b}']:.2f}" for b in sizes))  # fmt: skip
     if "train_step" in result:
