@@ -42,6 +42,15 @@ def _spread_halting(model: IamNN, x: torch.Tensor) -> IamNN:
     return model.train(mode)
 
 
+@torch.no_grad()
+def _unit_logits(model: IamNN, x: torch.Tensor) -> None:
+    """Rescale the classifier so that the logits of ``x`` are O(1): inputs spanning two decades give
+    logits up to ~1e4, where a 1e-5 comparison would test float32 resolution, not the code."""
+    scale = model(x).abs().max()
+    model.fc.weight /= scale
+    model.fc.bias /= scale
+
+
 def _varied_input(batch: int, size: int, channels: int = 3) -> torch.Tensor:
     """Inputs whose scales span two decades, so that their halting scores differ widely."""
     torch.manual_seed(0)
@@ -153,10 +162,7 @@ def test_compaction_matches_dense_reference(stem: str) -> None:
     x = _varied_input(12, INPUT[stem])
     model = _spread_halting(iamnn.create_model("iamnn_r101", stem=stem, num_classes=7, width=SMALL), x).eval()
     with torch.no_grad():
-        # inputs spanning two decades give logits up to ~1e4; rescale the classifier to O(1) logits
-        scale = model(x).abs().max()
-        model.fc.weight /= scale
-        model.fc.bias /= scale
+        _unit_logits(model, x)
         logits, stats = model(x, return_stats=True)
     ref_logits, ref_iterations = _dense_reference(model, x)
     assert len(stats.iterations.unique()) > 2, "the test needs a batch that halts at different iterations"
@@ -310,9 +316,7 @@ def test_folded_batchnorm_matches_eval_forward(stem: str, halting: object) -> No
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
-        scale = model.eval()(x).abs().max()
-        model.fc.weight /= scale
-        model.fc.bias /= scale
+        _unit_logits(model.eval(), x)
         logits, stats = model(x, return_stats=True)
         folded = fold_batchnorm(model)
         f_logits, f_stats = folded(x, return_stats=True)
@@ -332,9 +336,7 @@ def test_single_sample_inference_path_matches_batched(stem: str) -> None:
     x = _varied_input(10, INPUT[stem])
     model = _spread_halting(iamnn.create_model("iamnn_r101", stem=stem, num_classes=7, width=SMALL), x).eval()
     with torch.no_grad():
-        scale = model(x).abs().max()
-        model.fc.weight /= scale
-        model.fc.bias /= scale
+        _unit_logits(model, x)
         logits, stats = model(x, return_stats=True)
         for b in range(len(x)):
             one, one_stats = model(x[b : b + 1], return_stats=True)

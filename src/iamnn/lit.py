@@ -222,11 +222,15 @@ class IamNNCLI(LightningCLI):
                 args.save_dir = config.runs_dir
 
 
+def _drop_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
 def _quiet_lightning() -> None:
     """Drop Lightning's advertising tip and a deprecation warning from its own internals."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
-    )
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _drop_tip not in logger.filters:
+        logger.addFilter(_drop_tip)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # the TensorBoard and CSV loggers of a recipe share runs/<name>/: the second one always finds it
