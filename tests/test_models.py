@@ -344,3 +344,13 @@ def test_single_sample_inference_path_matches_batched(stem: str) -> None:
             torch.testing.assert_close(one[0], logits[b], atol=1e-5, rtol=0)
             torch.testing.assert_close(one_stats.ponder[0], stats.ponder[b], atol=1e-5, rtol=0)
     assert len(stats.iterations.unique()) > 2
+
+
+def test_params_used_by_a_mode() -> None:
+    model = iamnn.create_model("iamnn_r101", stem="cifar", num_classes=10, width=SMALL)
+    total = count_params(model)
+    halting = sum(count_params(s.halting) for s in model.stages)
+    assert model.params_used("act") == total
+    assert model.params_used("full") == total - halting
+    extra_bn = sum(count_params(s.block.norms[1:]) for s in model.stages)
+    assert model.params_used(1) == total - halting - extra_bn

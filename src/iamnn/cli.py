@@ -56,7 +56,7 @@ def _profile(args: argparse.Namespace) -> None:
             r["dataset"],
             f"{r['network']} ({r['model']})",
             f"{r['in_chans']}x{r['input_size']}²",
-            human(r["params"]),
+            human(r["params"]) if r["params_used"] == r["params"] else f"{human(r['params_used'])} used",
             r["paper_params"],
             human(r["macs_1_iter"]),
             human(r["macs_max"]),

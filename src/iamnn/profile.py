@@ -55,14 +55,17 @@ def profile_row(row: Table1Row, width: float = 1.0) -> dict[str, object]:
         macs_1 = model.max_macs(hw, 1)
         macs_max = model.max_macs(hw)
         iterations = list(model.max_iterations) if row.halting == "act" else [1] * 4
+        params_used = model.params_used()
     else:
         macs_1 = None
         macs_max = model.max_macs(hw)
         iterations = list(model.max_iterations)
+        params_used = count_params(model)
     return {
         **asdict(row),
         "width": width,
         "params": count_params(model),
+        "params_used": params_used,
         "macs_1_iter": macs_1,
         "macs_max": macs_max,
         "max_iterations": iterations,

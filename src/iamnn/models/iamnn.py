@@ -395,6 +395,19 @@ class IamNN(nn.Module):
             n = [min(int(halting), m) for m in self.max_iterations]
         return int(self.macs(torch.tensor([n]), input_hw, halting)[0])
 
+    def params_used(self, halting: Halting | None = None) -> int:
+        """Parameters a forward in ``halting`` mode can touch: a fixed-k network needs neither the
+        halting units nor the BatchNorms of iterations after k (the paper's "1 iter" row)."""
+        halting = self.halting if halting is None else halting
+        total = sum(p.numel() for p in self.parameters())
+        if halting == "act":
+            return total
+        for stage in self.stages:
+            total -= sum(p.numel() for p in stage.halting.parameters())
+            n = stage.max_iterations if halting == "full" else min(int(halting), stage.max_iterations)
+            total -= sum(p.numel() for norms in stage.block.norms[n:] for p in norms.parameters())
+        return total
+
     # -- timm-style interface ------------------------------------------------------------------
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
