@@ -354,3 +354,18 @@ def test_params_used_by_a_mode() -> None:
     assert model.params_used("full") == total - halting
     extra_bn = sum(count_params(s.block.norms[1:]) for s in model.stages)
     assert model.params_used(1) == total - halting - extra_bn
+
+
+def test_chunked_inference_equals_whole_batch() -> None:
+    x = _varied_input(10, 16)
+    model = _spread_halting(iamnn.create_model("iamnn_r34", stem="cifar", num_classes=5, width=SMALL), x).eval()
+    with torch.no_grad():
+        model.inference_chunk = 0
+        _unit_logits(model, x)
+        logits, stats = model(x, return_stats=True)
+        model.inference_chunk = 3
+        c_logits, c_stats = model(x, return_stats=True)
+        assert measure_macs(lambda: model(x)) == int(c_stats.macs.sum())
+    torch.testing.assert_close(c_logits, logits, atol=1e-5, rtol=0)
+    for name in ("iterations", "macs"):
+        assert torch.equal(getattr(c_stats, name), getattr(stats, name))

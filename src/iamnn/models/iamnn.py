@@ -272,6 +272,7 @@ class IamNN(nn.Module):
         self.num_classes, self.in_chans, self.stem_type, self.width = num_classes, in_chans, stem, width
         self.epsilon = epsilon
         self.halting = halting
+        self.inference_chunk = 64  # eval batches larger than this run in chunks (0: never)
 
         stem_channels = _scaled(64, width)
         if stem == "imagenet":
@@ -336,7 +337,22 @@ class IamNN(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1))
 
     def forward(self, x: Tensor, return_stats: bool = False) -> Tensor | tuple[Tensor, IamNNStats]:
-        """(B, C, H, W) -> logits (B, classes), and with ``return_stats`` the per-sample costs."""
+        """(B, C, H, W) -> logits (B, classes), and with ``return_stats`` the per-sample costs.
+
+        At inference a batch larger than ``inference_chunk`` runs in chunks of that size: eval
+        BatchNorm makes samples independent, so the result is the same, and smaller state maps
+        stay in cache (measured on 2 CPU cores: a batch of 256 ran slower than one of 64).
+        """
+        chunk = self.inference_chunk
+        if not self.training and chunk and x.shape[0] > chunk:
+            parts = [self.forward(part, return_stats=True) for part in x.split(chunk)]
+            logits = torch.cat([p[0] for p in parts])
+            if not return_stats:
+                return logits
+            stats = [p[1] for p in parts]
+            return logits, IamNNStats(
+                *(torch.cat([getattr(st, f) for st in stats]) for f in IamNNStats.__annotations__)
+            )
         features, iterations, ponder = self.forward_features(x)
         logits = self.forward_head(features)
         if not return_stats:
