@@ -103,19 +103,16 @@ def _report(args: argparse.Namespace) -> None:
 
 # -- predict -----------------------------------------------------------------------------------
 def _load_source(args: argparse.Namespace):
-    """(model, config) from --weights FILE or --model NAME --pretrained; config holds "data"."""
-    from .weights import WeightsError, load_model, pretrained_path, read_config
+    """(model, config) from --weights FILE or --model NAME --pretrained; config holds "data".
 
-    try:
-        if args.weights:
-            path = Path(args.weights)
-        elif args.model and args.pretrained:
-            path = pretrained_path(args.model)
-        else:
-            raise CLIError("give --weights FILE, or --model NAME --pretrained")
-        return load_model(path), read_config(path)
-    except WeightsError as err:
-        raise CLIError(str(err)) from None
+    A WeightsError reaches ``main``, which prints it as the command's one-line error."""
+    from .weights import load_model_with_config, pretrained_path
+
+    if args.weights:
+        return load_model_with_config(args.weights)
+    if args.model and args.pretrained:
+        return load_model_with_config(pretrained_path(args.model))
+    raise CLIError("give --weights FILE, or --model NAME --pretrained")
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -207,7 +204,6 @@ def _bench(args: argparse.Namespace) -> None:
 
     from .bench import BenchConfig, run_bench
     from .models import IamNN, create_model
-    from .weights import WeightsError, load_model, pretrained_path, read_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -222,14 +218,14 @@ def _bench(args: argparse.Namespace) -> None:
     if args.onnx and args.runtime != "onnxruntime":
         raise CLIError("--onnx needs --runtime onnxruntime")
     data = None
-    try:
-        if args.weights or args.pretrained:
-            path = Path(args.weights) if args.weights else pretrained_path(args.model)
-            model, data = load_model(path), read_config(path).get("data")
-        else:
+    if args.weights or args.pretrained:
+        model, config = _load_source(args)
+        data = config.get("data")
+    else:
+        try:
             model = create_model(args.model, width=args.width, stem=args.stem)
-    except (WeightsError, ValueError) as err:
-        raise CLIError(str(err)) from None
+        except ValueError as err:
+            raise CLIError(str(err)) from None
     if not isinstance(model, IamNN):
         raise CLIError(f"{args.model}: bench compares an IamNN with its ResNet; give an iamnn_* model")
     sizes = tuple(int(b) for b in args.batch_sizes.split(","))

@@ -183,7 +183,7 @@ class ExportWeights(Callback):
     """
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from .weights import data_config, load_state_dict, save_weights
+        from .weights import data_config, load_weights, save_weights
 
         if not trainer.is_global_zero or trainer.log_dir is None:
             return
@@ -191,7 +191,7 @@ class ExportWeights(Callback):
         model = pl_module.model
         if best:
             model = create_model(model.model_config["model"], **model.model_config["kwargs"])
-            model.load_state_dict(load_state_dict(best))
+            load_weights(model, best)
         data = data_config(trainer.datamodule) if trainer.datamodule is not None else None
         extra = {"checkpoint": Path(best).name or None}
         save_weights(model, Path(trainer.log_dir) / "model.safetensors", data=data, extra=extra)

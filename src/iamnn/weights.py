@@ -64,11 +64,14 @@ def data_config(datamodule: Any) -> dict[str, Any]:
     }
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The model config stored in a safetensors weights file or a Lightning checkpoint."""
+def read_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model config stored in a safetensors weights file or a Lightning checkpoint.
+
+    ``checkpoint``: the already-loaded contents of a ``.ckpt`` file, so it is not read twice.
+    """
     path = Path(path)
     if path.suffix == ".ckpt":
-        checkpoint = _load_checkpoint(path)
+        checkpoint = _load_checkpoint(path) if checkpoint is None else checkpoint
         hparams = checkpoint.get("hyper_parameters", {})
         if "model" not in hparams:
             raise WeightsError(f"{path}: checkpoint has no iamnn model hyper-parameters")
@@ -86,13 +89,17 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return json.loads(metadata[CONFIG_KEY])
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file, or the model weights of a Lightning checkpoint (no pickle code run)."""
+def load_state_dict(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or the model weights of a Lightning checkpoint (no pickle code run).
+
+    ``checkpoint``: the already-loaded contents of a ``.ckpt`` file, so it is not read twice.
+    """
     path = Path(path)
-    if not path.is_file():
+    if checkpoint is None and not path.is_file():
         raise WeightsError(f"{path}: no such file")
     if path.suffix == ".ckpt":
-        state = _load_checkpoint(path).get("state_dict", {})
+        checkpoint = _load_checkpoint(path) if checkpoint is None else checkpoint
+        state = checkpoint.get("state_dict", {})
         return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     try:
         return load_file(str(path))
@@ -102,7 +109,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a weights file into ``model``; a file for another architecture fails naming the mismatch."""
-    state = load_state_dict(path)
+    return _load_into(model, load_state_dict(path), path)
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -126,11 +136,18 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 def load_model(path: str | Path, **overrides: Any) -> nn.Module:
     """Rebuild the model described by a weights file (safetensors or .ckpt) and load its weights."""
+    return load_model_with_config(path, **overrides)[0]
+
+
+def load_model_with_config(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_model`, and the file's config (with its ``"data"`` preprocessing); one read."""
     from .models import create_model
 
-    config = read_config(path)
+    path = Path(path)
+    checkpoint = _load_checkpoint(path) if path.suffix == ".ckpt" else None
+    config = read_config(path, checkpoint)
     model = create_model(config["model"], **{**config.get("kwargs", {}), **overrides})
-    return load_weights(model, path).eval()
+    return _load_into(model, load_state_dict(path, checkpoint), path).eval(), config
 
 
 def pretrained_path(name: str) -> Path:
