@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .cost import count_params
+from .cost import count_params, model_macs
 from .models import IamNN, create_model
 from .models.fold import fold_batchnorm
 
@@ -34,12 +34,15 @@ class BenchConfig:
     train_batch: int = 128  # training step act vs full on one batch (0: skip)
 
 
+def baseline_name(model: IamNN) -> str:
+    """The registry name of the ResNet matching ``model``'s preset (``iamnn_r34_fmnist`` -> ``resnet34``)."""
+    return BASELINE_OF[model.model_config["model"].removeprefix("iamnn_").split("_")[0]]
+
+
 def baseline_for(model: IamNN) -> nn.Module:
     """The ResNet of ``model``'s preset with the same stem, input channels, classes and width."""
-    kwargs = dict(model.model_config["kwargs"])
-    preset = model.model_config["model"].removeprefix("iamnn_")
-    keep = {k: v for k, v in kwargs.items() if k in ("num_classes", "in_chans", "stem", "width")}
-    return create_model(BASELINE_OF[preset], **keep).eval()
+    keep = {k: v for k, v in model.model_config["kwargs"].items() if k in ("num_classes", "in_chans", "stem", "width")}
+    return create_model(baseline_name(model), **keep).eval()
 
 
 @torch.no_grad()
@@ -185,14 +188,12 @@ def run_bench(
     infer = fold_batchnorm(model) if config.fold else model
     if config.fold:
         baseline = _fold_resnet(baseline)
-    preset = model.model_config["model"].removeprefix("iamnn_").split("_")[0]
-    names = [f"ResNet {BASELINE_OF[preset]}", "IamNN full", "IamNN act", "IamNN fixed-1"]
+    names = [f"ResNet {baseline_name(model)}", "IamNN full", "IamNN act", "IamNN fixed-1"]
     modes: list[Any] = [None, "full", "act", 1]
-    macs = [float(model_macs_static(baseline, images))]
+    macs = [float(model_macs(baseline, tuple(images.shape[1:])))]
     for mode in modes[1:]:
         infer.halting = mode
         macs.append(_avg_macs(infer, images))
-    infer.halting = model.halting
     with tempfile.TemporaryDirectory() as tmp:
         if runtime == "onnxruntime":
             runners = _onnx_runners(model, baseline, images, Path(tmp), torch.get_num_threads(), onnx_path)
@@ -229,7 +230,7 @@ def run_bench(
         act[f"speedup_over_full@{b}"] = speedup
         act[f"efficiency@{b}"] = speedup / mac_ratio
     base = rows[0]
-    full["time_per_mac_vs_baseline@1"] = (full["latency_p50_ms"] / full["macs_mean"]) / (
+    full["time_per_mac_p50_vs_baseline@1"] = (full["latency_p50_ms"] / full["macs_mean"]) / (
         base["latency_p50_ms"] / base["macs_mean"]
     )
     for b in config.batch_sizes:
@@ -247,10 +248,3 @@ def run_bench(
         steps["speedup_over_mac_ratio"] = steps["speedup"] / steps["mac_ratio"]
         result["train_step"] = {"batch": batch, **steps}
     return result
-
-
-def model_macs_static(model: nn.Module, images: Tensor) -> int:
-    from .cost import measure_macs
-
-    with torch.inference_mode():
-        return measure_macs(lambda: model(images[:1]))

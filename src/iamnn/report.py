@@ -115,12 +115,19 @@ def sweep_regimes(
     recalibrate: bool = True,
     epsilons: tuple[float, ...] = EPSILONS,
     fixed_k: tuple[int, ...] = FIXED_K,
+    trained: Evaluation | None = None,
 ) -> list[dict[str, Any]]:
     """Accuracy and average MACs over inference regimes: halting thresholds (ε) and fixed k.
 
     With ``recalibrate`` every point's BatchNorm statistics are re-estimated on training data
     for that regime first (``recalibrated: true``); the trained statistics are restored after.
+    The last point is the model as trained (``trained``: its test evaluation, if already done).
     """
+
+    def point(regime: str, eps: float | None, k: int | None, ev: Evaluation, recalibrated: bool) -> dict[str, Any]:
+        return {"regime": regime, "epsilon": eps, "k": k, "macs_mean": float(ev.macs.float().mean()),
+                "top1": float(ev.correct1.float().mean() * 100), "recalibrated": recalibrated}  # fmt: skip
+
     state = {k: v.clone() for k, v in model.state_dict().items()}
     halting, epsilon = model.halting, model.epsilon
     points = []
@@ -130,21 +137,14 @@ def sweep_regimes(
         model.halting, model.epsilon = mode, eps
         if recalibrate and train_loader is not None:
             recalibrate_batchnorm(model, train_loader)
-        ev = evaluate(model, test_loader)
-        points.append({
-            "regime": "act" if mode == "act" else ("full" if mode == "full" else "fixed"),
-            "epsilon": eps if mode == "act" else None,
-            "k": mode if isinstance(mode, int) else None,
-            "macs_mean": float(ev.macs.float().mean()),
-            "top1": float(ev.correct1.float().mean() * 100),
-            "recalibrated": bool(recalibrate and train_loader is not None),
-        })  # fmt: skip
+        regime = "act" if mode == "act" else ("full" if mode == "full" else "fixed")
+        k = mode if isinstance(mode, int) else None
+        recalibrated = bool(recalibrate and train_loader is not None)
+        points.append(point(regime, eps if mode == "act" else None, k, evaluate(model, test_loader), recalibrated))
         model.load_state_dict(state)
     model.halting, model.epsilon = halting, epsilon
-    # trained model as it is, no re-estimation: the reference point
-    ev = evaluate(model, test_loader)
-    points.append({"regime": "trained", "epsilon": epsilon, "k": None, "macs_mean": float(ev.macs.float().mean()),
-                   "top1": float(ev.correct1.float().mean() * 100), "recalibrated": False})  # fmt: skip
+    # the model as trained, no re-estimation: the reference point
+    points.append(point("trained", epsilon, None, trained or evaluate(model, test_loader), False))
     return points
 
 
@@ -183,7 +183,7 @@ def evaluate_run(
     if sweep and isinstance(model, IamNN):
         dm.setup("fit")
         grid = (QUICK_EPSILONS, QUICK_FIXED_K) if quick else (EPSILONS, FIXED_K)
-        ev.sweep = sweep_regimes(model, dm.test_dataloader(), dm.train_dataloader(), True, *grid)
+        ev.sweep = sweep_regimes(model, dm.test_dataloader(), dm.train_dataloader(), True, *grid, trained=ev)
     return ev, dm
 
 
