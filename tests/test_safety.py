@@ -71,3 +71,33 @@ def test_bad_inputs_get_clear_errors(name: str, x: torch.Tensor, error: type, ma
         pytest.skip("a ResNet with strided convolutions accepts any size")
     with pytest.raises(error, match=match):
         model(x)
+
+
+def test_crafted_pickle_checkpoint_is_refused_by_lightning_commands(tmp_path: Path, capsys) -> None:
+    ckpt, marker = _crafted_checkpoint(tmp_path)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "iamnn_r18.yaml"
+    for path in (ckpt, tmp_path / "evil_torchsave.ckpt"):
+        for command in ("test", "fit"):  # `fit --ckpt_path` resumes from a checkpoint
+            with pytest.raises(SystemExit) as exit_info:
+                main([command, "--config", str(recipe), "--runs_dir", str(tmp_path), "--name", "t",
+                      "--trainer.enable_progress_bar=false", "--ckpt_path", str(path)])  # fmt: skip
+            assert exit_info.value.code == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err[-1].startswith(f"iamnn {command}: error:") and "refused" in err[-1], err[-3:]
+            assert not any(line.startswith("Traceback") for line in err)
+    assert not marker.exists(), "unpickling ran the payload"
+
+
+def test_truncated_checkpoint_fails_cleanly_everywhere(tmp_path: Path, capsys) -> None:
+    model = iamnn.create_model("iamnn_r18", stem="cifar", in_chans=1, num_classes=3, width=0.125)
+    path = tmp_path / "cut.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(WeightsError, match="not a readable checkpoint"):
+        load_model(path)
+    with pytest.raises(WeightsError, match="not a readable checkpoint"):
+        iamnn.create_model("iamnn_r18", stem="cifar", in_chans=1, num_classes=3, width=0.125, checkpoint_path=path)
+    with pytest.raises(SystemExit):
+        main(["predict", "--weights", str(path), str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a readable checkpoint" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,27 @@ def test_weights_refuse_other_architecture(digits_run: Path, tmp_path: Path) -> 
     path.write_bytes(path.read_bytes()[:100])  # truncated
     with pytest.raises(WeightsError, match="not a readable safetensors file"):
         load_model(path)
+
+
+def test_checkpoint_of_another_class_count_or_architecture_names_the_mismatch(
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    checkpoint = torch.load(digits_run / "checkpoints" / "last.ckpt", weights_only=True)
+    others = {
+        "classes": (Classifier(model="iamnn_r18", num_classes=3, in_chans=1, width=0.125), r"fc\.(weight|bias)"),
+        "arch": (Classifier(model="iamnn_r34", num_classes=10, in_chans=1, width=0.125), "missing|unexpected"),
+    }
+    for name, (module, match) in others.items():
+        path = tmp_path / f"{name}.ckpt"
+        torch.save({**checkpoint, "state_dict": module.state_dict()}, path)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["test", "--config", str(DIGITS_RECIPE), "--runs_dir", str(tmp_path), "--name", name,
+                  "--trainer.enable_progress_bar=false", "--ckpt_path", str(path)])  # fmt: skip
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "weights do not fit this model" in err[-1] and re.search(match, err[-1]), err[-1]
+        with pytest.raises(WeightsError, match=match):
+            iamnn.create_model("iamnn_r18", stem="cifar", in_chans=1, num_classes=10, width=0.125, checkpoint_path=path)
 
 
 def test_cli_entry_point_profile_json() -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
@@ -190,6 +190,27 @@ class TensorImageDataset(Dataset):
         return self.__getitems__([index])[0]
 
 
+class EpochShuffleSampler(RandomSampler):
+    """Random order that depends only on ``(seed, epoch)``, like ``DistributedSampler`` on one process.
+
+    A plain ``RandomSampler`` draws its permutation from the global RNG whenever the loader's
+    iterator starts, so a run resumed from a checkpoint shuffles differently from the run it
+    continues. Lightning calls ``set_epoch`` before each epoch (and swaps in a ``DistributedSampler``
+    under DDP, since this is a ``RandomSampler``); a hand-written loop must call it too.
+    """
+
+    def __init__(self, data_source: Sequence, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=g).tolist()
+
+
 # -------------------- base
 
 
@@ -282,10 +303,14 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, ds: Dataset | None, train: bool = False) -> DataLoader:
         if ds is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
+        # Training order and worker seeds follow (seed, epoch) only; the global RNG, reseeded each
+        # epoch by lit.EpochSeed, is left to the augmentation. Together: bitwise-identical resumes.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", self.seed))
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=EpochShuffleSampler(ds, seed) if train else None,
+            generator=torch.Generator().manual_seed(seed) if train else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

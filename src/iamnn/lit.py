@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torchmetrics
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from torch import Tensor, nn
 
+from .files import atomic_write
 from .models import IamNN, create_model
+from .weights import check_fits, read_checkpoint
 
 
 def model_config_from_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +150,11 @@ class Classifier(L.LightningModule):
         if self._trainer is not None and self.trainer.datamodule is not None:
             checkpoint["iamnn_data"] = data_config(self.trainer.datamodule)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # before Lightning's strict load_state_dict, whose error is a page of key names
+        path = getattr(self._trainer, "ckpt_path", None) or "checkpoint"
+        check_fits(self, checkpoint.get("state_dict", {}), path)
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         decay, no_decay = [], []
@@ -197,6 +208,49 @@ class ExportWeights(Callback):
         save_weights(model, Path(trainer.log_dir) / "model.safetensors", data=data, extra=extra)
 
 
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written so that a kill at any moment leaves the previous file or the new one, and
+    read without running pickled code (``weights.read_checkpoint``: ``weights_only=True``).
+
+    Lightning's local save goes through fsspec, which writes a temporary file in the system temp
+    folder and moves it over the target: a copy (not a rename) when that folder is on another file
+    system, so a kill mid-copy truncates ``last.ckpt``; nothing is fsynced either. Here the temporary
+    file sits beside the target, is fsynced, and is renamed over it.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_write(path) as f:
+            torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return read_checkpoint(path)  # on the CPU; Lightning moves the states to the model's device
+
+
+class EpochSeed(Callback):
+    """Reseed every RNG at the start of each training epoch from (global seed, epoch, rank).
+
+    Lightning does not store RNG states in checkpoints, so without this a run resumed from an
+    epoch-end checkpoint augments differently from the uninterrupted run (the order is fixed by
+    ``data.EpochShuffleSampler``). With it epoch ``e`` depends only on the seed and ``e``, and
+    resuming gives bitwise the same weights on CPU. That holds for ``num_workers=0`` (the in-memory
+    data modules augment whole batches in the main process); persistent worker processes keep RNG
+    states of their own, so with workers a resumed run is correct but not bitwise identical.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        base = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything; unseeded runs stay unseeded
+        if base is None:
+            return
+        seed = (int(base) * 1_000_003 + trainer.current_epoch * 7919 + trainer.global_rank) % 2**32
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
 class IamNNCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -205,6 +259,15 @@ class IamNNCLI(LightningCLI):
             "--name", type=str | None, default=None, help="run name: every logger writes to runs/<name>"
         )
         parser.add_argument("--runs_dir", type=str | None, default=None, help="folder of the runs (default: runs)")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyper-parameters with a bare torch.load, whose refusal
+        # is a traceback that advises weights_only=False; read_checkpoint fails in one clear line.
+        config = self.config.get(self.config.get("subcommand") or "", {}) or {}
+        path = config.get("ckpt_path") if hasattr(config, "get") else None
+        if path and Path(path).is_file():
+            read_checkpoint(path)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         # one run name for all the recipe's loggers (a list is awkward to override item by item)
@@ -242,9 +305,14 @@ def run_lightning_cli(args: list[str]) -> IamNNCLI:
     from .data import ImageDataModule
 
     _quiet_lightning()
-    checkpoint = ModelCheckpoint(
-        filename="best-{epoch:03d}", monitor="val/acc1", mode="max", save_last=True, auto_insert_metric_name=False
-    )
+    # No version counters: a resumed run that repeats a killed epoch overwrites that epoch's files.
+    best = ModelCheckpoint(
+        filename="best-{epoch:03d}", monitor="val/acc1", mode="max", auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )  # fmt: skip
+    # `save_last=True` only rewrites last.ckpt when a best checkpoint is saved (Lightning 2.6), so
+    # `--ckpt_path last` would go back to the last improvement; this one is rewritten every epoch.
+    last = ModelCheckpoint(filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, enable_version_counter=False)
     return IamNNCLI(
         Classifier,
         ImageDataModule,
@@ -253,7 +321,8 @@ def run_lightning_cli(args: list[str]) -> IamNNCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "callbacks": [checkpoint, ExportWeights()],
+            "callbacks": [best, last, ExportWeights(), EpochSeed()],  # best first: trainer.checkpoint_callback
+            "plugins": [SafeCheckpointIO()],
             "logger": [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
                 {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},

@@ -8,13 +8,17 @@ A weights file carries everything needed to rebuild its model: the safetensors m
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
+
+from .files import atomic_write, write_text_atomic
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 CONFIG_KEY = "iamnn_config"
@@ -45,10 +49,9 @@ def save_weights(
     path.parent.mkdir(parents=True, exist_ok=True)
     config = {**model_config(model), **({"data": data} if data else {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata={CONFIG_KEY: json.dumps(config)})
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps({**config, **(extra or {})}, indent=2) + "\n")
+    with atomic_write(path) as f:
+        f.write(safetensors_bytes(state, metadata={CONFIG_KEY: json.dumps(config)}))
+    write_text_atomic(path.with_suffix(".json"), json.dumps({**config, **(extra or {})}, indent=2) + "\n")
     return path
 
 
@@ -71,7 +74,7 @@ def read_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> d
     """
     path = Path(path)
     if path.suffix == ".ckpt":
-        checkpoint = _load_checkpoint(path) if checkpoint is None else checkpoint
+        checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
         hparams = checkpoint.get("hyper_parameters", {})
         if "model" not in hparams:
             raise WeightsError(f"{path}: checkpoint has no iamnn model hyper-parameters")
@@ -98,7 +101,7 @@ def load_state_dict(path: str | Path, checkpoint: dict[str, Any] | None = None) 
     if checkpoint is None and not path.is_file():
         raise WeightsError(f"{path}: no such file")
     if path.suffix == ".ckpt":
-        checkpoint = _load_checkpoint(path) if checkpoint is None else checkpoint
+        checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
         state = checkpoint.get("state_dict", {})
         return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     try:
@@ -113,12 +116,19 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
+    check_fits(model, state, path)
+    model.load_state_dict(state)
+    return model
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Raise a one-line ``WeightsError`` naming the first mismatch when ``state`` is not ``model``'s."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own.keys() & state.keys()
+        for k in sorted(own.keys() & state.keys())
         if state[k].shape != own[k].shape
     ]
     if missing or unexpected or shapes:
@@ -130,8 +140,6 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pat
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise WeightsError(f"{path}: weights do not fit this model: {'; '.join(parts)}")
-    model.load_state_dict(state)
-    return model
 
 
 def load_model(path: str | Path, **overrides: Any) -> nn.Module:
@@ -144,7 +152,7 @@ def load_model_with_config(path: str | Path, **overrides: Any) -> tuple[nn.Modul
     from .models import create_model
 
     path = Path(path)
-    checkpoint = _load_checkpoint(path) if path.suffix == ".ckpt" else None
+    checkpoint = read_checkpoint(path) if path.suffix == ".ckpt" else None
     config = read_config(path, checkpoint)
     model = create_model(config["model"], **{**config.get("kwargs", {}), **overrides})
     return _load_into(model, load_state_dict(path, checkpoint), path).eval(), config
@@ -168,16 +176,23 @@ def load_pretrained(name: str, **overrides: Any) -> nn.Module:
     return load_model(pretrained_path(name), **overrides)
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint's contents, unpickled with ``weights_only=True``; anything else is refused."""
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled objects
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
-    except Exception as err:  # noqa: BLE001 - every unpickling failure becomes one clear line
+    except pickle.UnpicklingError as err:  # what weights_only raises for anything but tensors and plain data
+        # torch's first lines advise retrying with weights_only=False; the reason is further down
+        lines = [line for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        reason = lines[0].strip() if lines else _first_line(err)
         raise WeightsError(
-            f"{path}: refused to load checkpoint (only tensors and plain data are accepted): {_first_line(err)}"
+            f"{path}: refused to load checkpoint (only tensors and plain data are accepted): {reason}"
         ) from None
+    except Exception as err:  # noqa: BLE001 - every other failure becomes one clear line too
+        reason = _first_line(err).split(". ")[0]
+        raise WeightsError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
 
 
 def _first_line(err: BaseException) -> str:

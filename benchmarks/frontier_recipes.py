@@ -1,0 +1,63 @@
+"""Write the recipes of the accuracy-vs-MACs study (``recipes/fashion_mnist/frontier/*.yaml``).
+
+Every point shares one recipe (IamNN-r101 preset at width 1/8, Fashion-MNIST, 6 epochs of SGD
+one-cycle, bf16 autocast) and changes only what the point is about. Run from the repository root:
+``python benchmarks/frontier_recipes.py``; then ``iamnn fit --config recipes/fashion_mnist/frontier/<point>.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+OUT = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist" / "frontier"
+EPOCHS = 6
+
+# point name -> (comment, model overrides, trainer overrides)
+POINTS: dict[str, tuple[str, dict, dict]] = {
+    "resnet101": ("bottleneck ResNet-101 of the same width (the baseline)", {"model": "resnet101"}, {}),
+    "fixed_k1": ("every stage runs 1 iteration (the paper's '1 iter')", {"halting": 1, "tau": 0.0}, {}),
+    "fixed_k2": ("every stage runs min(2, its maximum) iterations", {"halting": 2, "tau": 0.0}, {}),
+    "fixed_k4": ("every stage runs min(4, its maximum) iterations", {"halting": 4, "tau": 0.0}, {}),
+    "fixed_full": ("every stage runs all its iterations (3/4/23/3), no halting", {"halting": "full", "tau": 0.0}, {}),
+    "act_tau0": ("ACT, no ponder cost", {"tau": 0.0}, {}),
+    "act_tau0.001": ("ACT, ponder cost 0.001", {"tau": 0.001}, {}),
+    "act_tau0.003": ("ACT, ponder cost 0.003", {"tau": 0.003}, {}),
+    "act_tau0.01": ("ACT, ponder cost 0.01", {"tau": 0.01}, {}),
+}
+
+BASE_MODEL = {
+    "model": "iamnn_r101", "stem": "cifar", "width": 0.125, "tau": 0.01,
+    "lr": 0.1, "lr_schedule": "onecycle", "weight_decay": 5.0e-4,
+}  # fmt: skip
+
+
+def recipe(name: str, model: dict, trainer: dict) -> dict:
+    logger = {"save_dir": "runs/frontier", "name": name, "version": ""}
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": EPOCHS, "accelerator": "auto", "precision": "bf16-mixed", "enable_model_summary": False,
+            "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger}],
+            **trainer,
+        },
+        "model": {**BASE_MODEL, **model},
+        "data": {
+            "class_path": "iamnn.data.FashionMNISTDataModule",
+            "init_args": {"batch_size": 128, "eval_batch_size": 500, "val_size": 5000},
+        },
+    }  # fmt: skip
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, (comment, model, trainer) in POINTS.items():
+        text = yaml.safe_dump(recipe(name, model, trainer), sort_keys=False)
+        header = f"# Frontier study point '{name}': {comment}.\n# Written by benchmarks/frontier_recipes.py.\n"
+        (OUT / f"{name}.yaml").write_text(header + text)
+    print(f"wrote {len(POINTS)} recipes to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
