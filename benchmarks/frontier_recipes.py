@@ -1,7 +1,8 @@
 """Write the recipes of the accuracy-vs-MACs study (``recipes/fashion_mnist/frontier/*.yaml``).
 
-Every point shares one recipe (IamNN-r101 preset at width 1/8, Fashion-MNIST, 6 epochs of SGD
-one-cycle, bf16 autocast) and changes only what the point is about. Run from the repository root:
+Every point shares one recipe (IamNN-r101 preset at width 1/8; Fashion-MNIST with 12 000 training
+images, a 2 000-image validation split and the full 10 000-image test set; 6 epochs of SGD one-cycle,
+bf16 autocast: minutes per model on 2 CPU cores) and changes only what the point is about. Run from the repository root:
 ``python benchmarks/frontier_recipes.py``; then ``iamnn fit --config recipes/fashion_mnist/frontier/<point>.yaml``.
 """
 
@@ -25,6 +26,13 @@ POINTS: dict[str, tuple[str, dict, dict]] = {
     "act_tau0.001": ("ACT, ponder cost 0.001", {"tau": 0.001}, {}),
     "act_tau0.003": ("ACT, ponder cost 0.003", {"tau": 0.003}, {}),
     "act_tau0.01": ("ACT, ponder cost 0.01", {"tau": 0.01}, {}),
+    # cures tried for the deep stage's collapse, each on top of act_tau0.01
+    "cure_bias-8": ("act_tau0.01 with the halting bias initialised at -8 instead of -3", {"halting_bias": -8.0}, {}),
+    "cure_tau_warmup": ("act_tau0.01 with tau ramped up from 0 over 3 epochs", {"tau_warmup_epochs": 3.0}, {}),
+    "cure_min_iter": ("act_tau0.01, every iteration forced for the first 2 epochs",
+                      {"min_iterations": 23, "min_iterations_epochs": 2.0}, {}),
+    "cure_ponder_norm": ("act_tau0.01 with each stage's ponder cost divided by its maximum", {"ponder_norm": True}, {}),
+    "cure_long": ("act_tau0.01 trained twice as long", {}, {"max_epochs": 2 * EPOCHS}),
 }
 
 BASE_MODEL = {
@@ -45,7 +53,7 @@ def recipe(name: str, model: dict, trainer: dict) -> dict:
         "model": {**BASE_MODEL, **model},
         "data": {
             "class_path": "iamnn.data.FashionMNISTDataModule",
-            "init_args": {"batch_size": 128, "eval_batch_size": 500, "val_size": 5000},
+            "init_args": {"batch_size": 128, "eval_batch_size": 500, "val_size": 2000, "train_subset": 12000},
         },
     }  # fmt: skip
 

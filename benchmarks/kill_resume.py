@@ -3,10 +3,11 @@ and compare its final weights with an uninterrupted run of the same recipe and s
 
     python benchmarks/kill_resume.py --trials 20 [--json benchmarks/results/kill_resume.json]
 
-Each trial: start ``iamnn fit`` and SIGKILL it after a random delay, ``--kills`` times in a row (each
-restart resumes from the last checkpoint on disk), then let it finish. A trial passes when every
-tensor of the final ``last.ckpt`` (weights, BatchNorm statistics, optimizer state) equals the
-reference bit for bit. ``tests/test_resume.py`` runs the same code with a few fixed delays.
+Each trial: start ``iamnn fit`` and SIGKILL it a random time after its 0th, 1st or 2nd checkpoint
+write, ``--kills`` times in a row (each restart resumes from the last checkpoint on disk), then let it
+finish. A trial passes when every tensor of the final ``last.ckpt`` (weights, BatchNorm statistics,
+optimizer state) equals the reference bit for bit. ``tests/test_resume.py`` runs the same code with a
+fixed schedule of three kills.
 """
 
 from __future__ import annotations
@@ -37,19 +38,34 @@ def fit_command(runs_dir: Path, name: str, epochs: int = EPOCHS) -> list[str]:
     ]  # fmt: skip
 
 
-def run(command: list[str], kill_after: float | None = None) -> bool:
-    """Run ``command``; SIGKILL it after ``kill_after`` seconds. Returns whether it was killed."""
+def run(command: list[str], last: Path, kill: tuple[int, float] | None = None) -> tuple[bool, list[float]]:
+    """Run ``command``. ``kill=(saves, delay)``: SIGKILL it ``delay`` s after it has rewritten ``last``
+    (the run's last.ckpt) ``saves`` times (0: after its start). Returns (killed, times of the saves)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        proc.wait(timeout=kill_after)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return True
+    start, seen, saves, deadline = time.perf_counter(), _mtime(last), [], None
+    while proc.poll() is None:
+        time.sleep(0.01)
+        mtime = _mtime(last)
+        if mtime != seen:
+            seen = mtime
+            saves.append(time.perf_counter() - start)
+        if kill and deadline is None and len(saves) >= kill[0]:
+            deadline = time.perf_counter() + kill[1]
+        if deadline is not None and time.perf_counter() >= deadline:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True, saves
     if proc.returncode != 0:
         raise RuntimeError(f"training failed ({proc.returncode}):\n{proc.stderr.read()[-3000:]}")
-    return False
+    return False, saves
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -79,11 +95,22 @@ def differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[
     return [k for k in a if not torch.equal(a[k], b[k])]
 
 
-def killed_run(runs_dir: Path, name: str, delays: list[float]) -> tuple[Path, int]:
-    """Start, SIGKILL after each delay in turn (resuming each time), then finish. Returns (run dir, kills)."""
-    kills = sum(run(fit_command(runs_dir, name), kill_after=d) for d in delays)
-    run(fit_command(runs_dir, name))
-    return runs_dir / name, kills
+def killed_run(runs_dir: Path, name: str, kills: list[tuple[int, float]]) -> tuple[Path, int]:
+    """Start, SIGKILL per each ``(saves, delay)`` in turn (resuming each time), then finish.
+
+    Returns the run folder and how many SIGKILLs landed before the run had finished anyway."""
+    last = runs_dir / name / "checkpoints" / "last.ckpt"
+    landed = sum(run(fit_command(runs_dir, name), last, kill)[0] for kill in kills)
+    run(fit_command(runs_dir, name), last)
+    return runs_dir / name, landed
+
+
+def reference_run(runs_dir: Path) -> tuple[dict[str, torch.Tensor], float, float]:
+    """The uninterrupted run: its final tensors, wall time and seconds per epoch."""
+    start = time.perf_counter()
+    _, saves = run(fit_command(runs_dir, "reference"), runs_dir / "reference" / "checkpoints" / "last.ckpt")
+    epoch_s = (saves[-1] - saves[0]) / max(1, len(saves) - 1) if len(saves) > 1 else 1.0
+    return final_state(runs_dir / "reference"), time.perf_counter() - start, epoch_s
 
 
 def main() -> None:
@@ -96,20 +123,19 @@ def main() -> None:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
-        start = time.perf_counter()
-        run(fit_command(runs, "reference"))
-        reference_s = time.perf_counter() - start
-        reference = final_state(runs / "reference")
-        print(f"reference run: {reference_s:.1f} s for {EPOCHS} epochs; kills uniform in [2, {reference_s:.0f}] s")
+        reference, reference_s, epoch_s = reference_run(runs)
+        print(f"reference run: {reference_s:.1f} s for {EPOCHS} epochs ({epoch_s:.2f} s per epoch); each kill lands "
+              f"a random time after 0-2 checkpoint writes (0: during start-up or the first epoch)")  # fmt: skip
         trials = []
         for t in range(args.trials):
-            delays = [round(rng.uniform(2.0, reference_s), 2) for _ in range(args.kills)]
-            run_dir, kills = killed_run(runs, f"trial{t:02d}", delays)
+            kills = [(rng.randint(0, 2), round(rng.uniform(0, 1.5) * epoch_s, 2)) for _ in range(args.kills)]
+            run_dir, landed = killed_run(runs, f"trial{t:02d}", kills)
             diff = differences(reference, final_state(run_dir))
-            trials.append({"delays_s": delays, "killed": kills, "identical": not diff, "differing": diff[:5]})
-            print(f"trial {t:2d}: kills at {delays} s ({kills} landed) -> {'identical' if not diff else diff[:3]}")
+            trials.append({"kills": kills, "landed": landed, "identical": not diff, "differing": diff[:5]})
+            print(f"trial {t:2d}: kills (after n saves, +s) {kills}, {landed} landed -> "
+                  f"{'identical' if not diff else diff[:3]}")  # fmt: skip
     identical = sum(t["identical"] for t in trials)
-    landed = sum(t["killed"] for t in trials)
+    landed = sum(t["landed"] for t in trials)
     print(f"{identical}/{len(trials)} resumed runs ended with weights bitwise identical to the uninterrupted run "
           f"({landed} SIGKILLs landed)")  # fmt: skip
     if args.json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -280,6 +281,33 @@ def test_cifar10(tmp_path, point_at_folder):
     mean, std = torch.tensor(dm.mean), torch.tensor(dm.std)
     torch.testing.assert_close(x[0, :, 5, 5], (torch.tensor([1.0, 0, 0]) - mean) / std)
     assert y.tolist() == list(range(5))
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    folder = make_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    write_pickle(folder / "data_batch_3", {b"labels": [0], b"data": _RunsCode(marker)})
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), val_size=2)
+    with pytest.raises(DatasetError, match="data_batch_3.*refused to unpickle posix.system"):
+        dm.setup()
+    assert not marker.exists()
+
+
+def test_cifar_pickle_protocol2_arrays_load(tmp_path):  # the real files are Python-2 pickles
+    folder = make_cifar10(tmp_path)
+    batch = {b"labels": [1, 2], b"data": np.full((2, 3072), 7, dtype=np.uint8)}
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), val_size=2, augment=False)
+    dm.setup()
+    assert len(dm.train_set) + len(dm.val_set) == 2 + 4 * 4
 
 
 def test_cifar100(tmp_path):

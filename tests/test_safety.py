@@ -101,3 +101,29 @@ def test_truncated_checkpoint_fails_cleanly_everywhere(tmp_path: Path, capsys) -
         main(["predict", "--weights", str(path), str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a readable checkpoint" in err
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["--config", "{bad_recipe}"], "does not accept option 'model.bogus_key'"),
+        (["--model.bogus_key=3"], "unrecognized arguments: --model.bogus_key=3"),
+        (["--trainer.max_epochs=abc"], "trainer.max_epochs"),
+        (["--model.model=iamnn_r7"], "unknown model 'iamnn_r7'"),
+        (["--model.halting=sometimes"], "halting must be"),
+        (["--data.batch_size=-3"], "batch_size must be a positive integer"),
+        (["--config", "no/such/recipe.yaml"], "does not exist"),
+    ],
+)
+def test_bad_recipe_is_one_line_error_and_writes_nothing(overrides: list[str], match: str, tmp_path: Path, capsys):
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "iamnn_r18.yaml"
+    runs, bad_recipe = tmp_path / "runs", tmp_path / "bad.yaml"
+    bad_recipe.write_text("model:\n  model: iamnn_r18\n  bogus_key: 3\n")  # a key no class takes
+    overrides = [o.format(bad_recipe=bad_recipe) for o in overrides]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe), "--runs_dir", str(runs), "--name", "bad", *overrides])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err and err[-1].startswith("iamnn fit: error:") and match in err[-1], err[-3:]
+    assert not any("Traceback" in line for line in err), err
+    assert not runs.exists() or not any(runs.rglob("*")), "a failed start leaves no run folder behind"

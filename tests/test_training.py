@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
+import os
 import re
 import subprocess
 import sys
@@ -12,26 +15,19 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from safetensors.torch import load_file
 
 import iamnn
 from iamnn.cli import main
-from iamnn.lit import Classifier, run_lightning_cli
+from iamnn.lit import Classifier
 from iamnn.weights import WeightsError, load_model, read_config, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_RECIPE = REPO / "recipes" / "digits" / "iamnn_r18.yaml"
 
 
-def fit_digits(tmp: Path, name: str = "digits", *overrides: str) -> Path:
-    cli = run_lightning_cli(
-        ["fit", "--config", str(DIGITS_RECIPE), "--runs_dir", str(tmp), "--name", name,
-         "--trainer.enable_progress_bar=false", *overrides]
-    )  # fmt: skip
-    return Path(cli.trainer.log_dir)
-
-
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def digits_run(tmp_path_factory: pytest.TempPathFactory, fit_digits) -> Path:
     return fit_digits(tmp_path_factory.mktemp("runs"))
 
 
@@ -97,15 +93,21 @@ def test_predict_on_png(digits_run: Path, tmp_path: Path, capsys: pytest.Capture
     img = Image.fromarray((digits.images[-1] * 255 / 16).astype("uint8"), mode="L")
     img.save(tmp_path / "digit.png")
     (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "digit.png").read_bytes()[:40])  # truncated PNG
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path), str(tmp_path / "missing.png"), str(tmp_path / "empty")]
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--weights", str(digits_run / "model.safetensors"), "--json", str(tmp_path)])
-    assert exit_info.value.code == 1  # one bad file in the folder
+        main(["predict", "--weights", str(digits_run / "model.safetensors"), "--json", *args])
+    assert exit_info.value.code == 1  # some inputs were bad
     out = capsys.readouterr()
     result = json.loads(out.out)
-    (pred,) = result["predictions"]
+    (pred,) = result["predictions"]  # the good file still gets its answer
     assert pred["path"].endswith("digit.png") and pred["label"] == str(digits.target[-1])
     assert len(pred["iterations"]) == 4 and pred["macs"] > 0 and 0 < pred["confidence"] <= 1
-    assert "notes.png" in out.err
+    bad = {Path(path).name: reason for path, reason in result["errors"]}
+    assert set(bad) == {"notes.png", "cut.png", "missing.png", "empty"}, bad
+    assert "not a readable image" in bad["cut.png"] and "no image file" in bad["empty"]
+    assert all(name in out.err for name in bad) and "Traceback" not in out.err
 
 
 def test_weights_refuse_other_architecture(digits_run: Path, tmp_path: Path) -> None:
@@ -237,3 +239,59 @@ def test_onnx_export_of_trained_model_matches_pytorch(digits_run: Path, tmp_path
     assert (torch.from_numpy(logits).argmax(1) == ref.argmax(1)).all()
     torch.testing.assert_close(torch.from_numpy(logits), ref, atol=1e-4, rtol=0)
     assert torch.equal(torch.from_numpy(iterations), stats.iterations)
+
+
+def test_bf16_mixed_fit_stays_finite(tmp_path: Path, fit_digits) -> None:
+    run = fit_digits(tmp_path, "bf16", "--trainer.max_epochs=3", "--trainer.precision=bf16-mixed")
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/loss")]
+    losses = [float(r["val/loss"]) for r in rows]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    state = load_model(run / "model.safetensors").state_dict()
+    assert all(torch.isfinite(v.float()).all() for v in state.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_training_steps_stay_finite(dtype: torch.dtype) -> None:
+    # fp16 autocast as on a GPU (Lightning's 16-mixed falls back to bf16 on a CPU), with its GradScaler
+    from iamnn.data import DigitsDataModule
+
+    torch.manual_seed(0)
+    dm = DigitsDataModule(batch_size=64)
+    dm.setup("fit")
+    model = iamnn.create_model("iamnn_r18", stem="cifar", in_chans=1, num_classes=10, width=0.125)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+    losses = []
+    for _ in range(2):
+        for x, y in dm.train_dataloader():
+            with torch.autocast("cpu", dtype=dtype):
+                logits, stats = model(x, return_stats=True)
+                loss = torch.nn.functional.cross_entropy(logits.float(), y) + 0.01 * stats.ponder.mean(0).sum()
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss))
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) < sum(losses[:5]), losses
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
+    # Lightning's DDP (gloo on CPU) launches the second rank by re-running this command
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [
+        sys.executable, "-m", "iamnn.cli", "fit", "--config", str(DIGITS_RECIPE), "--runs_dir", str(tmp_path),
+        "--name", "ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false", "--trainer.callbacks+=ddp_probe.RankWeights",
+        f"--trainer.callbacks.out_dir={tmp_path}",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) > 100
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), "DDP ranks diverged"
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()  # exported once, by rank 0
+    hparams = yaml.safe_load((tmp_path / "ddp" / "hparams.yaml").read_text())
+    assert hparams["model"] == "iamnn_r18"

@@ -101,6 +101,56 @@ def _report(args: argparse.Namespace) -> None:
     _print_report(result, args.output)
 
 
+# -- frontier and calibrate ---------------------------------------------------------------------
+def _frontier(args: argparse.Namespace) -> None:
+    from .frontier import build_frontier, pareto_front
+
+    missing = [r for r in args.runs if not os.path.isdir(r)]
+    if missing:
+        raise CLIError(f"no such run directory: {', '.join(missing)}")
+    result = build_frontier(args.runs, args.output, test_subset=args.test_subset, json_path=args.json)
+    records = sorted(result["models"], key=lambda r: r["macs_mean"])
+    front = set(pareto_front(records))
+    table = Table(title="Accuracy vs average MACs (test set, each model as trained)")
+    for col in ("model", "kind", "params", "avg MACs", "min–max MACs", "mean iterations per stage", "top-1", "Pareto"):
+        table.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    for r in records:
+        its = " / ".join(f"{v:.2f}" for v in r["iterations_mean"])
+        table.add_row(
+            r["name"], r["kind"], human(r["params"]), human(r["macs_mean"]),
+            f"{human(r['macs_min'])} – {human(r['macs_max'])}", its, f"{r['top1']:.2f}",
+            "*" if r["name"] in front else "",
+        )  # fmt: skip
+    _console().print(table)
+    written = [f"{args.output}/frontier.{ext}" for ext in ("png", "md", "json")] + ([args.json] if args.json else [])
+    print("wrote " + ", ".join(written))
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from .frontier import calibrate_run, parse_macs
+
+    try:
+        budgets = [parse_macs(b) for b in args.budget_macs]
+        result = calibrate_run(args.ckpt, budgets, recalibrate=not args.no_recalibrate, test_subset=args.test_subset)
+    except (ValueError, FileNotFoundError) as err:
+        raise CLIError(str(err)) from None
+    table = Table(title=f"Halting thresholds for MACs budgets: {result['weights']}")
+    for col in ("budget", "ε", "val avg MACs", "test avg MACs", "test top-1", "mean iterations per stage", "note"):
+        table.add_column(col, justify="right")
+    for r in result["budgets"]:
+        note = "" if r["feasible"] else f"infeasible: the cheapest threshold costs {human(r['val_macs_range'][0])}"
+        table.add_row(
+            human(r["budget_macs"]), f"{r['epsilon']:.4f}", human(r["val_macs_mean"]), human(r["test_macs_mean"]),
+            f"{r['test_top1']:.2f}", " / ".join(f"{v:.2f}" for v in r["iterations_mean"]), note,
+        )  # fmt: skip
+    _console().print(table)
+    if args.json:
+        from .files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 # -- predict -----------------------------------------------------------------------------------
 def _load_source(args: argparse.Namespace):
     """(model, config) from --weights FILE or --model NAME --pretrained; config holds "data".
@@ -245,8 +295,9 @@ def _bench(args: argparse.Namespace) -> None:
     )  # fmt: skip
     _print_bench(result, sizes)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        from .files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
@@ -321,6 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick-sweep", action="store_true", help="8 sweep points instead of ~20")
     p.set_defaults(run=_report)
 
+    p = sub.add_parser("frontier", help="accuracy vs average MACs of trained runs: Pareto plot, table, JSON")
+    p.add_argument("runs", nargs="+", help="run directories written by `iamnn fit` (runs/<name>)")
+    p.add_argument("-o", "--output", default="report/frontier", help="output folder (default: report/frontier)")
+    p.add_argument("--json", default=None, help="also write the JSON here (e.g. benchmarks/results/frontier.json)")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    p.set_defaults(run=_frontier)
+
+    p = sub.add_parser("calibrate", help="choose the halting threshold that meets an average-MACs budget")
+    p.add_argument("--ckpt", required=True, help="a run directory, or a weights/checkpoint file inside one")
+    p.add_argument("--budget-macs", required=True, nargs="+", help="average MACs per image, e.g. 20M 1.5G")
+    p.add_argument("--no-recalibrate", action="store_true", help="keep the trained BatchNorm statistics")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    p.add_argument("--json", default=None, help="write the result as JSON here")
+    p.set_defaults(run=_calibrate)
+
     p = sub.add_parser("predict", help="classify image files with trained weights")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--weights", help="safetensors weights or Lightning .ckpt (loaded without running pickle code)")
@@ -381,6 +447,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (CLIError, DatasetError, WeightsError) as err:
         print(f"iamnn {command}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except argparse.ArgumentError as err:  # a bad recipe key or flag value (LightningCLI)
+        print(f"iamnn {command}: error: {one_line(err)} (see: iamnn {command} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(err: BaseException) -> str:
+    """jsonargparse explains a failed value over many lines (one per type it tried); keep the reason."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
+    head = lines[0].removesuffix(":") if lines else type(err).__name__
+    if reasons and "Union subtypes" in head:
+        return reasons[0]
+    return " ".join(lines[:2])[:400] if head.endswith(":") or (lines and lines[0].endswith(":")) else head
 
 
 if __name__ == "__main__":

@@ -250,6 +250,12 @@ class ImageDataModule(L.LightningDataModule):
         test_subset: int | None = None,
     ) -> None:
         super().__init__()
+        for name, value in [("batch_size", batch_size), ("eval_batch_size", eval_batch_size or batch_size),
+                            ("train_subset", train_subset or 1), ("test_subset", test_subset or 1)]:  # fmt: skip
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.batch_size = batch_size
@@ -429,11 +435,30 @@ class FashionMNISTDataModule(_TensorDataModule):
 # -------------------- CIFAR
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a CIFAR file cannot name code to run."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to unpickle {module}.{name} (only arrays and plain data)")
+        if module == "numpy.core.multiarray":  # files written before numpy 2 renamed the module
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     """Load a CIFAR pickle with str keys, whether written by Python 2 (the real files) or 3."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
+            d = _ArrayUnpickler(f, encoding="latin1").load()
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a dict, found {type(d).__name__}")
     except Exception as e:
         raise DatasetError(f"cannot read CIFAR file {path}: {_one_line(e)}") from e
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}

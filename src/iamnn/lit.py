@@ -25,9 +25,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from torch import Tensor, nn
 
+from .cli import CLIError, one_line
 from .files import atomic_write
 from .models import IamNN, create_model
-from .weights import check_fits, read_checkpoint
+from .weights import check_fits, data_config, load_weights, read_checkpoint, save_weights
 
 
 def model_config_from_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
@@ -40,9 +41,10 @@ def model_config_from_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
         **(hparams.get("model_kwargs") or {}),
     }
     if hparams["model"].startswith("iamnn"):
-        kwargs.update(
-            halting=hparams.get("halting"), epsilon=hparams.get("epsilon"), halting_bias=hparams.get("halting_bias")
-        )
+        halting = hparams.get("halting")
+        if isinstance(halting, str) and halting.isdigit():  # `--model.halting=2` arrives as a string
+            halting = int(halting)
+        kwargs.update(halting=halting, epsilon=hparams.get("epsilon"), halting_bias=hparams.get("halting_bias"))
     return {"model": hparams["model"], "kwargs": {k: v for k, v in kwargs.items() if v is not None}}
 
 
@@ -58,6 +60,12 @@ class Classifier(L.LightningModule):
         stem, width, halting, epsilon, halting_bias: passed to the model (IamNN options ignored
             by the ResNets). ``model_kwargs``: any further builder arguments.
         tau: ponder-cost weight τ.
+        tau_warmup_epochs: τ grows linearly from 0 over this many epochs (a cure tried for the
+            collapse of deep stages to one iteration; see the README's frontier study).
+        min_iterations, min_iterations_epochs: during the first ``min_iterations_epochs`` epochs of
+            training no sample halts before ``min_iterations`` iterations (of each stage's maximum).
+        ponder_norm: divide each stage's ponder cost by its maximum iteration count, so a long stage
+            is not charged more per unit of its depth than a short one.
         optimizer: ``sgd`` (momentum, nesterov) or ``adamw``.
         lr, momentum, nesterov, weight_decay: optimiser settings (no decay on BN and biases).
         lr_schedule: ``cosine`` (with linear warm-up), ``onecycle``, ``multistep`` or ``constant``;
@@ -74,11 +82,15 @@ class Classifier(L.LightningModule):
         in_chans: int = 3,
         stem: Literal["imagenet", "cifar"] = "cifar",
         width: float = 1.0,
-        halting: str | int = "act",
+        halting: int | str = "act",
         epsilon: float = 0.01,
         halting_bias: float = -3.0,
         model_kwargs: dict[str, Any] | None = None,
         tau: float = 0.01,
+        tau_warmup_epochs: float = 0.0,
+        min_iterations: int = 0,
+        min_iterations_epochs: float = 0.0,
+        ponder_norm: bool = False,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -91,8 +103,6 @@ class Classifier(L.LightningModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        if isinstance(halting, str) and halting.isdigit():
-            halting = int(halting)
         self.save_hyperparameters()
         config = model_config_from_hparams(dict(self.hparams))
         self.model = create_model(config["model"], **config["kwargs"])
@@ -110,12 +120,21 @@ class Classifier(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
         x, y = batch
+        hp, train, n = self.hparams, split == "train", len(x)
+        if self.adaptive:
+            warm = train and self.current_epoch < hp.min_iterations_epochs
+            self.model.min_iterations = hp.min_iterations if warm else 0
         logits, stats = self.model(x, return_stats=True)
         ce = self.criterion(logits, y)
-        # ponder cost: τ · Σ_k mean_batch(ρ_k)
-        ponder = stats.ponder.mean(0).sum() if self.adaptive else logits.new_zeros(())
-        loss = ce + self.hparams.tau * ponder
-        train, n = split == "train", len(x)
+        # ponder cost: τ · Σ_k mean_batch(ρ_k), optionally ρ_k / N_k
+        ponder = logits.new_zeros(())
+        if self.adaptive:
+            rho = stats.ponder / stats.ponder.new_tensor(self.model.max_iterations) if hp.ponder_norm else stats.ponder
+            ponder = rho.mean(0).sum()
+        tau = hp.tau
+        if train and hp.tau_warmup_epochs > 0:
+            tau *= min(1.0, self.global_step / (hp.tau_warmup_epochs * max(1, self.trainer.num_training_batches)))
+        loss = ce + tau * ponder
         self.log(f"{split}/loss", loss, on_step=train, on_epoch=True, prog_bar=train, batch_size=n)
         self.log(f"{split}/ponder", ponder, on_step=False, on_epoch=True, batch_size=n)
         for k, iterations in enumerate(stats.iterations.float().mean(0)):
@@ -145,8 +164,6 @@ class Classifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # preprocessing travels with the checkpoint, so `iamnn predict --weights x.ckpt` needs nothing else
-        from .weights import data_config
-
         if self._trainer is not None and self.trainer.datamodule is not None:
             checkpoint["iamnn_data"] = data_config(self.trainer.datamodule)
 
@@ -194,9 +211,8 @@ class ExportWeights(Callback):
     """
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from .weights import data_config, load_weights, save_weights
-
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None:
             return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         model = pl_module.model
@@ -205,7 +221,7 @@ class ExportWeights(Callback):
             load_weights(model, best)
         data = data_config(trainer.datamodule) if trainer.datamodule is not None else None
         extra = {"checkpoint": Path(best).name or None}
-        save_weights(model, Path(trainer.log_dir) / "model.safetensors", data=data, extra=extra)
+        save_weights(model, Path(log_dir) / "model.safetensors", data=data, extra=extra)
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -269,6 +285,12 @@ class IamNNCLI(LightningCLI):
             read_checkpoint(path)
         super()._parse_ckpt_path()
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:  # e.g. an unknown model name or halting mode in the recipe
+            raise CLIError(f"the recipe does not build: {one_line(err)}") from err
+
     def before_instantiate_classes(self) -> None:
         # one run name for all the recipe's loggers (a list is awkward to override item by item)
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -318,11 +340,13 @@ def run_lightning_cli(args: list[str]) -> IamNNCLI:
         ImageDataModule,
         subclass_mode_data=True,
         args=args,
+        # a bad recipe or flag raises (iamnn.cli prints it as one line) instead of printing the whole usage
+        parser_kwargs={"exit_on_error": False, **dict.fromkeys(LightningCLI.subcommands(), {"exit_on_error": False})},
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "callbacks": [best, last, ExportWeights(), EpochSeed()],  # best first: trainer.checkpoint_callback
-            "plugins": [SafeCheckpointIO()],
+            "plugins": [{"class_path": "iamnn.lit.SafeCheckpointIO"}],
             "logger": [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
                 {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},

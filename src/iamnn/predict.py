@@ -25,15 +25,22 @@ class Prediction:
     macs: int
 
 
-def expand_paths(paths: list[str | Path]) -> list[Path]:
-    """Files as given; directories expanded to the image files they hold (sorted, not recursive)."""
+def expand_paths(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given; directories expanded to the image files they hold (sorted, not recursive).
+
+    Also returns ``(path, reason)`` for each directory that holds no image file.
+    """
     out: list[Path] = []
+    empty: list[tuple[str, str]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            out += images
+            if not images:
+                empty.append((str(p), f"directory holds no image file ({', '.join(sorted(IMAGE_SUFFIXES))})"))
         else:
             out.append(p)
-    return out
+    return out, empty
 
 
 def load_image(path: Path, data: dict[str, Any]) -> Tensor:
@@ -91,8 +98,8 @@ def predict_files(
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions for every readable image, and ``(path, reason)`` for every file that is not one."""
     good: list[tuple[Path, Tensor]] = []
-    bad: list[tuple[str, str]] = []
-    for path in expand_paths(paths):
+    files, bad = expand_paths(paths)
+    for path in files:
         try:
             good.append((path, load_image(path, data)))
         except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .cost import count_params
+from .files import atomic_write, write_text_atomic
 from .models import IamNN
 from .weights import load_model
 
@@ -82,6 +83,13 @@ def evaluate(model: nn.Module, loader: DataLoader, name: str = "model") -> Evalu
         name, count_params(model), tuple(model.max_iterations), cat["macs"], cat["iterations"], cat["ponder"],
         cat["c1"], cat["c5"], cat["conf"], cat["pred"], cat["y"],
     )  # fmt: skip
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a figure as PNG through a temporary file (a failed write leaves no half image), then close it."""
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    pyplot_agg().close(fig)
 
 
 @torch.no_grad()
@@ -188,7 +196,7 @@ def evaluate_run(
 
 
 # -- figures -------------------------------------------------------------------------------------
-def _pyplot() -> Any:
+def pyplot_agg() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,7 +205,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _macs_formatter() -> Any:
+def macs_formatter() -> Any:
     from matplotlib.ticker import FuncFormatter
 
     return FuncFormatter(lambda v, _: f"{v / 1e9:g}G" if v >= 1e9 else f"{v / 1e6:g}M")
@@ -205,7 +213,7 @@ def _macs_formatter() -> Any:
 
 def plot_iterations(ev: Evaluation, path: Path) -> None:
     """Figure 2: histogram of the iterations each stage used, a vertical line at its maximum."""
-    plt = _pyplot()
+    plt = pyplot_agg()
     stages = len(ev.max_iterations)
     fig, axes = plt.subplots(1, stages, figsize=(3.2 * stages, 2.8), constrained_layout=True)
     for k, ax in enumerate(axes):
@@ -220,8 +228,7 @@ def plot_iterations(ev: Evaluation, path: Path) -> None:
             ax.set_ylabel("test images")
             ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{ev.name}: iterations used per stage ({len(ev.label)} test images)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_easy_hard(ev: Evaluation, images: Any, class_names: list[str], path: Path, count: int = 12) -> None:
@@ -230,7 +237,7 @@ def plot_easy_hard(ev: Evaluation, images: Any, class_names: list[str], path: Pa
     Images are ranked by MACs, ties broken by the ponder cost Σ_k ρ_k (how close each stage came
     to halting earlier), since many images share the same iteration counts.
     """
-    plt = _pyplot()
+    plt = pyplot_agg()
     order = torch.argsort(ev.ponder.double(), stable=True)
     order = order[torch.argsort(ev.macs[order], stable=True)]
     picks = order[torch.linspace(0, len(order) - 1, count).round().long()]
@@ -245,13 +252,12 @@ def plot_easy_hard(ev: Evaluation, images: Any, class_names: list[str], path: Pa
         ax.set_title(f"{ev.macs[i] / 1e6:.1f}M{ok}", fontsize=8)
         ax.set_xlabel(class_names[int(label)], fontsize=6)
     fig.suptitle(f"{ev.name}: easy (left, fewest MACs) → hard (right, most MACs)", fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_tradeoff(evaluations: list[Evaluation], path: Path) -> None:
     """Accuracy against average MACs per image: each model, and each IamNN's inference sweep."""
-    plt = _pyplot()
+    plt = pyplot_agg()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
     for i, ev in enumerate(evaluations):
         color = f"C{i}"
@@ -262,16 +268,15 @@ def plot_tradeoff(evaluations: list[Evaluation], path: Path) -> None:
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker, color=color, alpha=0.7, ms=4, label=f"{ev.name}: {label}")
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(_macs_formatter())
-    ax.xaxis.set_minor_formatter(_macs_formatter())
+    ax.xaxis.set_major_formatter(macs_formatter())
+    ax.xaxis.set_minor_formatter(macs_formatter())
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("average MACs per image (log)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     ax.set_title("accuracy vs compute (sweep points: BatchNorm re-estimated per regime)", fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -324,8 +329,8 @@ def build_report(
                 md.append(f"| {what} | {p['macs_mean'] / 1e6:.2f} M | {p['top1']:.2f} | {p['recalibrated']} |")
             md.append("")
     md += [f"![{f.stem}]({f.name})" for f in figures]
-    (out / "report.md").write_text("\n".join(md) + "\n")
+    write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     result = {"models": summaries, "sweeps": {ev.name: ev.sweep for ev in evaluations},
               "figures": [f.name for f in figures]}  # fmt: skip
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "report.json", json.dumps(result, indent=2) + "\n")
     return {**result, "table": table, "out_dir": str(out)}

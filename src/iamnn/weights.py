@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint's contents, unpickled with ``weights_only=True``; anything else is refused."""
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled objects
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
     except pickle.UnpicklingError as err:  # what weights_only raises for anything but tensors and plain data

@@ -116,8 +116,13 @@ class IterativeStage(nn.Module):
         # s_i = ReLU(s_{i-1} + u_i), the residual update of torchvision's Bottleneck
         return torch.relu(u if s is None else s + u), u
 
-    def forward(self, x0: Tensor, halting: Halting, epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long, ponder ρ (B,)."""
+    def forward(
+        self, x0: Tensor, halting: Halting, epsilon: float, min_iterations: int = 0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long, ponder ρ (B,).
+
+        ``min_iterations`` (ACT only, a training aid): no sample halts before that many iterations.
+        """
         batch = x0.shape[0]
         s = None  # s_0 = 0
         if halting != "act":
@@ -127,7 +132,7 @@ class IterativeStage(nn.Module):
                 s, _ = self.step(x0, s, i)
             iterations = torch.full((batch,), n, dtype=torch.long, device=x0.device)
             return s, iterations, iterations.to(x0.dtype) + 1.0  # ρ = N + R with R = p_N = 1
-        if batch == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32:
+        if batch == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32 and not min_iterations:
             return self._act_one_sample(x0, epsilon)
 
         rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
@@ -140,7 +145,12 @@ class IterativeStage(nn.Module):
         for i in range(self.max_iterations):
             is_last = i == self.max_iterations - 1
             s, u = self.step(x0, s, i)
-            h = None if is_last else self.halting(s, x0_gap, u)
+            if is_last:
+                h = None
+            elif i + 1 < min_iterations:
+                h = cum_h.new_zeros(len(cum_h))  # h_n = 0: no halting and no weight before the minimum
+            else:
+                h = self.halting(s, x0_gap, u)
             p, halt = act_step(cum_h, h, epsilon, is_last)
             # y = Σ_n p_n · s_n, accumulated while the sample is active (one fused pass per iteration)
             p_map = p[:, None, None, None]
@@ -272,6 +282,7 @@ class IamNN(nn.Module):
         self.num_classes, self.in_chans, self.stem_type, self.width = num_classes, in_chans, stem, width
         self.epsilon = epsilon
         self.halting = halting
+        self.min_iterations = 0  # ACT: no sample halts earlier (set by training warm-ups, see lit.py)
         self.inference_chunk = 64  # eval batches larger than this run in chunks (0: never)
 
         stem_channels = _scaled(64, width)
@@ -328,7 +339,7 @@ class IamNN(nn.Module):
         for k, stage in enumerate(self.stages):
             if k > 0:
                 x = self.pool(x)
-            x, n, rho = stage(x, self.halting, self.epsilon)
+            x, n, rho = stage(x, self.halting, self.epsilon, self.min_iterations)
             iterations.append(n)
             ponder.append(rho)
         return x, torch.stack(iterations, 1), torch.stack(ponder, 1)

@@ -1,0 +1,102 @@
+"""The frontier study's tools on tiny digits runs: BN re-estimation, budgets, the frontier command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from iamnn.cli import main
+from iamnn.data import DigitsDataModule
+from iamnn.frontier import calibrate_threshold, pareto_front, parse_macs
+from iamnn.report import evaluate, recalibrate_batchnorm
+from iamnn.weights import load_model
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, fit_digits) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("frontier_runs")
+    return {
+        "act": fit_digits(root, "act", "--model.model=iamnn_r34", "--trainer.max_epochs=4"),
+        "k1": fit_digits(root, "k1", "--model.halting=1", "--model.tau=0", "--trainer.max_epochs=3"),
+    }
+
+
+@pytest.fixture(scope="module")
+def digits() -> DigitsDataModule:
+    dm = DigitsDataModule(augment=False)
+    dm.setup("fit")
+    return dm
+
+
+def test_bn_reestimation_fills_a_never_reached_iteration(runs: dict[str, Path], digits: DigitsDataModule) -> None:
+    model = load_model(runs["k1"] / "model.safetensors")  # trained with 1 iteration: iteration 2 never ran
+    norms = model.stages[0].block.norms  # stage 1: its input (the stem's output) is the same in every regime
+    trained = [[(bn.running_mean.clone(), bn.running_var.clone()) for bn in it] for it in norms]
+    assert all(torch.equal(m, torch.zeros_like(m)) for m, _ in trained[1])  # never updated
+    model.halting = "full"
+    recalibrate_batchnorm(model, digits.train_dataloader())
+    for bn, (mean, var) in zip(norms[0], trained[0], strict=True):  # reached in training: kept
+        assert (bn.running_mean - mean).abs().max() <= 0.05 * mean.abs().max() + 1e-3
+        assert (bn.running_var - var).abs().max() <= 0.05 * var.abs().max() + 1e-3
+    for bn in norms[1]:  # never reached: now estimated from data
+        assert bn.running_mean.abs().max() > 0.1 and (bn.running_var - 1).abs().max() > 0.1
+    assert not model.training
+
+
+def test_calibration_meets_the_budget_on_validation(runs: dict[str, Path], digits: DigitsDataModule) -> None:
+    model = load_model(runs["act"] / "model.safetensors")
+    val = digits.val_dataloader()
+
+    def avg_macs(epsilon: float) -> float:
+        model.epsilon = epsilon
+        return float(evaluate(model, val).macs.float().mean())
+
+    cheapest, dearest = avg_macs(0.999), avg_macs(0.0)
+    budget = cheapest + 0.5 * (dearest - cheapest)
+    result = calibrate_threshold(model, val, budget, digits.train_dataloader())
+    realised = float(evaluate(model, val).macs.float().mean())  # the model is left at the chosen threshold
+    assert result["feasible"] and realised == pytest.approx(result["val_macs_mean"])
+    assert 0.95 * budget <= realised <= budget, (cheapest, budget, dearest, result)
+    too_small = calibrate_threshold(model, val, 0.5 * cheapest)
+    assert not too_small["feasible"] and too_small["epsilon"] == pytest.approx(0.999)
+
+
+def test_frontier_command_writes_json_table_and_png(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "frontier"
+    main(["frontier", str(runs["act"]), str(runs["k1"]), "-o", str(out), "--json", str(tmp_path / "f.json")])
+    printed = capsys.readouterr().out
+    assert "Pareto" in printed and "act" in printed and "k1" in printed
+    result = json.loads((out / "frontier.json").read_text())
+    assert json.loads((tmp_path / "f.json").read_text()) == result
+    by_name = {r["name"]: r for r in result["models"]}
+    assert set(by_name) == {"act", "k1"} and result["pareto_front"]
+    assert by_name["k1"]["kind"] == "fixed" and by_name["act"]["kind"] == "act"
+    for r in by_name.values():
+        assert r["params"] > 0 and r["macs_min"] <= r["macs_mean"] <= r["macs_max"] and 0 <= r["top1"] <= 100
+        assert len(r["iterations_mean"]) == 4 and r["test_samples"] == 297 and "tau" in r["recipe"]
+    assert by_name["k1"]["iterations_mean"] == [1.0, 1.0, 1.0, 1.0]
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| k1 | fixed |" in (out / "frontier.md").read_text()
+
+
+def test_calibrate_command(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    main(["calibrate", "--ckpt", str(runs["act"]), "--budget-macs", "1M", "100M", "--json", str(tmp_path / "c.json")])
+    rows = json.loads((tmp_path / "c.json").read_text())["budgets"]
+    assert [r["budget_macs"] for r in rows] == [1e6, 1e8]
+    assert all(0 <= r["test_top1"] <= 100 for r in rows) and rows[1]["feasible"]
+    assert "test top-1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--ckpt", str(runs["act"]), "--budget-macs", "lots"])
+    assert exit_info.value.code == 2 and "not a MACs budget" in capsys.readouterr().err
+
+
+def test_pareto_front_and_budget_parsing() -> None:
+    records = [{"name": n, "macs_mean": m, "top1": a} for n, m, a in
+               [("a", 1, 80.0), ("b", 2, 79.0), ("c", 3, 85.0), ("d", 3, 84.0), ("e", 9, 85.0)]]  # fmt: skip
+    assert pareto_front(records) == ["a", "c"]
+    assert parse_macs("20M") == 2e7 and parse_macs("1.5g") == 1.5e9 and parse_macs("350k") == 3.5e5
+    with pytest.raises(ValueError, match="positive"):
+        parse_macs("-2M")
