@@ -88,6 +88,10 @@ def test_calibrate_command(runs: dict[str, Path], tmp_path: Path, capsys) -> Non
     assert [r["budget_macs"] for r in rows] == [1e6, 1e8]
     assert all(0 <= r["test_top1"] <= 100 for r in rows) and rows[1]["feasible"]
     assert "test top-1" in capsys.readouterr().out
+    saved = tmp_path / "calibrated.safetensors"
+    main(["calibrate", "--ckpt", str(runs["act"]), "--budget-macs", "100M", "--save", str(saved)])
+    model = load_model(saved)
+    assert model.epsilon == pytest.approx(rows[1]["epsilon"]) and model.halting == "act"
     with pytest.raises(SystemExit) as exit_info:
         main(["calibrate", "--ckpt", str(runs["act"]), "--budget-macs", "lots"])
     assert exit_info.value.code == 2 and "not a MACs budget" in capsys.readouterr().err

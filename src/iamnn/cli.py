@@ -131,7 +131,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     try:
         budgets = [parse_macs(b) for b in args.budget_macs]
-        result = calibrate_run(args.ckpt, budgets, recalibrate=not args.no_recalibrate, test_subset=args.test_subset)
+        result = calibrate_run(args.ckpt, budgets, not args.no_recalibrate, args.test_subset, save=args.save)
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
     table = Table(title=f"Halting thresholds for MACs budgets: {result['weights']}")
@@ -144,6 +144,8 @@ def _calibrate(args: argparse.Namespace) -> None:
             f"{r['test_top1']:.2f}", " / ".join(f"{v:.2f}" for v in r["iterations_mean"]), note,
         )  # fmt: skip
     _console().print(table)
+    if result["saved"]:
+        print(f"wrote {result['saved']} (loads at ε = {result['budgets'][0]['epsilon']:.4f}, BatchNorm re-estimated)")
     if args.json:
         from .files import write_text_atomic
 
@@ -385,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recalibrate", action="store_true", help="keep the trained BatchNorm statistics")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--json", default=None, help="write the result as JSON here")
+    p.add_argument("--save", default=None, help="write the calibrated model (one budget) as safetensors here")
     p.set_defaults(run=_calibrate)
 
     p = sub.add_parser("predict", help="classify image files with trained weights")

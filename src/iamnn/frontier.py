@@ -17,15 +17,15 @@ import yaml
 from .files import write_text_atomic
 from .models import IamNN
 from .report import (
+    accuracy_vs_macs_axes,
     evaluate,
     find_weights,
     load_datamodule,
-    macs_formatter,
     pyplot_agg,
     recalibrate_batchnorm,
     save_figure,
 )
-from .weights import load_model_with_config
+from .weights import load_model_with_config, save_weights
 
 
 def run_kind(config: dict[str, Any]) -> str:
@@ -91,15 +91,8 @@ def plot_frontier(records: list[dict[str, Any]], path: Path, title: str = "") ->
         ax.annotate(r["name"], (r["macs_mean"], r["top1"]), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
     front = [r for r in sorted(records, key=lambda r: r["macs_mean"]) if r["name"] in pareto_front(records)]
     ax.plot([r["macs_mean"] for r in front], [r["top1"] for r in front], "--", color="grey", lw=1, label="Pareto front")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(macs_formatter())
-    ax.xaxis.set_minor_formatter(macs_formatter())
-    ax.tick_params(axis="x", which="minor", labelsize=6)
-    ax.set_xlabel("average MACs per test image (log)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(title or "accuracy vs compute of trained models (each evaluated as trained)", fontsize=9)
+    title = title or "accuracy vs compute of trained models (test set, each evaluated as trained)"
+    accuracy_vs_macs_axes(ax, title, legend_loc="lower right")
     save_figure(fig, path)
 
 
@@ -183,12 +176,22 @@ def calibrate_threshold(
 
 
 def calibrate_run(
-    source: str | Path, budgets: list[float], recalibrate: bool = True, test_subset: int | None = None
+    source: str | Path,
+    budgets: list[float],
+    recalibrate: bool = True,
+    test_subset: int | None = None,
+    save: str | Path | None = None,
 ) -> dict[str, Any]:
-    """``calibrate_threshold`` for each budget on a run's validation split, then its test accuracy."""
+    """``calibrate_threshold`` for each budget on a run's validation split, then its test accuracy.
+
+    ``save``: write the model at the (single) budget's threshold, with its re-estimated BatchNorm
+    statistics, as a weights file that loads in that regime.
+    """
+    if save and len(budgets) != 1:
+        raise ValueError("saving the calibrated model needs exactly one budget")
     run_dir = find_run_dir(Path(source))
     weights = Path(source) if Path(source).is_file() else find_weights(run_dir)
-    model, _ = load_model_with_config(weights)
+    model, config = load_model_with_config(weights)
     if not isinstance(model, IamNN):
         raise ValueError(f"{weights}: calibrate sets a halting threshold; {type(model).__name__} has none")
     dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
@@ -204,7 +207,9 @@ def calibrate_run(
         row.update(test_macs_mean=float(ev.macs.float().mean()), test_top1=float(ev.correct1.float().mean() * 100),
                    iterations_mean=[round(float(v), 3) for v in ev.iterations.float().mean(0)])  # fmt: skip
         rows.append(row)
-    return {"weights": str(weights), "budgets": rows}
+    if save:
+        save_weights(model, save, data=config.get("data"), extra={"calibrated_from": str(weights), **rows[0]})
+    return {"weights": str(weights), "budgets": rows, "saved": str(save) if save else None}
 
 
 def find_run_dir(path: Path) -> Path:

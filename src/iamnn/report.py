@@ -267,16 +267,21 @@ def plot_tradeoff(evaluations: list[Evaluation], path: Path) -> None:
             pts = sorted((p["macs_mean"], p["top1"]) for p in ev.sweep if p["regime"] == regime)
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker, color=color, alpha=0.7, ms=4, label=f"{ev.name}: {label}")
+    accuracy_vs_macs_axes(ax, "accuracy vs compute (sweep points: BatchNorm re-estimated per regime)")
+    save_figure(fig, path)
+
+
+def accuracy_vs_macs_axes(ax: Any, title: str, legend_loc: str = "best") -> None:
+    """Log MACs on x (labelled 5M, 1G …), top-1 on y, grid, legend and title."""
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(macs_formatter())
     ax.xaxis.set_minor_formatter(macs_formatter())
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.tick_params(axis="x", which="minor", labelsize=6)
     ax.set_xlabel("average MACs per image (log)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    ax.set_title("accuracy vs compute (sweep points: BatchNorm re-estimated per regime)", fontsize=9)
-    save_figure(fig, path)
+    ax.legend(fontsize=7, loc=legend_loc)
+    ax.set_title(title, fontsize=9)
 
 
 # -- the report ----------------------------------------------------------------------------------

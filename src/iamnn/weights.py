@@ -31,9 +31,13 @@ class WeightsError(RuntimeError):
 
 def model_config(model: nn.Module) -> dict[str, Any]:
     """The ``{"model", "kwargs"}`` config that ``create_model`` recorded on ``model``."""
+    from .models import IamNN
+
     config = getattr(model, "model_config", None)
     if config is None:
         raise WeightsError("model was not built by iamnn.create_model, so its config is unknown")
+    if isinstance(model, IamNN):  # the regime it runs in now (set after creation, e.g. by calibrate)
+        return {**config, "kwargs": {**config["kwargs"], "halting": model.halting, "epsilon": model.epsilon}}
     return config
 
 
