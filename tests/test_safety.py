@@ -124,6 +124,6 @@ def test_bad_recipe_is_one_line_error_and_writes_nothing(overrides: list[str], m
         main(["fit", "--config", str(recipe), "--runs_dir", str(runs), "--name", "bad", *overrides])
     assert exit_info.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert err and err[-1].startswith("iamnn fit: error:") and match in err[-1], err[-3:]
+    assert len(err) == 1 and err[0].startswith("iamnn fit: error:") and match in err[0], err[-3:]
     assert not any("Traceback" in line for line in err), err
     assert not runs.exists() or not any(runs.rglob("*")), "a failed start leaves no run folder behind"

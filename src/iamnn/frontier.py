@@ -91,8 +91,9 @@ def plot_frontier(records: list[dict[str, Any]], path: Path, title: str = "") ->
         ax.annotate(r["name"], (r["macs_mean"], r["top1"]), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
     front = [r for r in sorted(records, key=lambda r: r["macs_mean"]) if r["name"] in pareto_front(records)]
     ax.plot([r["macs_mean"] for r in front], [r["top1"] for r in front], "--", color="grey", lw=1, label="Pareto front")
+    ax.margins(x=0.08, y=0.1)
     title = title or "accuracy vs compute of trained models (test set, each evaluated as trained)"
-    accuracy_vs_macs_axes(ax, title, legend_loc="lower right")
+    accuracy_vs_macs_axes(ax, title)
     save_figure(fig, path)
 
 

@@ -320,6 +320,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # the TensorBoard and CSV loggers of a recipe share runs/<name>/: the second one always finds it
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    # "Seed set to 0" comes before the recipe is even checked; the seed is in the run's config.yaml
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 
 
 def run_lightning_cli(args: list[str]) -> IamNNCLI:
