@@ -104,3 +104,12 @@ def test_pareto_front_and_budget_parsing() -> None:
     assert parse_macs("20M") == 2e7 and parse_macs("1.5g") == 1.5e9 and parse_macs("350k") == 3.5e5
     with pytest.raises(ValueError, match="positive"):
         parse_macs("-2M")
+
+
+def test_recalibrate_command_saves_a_model_for_the_regime(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "k1_full.safetensors"
+    main(["recalibrate", "--ckpt", str(runs["k1"]), "--halting", "full", "-o", str(out)])
+    assert "re-estimated" in capsys.readouterr().out
+    model = load_model(out)
+    assert model.halting == "full"
+    assert model.stages[0].block.norms[1][0].running_mean.abs().max() > 0.1  # the unseen iteration has statistics

@@ -1,7 +1,8 @@
 """The ``iamnn`` command.
 
 ``iamnn fit|validate|test`` are LightningCLI subcommands (YAML recipes, every Trainer flag);
-the others (``profile``, ``report``, ``predict``, ``demo``) are plain argparse subcommands.
+the others (``profile``, ``report``, ``frontier``, ``calibrate``, ``recalibrate``, ``predict``, ``export``,
+``bench``, ``demo``) are plain argparse subcommands.
 """
 
 from __future__ import annotations
@@ -151,6 +152,21 @@ def _calibrate(args: argparse.Namespace) -> None:
 
         write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
+
+
+def _recalibrate(args: argparse.Namespace) -> None:
+    from .frontier import recalibrate_run
+
+    halting = int(args.halting) if args.halting.isdigit() else args.halting
+    try:
+        r = recalibrate_run(args.ckpt, halting, save=args.output, test_subset=args.test_subset)
+    except (ValueError, FileNotFoundError) as err:
+        raise CLIError(str(err)) from None
+    print(f"halting {r['halting']!r}: {human(r['test_macs_mean'])} MACs; test top-1 "
+          f"{r['test_top1_trained_statistics']:.2f} % with the trained BatchNorm statistics, "
+          f"{r['test_top1_reestimated']:.2f} % re-estimated")  # fmt: skip
+    if r["saved"]:
+        print(f"wrote {r['saved']} (loads in that regime)")
 
 
 # -- predict -----------------------------------------------------------------------------------
@@ -389,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the result as JSON here")
     p.add_argument("--save", default=None, help="write the calibrated model (one budget) as safetensors here")
     p.set_defaults(run=_calibrate)
+
+    p = sub.add_parser("recalibrate", help="re-estimate BatchNorm statistics for an inference regime (fixed k…)")
+    p.add_argument("--ckpt", required=True, help="a run directory, or a weights/checkpoint file inside one")
+    p.add_argument("--halting", required=True, help="the regime: act, full or a fixed number of iterations k")
+    p.add_argument("-o", "--output", default=None, help="write the re-estimated model as safetensors here")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    p.set_defaults(run=_recalibrate)
 
     p = sub.add_parser("predict", help="classify image files with trained weights")
     p.add_argument("images", nargs="+", help="image files or folders of images")

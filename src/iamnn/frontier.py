@@ -213,6 +213,29 @@ def calibrate_run(
     return {"weights": str(weights), "budgets": rows, "saved": str(save) if save else None}
 
 
+def recalibrate_run(
+    source: str | Path, halting: str | int, save: str | Path | None = None, test_subset: int | None = None
+) -> dict[str, Any]:
+    """Re-estimate a run's BatchNorm statistics for an inference regime (``halting``: ``act``,
+    ``full`` or k) on its training data; test accuracy before and after; optionally save the model."""
+    run_dir = find_run_dir(Path(source))
+    weights = Path(source) if Path(source).is_file() else find_weights(run_dir)
+    model, config = load_model_with_config(weights)
+    if not isinstance(model, IamNN):
+        raise ValueError(f"{weights}: {type(model).__name__} has no halting regimes to re-estimate for")
+    dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
+    model.halting = halting
+    before = evaluate(model, dm.test_dataloader())
+    recalibrate_batchnorm(model, dm.train_dataloader())
+    after = evaluate(model, dm.test_dataloader())
+    result = {"weights": str(weights), "halting": model.halting, "test_macs_mean": float(after.macs.float().mean()),
+              "test_top1_trained_statistics": float(before.correct1.float().mean() * 100),
+              "test_top1_reestimated": float(after.correct1.float().mean() * 100)}  # fmt: skip
+    if save:
+        save_weights(model, save, data=config.get("data"), extra={"recalibrated_from": str(weights), **result})
+    return {**result, "saved": str(save) if save else None}
+
+
 def find_run_dir(path: Path) -> Path:
     """The run folder (holding ``config.yaml``) of a run folder or of a file inside it."""
     for candidate in [path, *path.parents][:3]:
