@@ -113,6 +113,7 @@ def test_truncated_checkpoint_fails_cleanly_everywhere(tmp_path: Path, capsys) -
         (["--model.halting=sometimes"], "halting must be"),
         (["--data.batch_size=-3"], "batch_size must be a positive integer"),
         (["--config", "no/such/recipe.yaml"], "does not exist"),
+        (["--ckpt_path", "no/such.ckpt"], "no/such.ckpt: no such file"),
     ],
 )
 def test_bad_recipe_is_one_line_error_and_writes_nothing(overrides: list[str], match: str, tmp_path: Path, capsys):

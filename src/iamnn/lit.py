@@ -281,8 +281,9 @@ class IamNNCLI(LightningCLI):
         # is a traceback that advises weights_only=False; read_checkpoint fails in one clear line.
         config = self.config.get(self.config.get("subcommand") or "", {}) or {}
         path = config.get("ckpt_path") if hasattr(config, "get") else None
-        if path and Path(path).is_file():
-            read_checkpoint(path)
+        keyword = path in ("best", "last", "hpc") or str(path).startswith("registry") or "://" in str(path)
+        if path and not keyword:
+            read_checkpoint(path)  # also: a missing file fails here, before the run folder is written
         super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
