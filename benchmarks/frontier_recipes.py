@@ -33,6 +33,9 @@ POINTS: dict[str, tuple[str, dict, dict]] = {
                       {"min_iterations": 23, "min_iterations_epochs": 2.0}, {}),
     "cure_ponder_norm": ("act_tau0.01 with each stage's ponder cost divided by its maximum", {"ponder_norm": True}, {}),
     "cure_long": ("act_tau0.01 trained twice as long", {}, {"max_epochs": 2 * EPOCHS}),
+    # cure_long's fair partners: the fixed-k models next to it, trained as long
+    "fixed_k1_long": ("fixed_k1 trained twice as long", {"halting": 1, "tau": 0.0}, {"max_epochs": 2 * EPOCHS}),
+    "fixed_k2_long": ("fixed_k2 trained twice as long", {"halting": 2, "tau": 0.0}, {"max_epochs": 2 * EPOCHS}),
 }
 
 BASE_MODEL = {

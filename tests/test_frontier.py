@@ -66,7 +66,7 @@ def test_calibration_meets_the_budget_on_validation(runs: dict[str, Path], digit
 
 def test_frontier_command_writes_json_table_and_png(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "frontier"
-    main(["frontier", str(runs["act"]), str(runs["k1"]), "-o", str(out), "--json", str(tmp_path / "f.json")])
+    main(["frontier", str(runs["act"].parent), "-o", str(out), "--json", str(tmp_path / "f.json")])  # a folder of runs
     printed = capsys.readouterr().out
     assert "Pareto" in printed and "act" in printed and "k1" in printed
     result = json.loads((out / "frontier.json").read_text())

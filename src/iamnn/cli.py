@@ -109,7 +109,13 @@ def _frontier(args: argparse.Namespace) -> None:
     missing = [r for r in args.runs if not os.path.isdir(r)]
     if missing:
         raise CLIError(f"no such run directory: {', '.join(missing)}")
-    result = build_frontier(args.runs, args.output, test_subset=args.test_subset, json_path=args.json)
+    runs = []  # a run folder, or a folder of runs (runs/frontier)
+    for r in map(Path, args.runs):
+        inside = sorted(d for d in r.iterdir() if (d / "config.yaml").is_file())
+        runs += [r] if (r / "config.yaml").is_file() else inside
+    if not runs:
+        raise CLIError(f"no run folders (with a config.yaml) in {', '.join(args.runs)}")
+    result = build_frontier(runs, args.output, test_subset=args.test_subset, json_path=args.json)
     records = sorted(result["models"], key=lambda r: r["macs_mean"])
     front = set(pareto_front(records))
     table = Table(title="Accuracy vs average MACs (test set, each model as trained)")
@@ -391,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_report)
 
     p = sub.add_parser("frontier", help="accuracy vs average MACs of trained runs: Pareto plot, table, JSON")
-    p.add_argument("runs", nargs="+", help="run directories written by `iamnn fit` (runs/<name>)")
+    p.add_argument("runs", nargs="+", help="run folders written by `iamnn fit`, or folders of them (runs/frontier)")
     p.add_argument("-o", "--output", default="report/frontier", help="output folder (default: report/frontier)")
     p.add_argument("--json", default=None, help="also write the JSON here (e.g. benchmarks/results/frontier.json)")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
