@@ -190,14 +190,9 @@ def calibrate_run(
     """
     if save and len(budgets) != 1:
         raise ValueError("saving the calibrated model needs exactly one budget")
-    run_dir = find_run_dir(Path(source))
-    weights = Path(source) if Path(source).is_file() else find_weights(run_dir)
-    model, config = load_model_with_config(weights)
-    if not isinstance(model, IamNN):
-        raise ValueError(f"{weights}: calibrate sets a halting threshold; {type(model).__name__} has none")
-    dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
+    weights, model, config, dm = _load_iamnn_run(source, test_subset)
     if dm.val_set is None:
-        raise ValueError(f"{run_dir}: the recipe holds out no validation split (val_size: 0) to calibrate on")
+        raise ValueError(f"{weights}: the recipe holds out no validation split (val_size: 0) to calibrate on")
     val, test, train = dm.val_dataloader(), dm.test_dataloader(), dm.train_dataloader() if recalibrate else None
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     rows = []
@@ -218,12 +213,7 @@ def recalibrate_run(
 ) -> dict[str, Any]:
     """Re-estimate a run's BatchNorm statistics for an inference regime (``halting``: ``act``,
     ``full`` or k) on its training data; test accuracy before and after; optionally save the model."""
-    run_dir = find_run_dir(Path(source))
-    weights = Path(source) if Path(source).is_file() else find_weights(run_dir)
-    model, config = load_model_with_config(weights)
-    if not isinstance(model, IamNN):
-        raise ValueError(f"{weights}: {type(model).__name__} has no halting regimes to re-estimate for")
-    dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
+    weights, model, config, dm = _load_iamnn_run(source, test_subset)
     model.halting = halting
     before = evaluate(model, dm.test_dataloader())
     recalibrate_batchnorm(model, dm.train_dataloader())
@@ -234,6 +224,17 @@ def recalibrate_run(
     if save:
         save_weights(model, save, data=config.get("data"), extra={"recalibrated_from": str(weights), **result})
     return {**result, "saved": str(save) if save else None}
+
+
+def _load_iamnn_run(source: str | Path, test_subset: int | None) -> tuple[Path, IamNN, dict[str, Any], Any]:
+    """(weights file, IamNN, its config, the run's data module without augmentation) of a run or a file in one."""
+    run_dir = find_run_dir(Path(source))
+    weights = Path(source) if Path(source).is_file() else find_weights(run_dir)
+    model, config = load_model_with_config(weights)
+    if not isinstance(model, IamNN):
+        raise ValueError(f"{weights}: {type(model).__name__} has no halting regimes (give an IamNN run)")
+    dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
+    return weights, model, config, dm
 
 
 def find_run_dir(path: Path) -> Path:
