@@ -10,28 +10,15 @@ import pytest
 from iamnn.cli import main
 
 
+def _bench_smoke(out: Path, model: str, batch_sizes: str, *extra: str) -> None:
+    """`iamnn bench --smoke` at a tiny width and input size, one thread, JSON to ``out``."""
+    main(["bench", "--model", model, "--width", "0.0625", "--stem", "cifar", "--input-size", "16",
+          "--batch-sizes", batch_sizes, "--threads", "1", "--smoke", *extra, "--json", str(out)])  # fmt: skip
+
+
 def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
-    main(
-        [
-            "bench",
-            "--model",
-            "iamnn_r34",
-            "--width",
-            "0.0625",
-            "--stem",
-            "cifar",
-            "--input-size",
-            "16",
-            "--batch-sizes",
-            "1,4",
-            "--threads",
-            "1",
-            "--smoke",
-            "--json",
-            str(out),
-        ]
-    )
+    _bench_smoke(out, "iamnn_r34", "1,4")
     printed = capsys.readouterr().out
     assert "IamNN act" in printed and "speedup" in printed
     result = json.loads(out.read_text())
@@ -51,28 +38,7 @@ def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_bench_onnxruntime_smoke(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
-    main(
-        [
-            "bench",
-            "--model",
-            "iamnn_r18",
-            "--width",
-            "0.0625",
-            "--stem",
-            "cifar",
-            "--input-size",
-            "16",
-            "--batch-sizes",
-            "1,2",
-            "--threads",
-            "1",
-            "--smoke",
-            "--runtime",
-            "onnxruntime",
-            "--json",
-            str(out),
-        ]
-    )
+    _bench_smoke(out, "iamnn_r18", "1,2", "--runtime", "onnxruntime")
     result = json.loads(out.read_text())
     assert result["runtime"] == "onnxruntime" and len(result["rows"]) == 4
     assert all(r["images_per_s@2"] > 0 for r in result["rows"])

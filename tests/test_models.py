@@ -157,12 +157,19 @@ def _dense_reference(model: IamNN, x: torch.Tensor) -> tuple[torch.Tensor, torch
     return model.forward_head(x), torch.stack(counts, 1)
 
 
+@torch.no_grad()
+def _varied_halting_batch(n: int, stem: str) -> tuple[torch.Tensor, IamNN]:
+    """``n`` inputs and an eval-mode IamNN-r101 whose samples halt at different iterations."""
+    x = _varied_input(n, INPUT[stem])
+    model = _spread_halting(iamnn.create_model("iamnn_r101", stem=stem, num_classes=7, width=SMALL), x).eval()
+    _unit_logits(model, x)
+    return x, model
+
+
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 def test_compaction_matches_dense_reference(stem: str) -> None:
-    x = _varied_input(12, INPUT[stem])
-    model = _spread_halting(iamnn.create_model("iamnn_r101", stem=stem, num_classes=7, width=SMALL), x).eval()
+    x, model = _varied_halting_batch(12, stem)
     with torch.no_grad():
-        _unit_logits(model, x)
         logits, stats = model(x, return_stats=True)
     ref_logits, ref_iterations = _dense_reference(model, x)
     assert len(stats.iterations.unique()) > 2, "the test needs a batch that halts at different iterations"
@@ -333,10 +340,8 @@ def test_folded_batchnorm_matches_eval_forward(stem: str, halting: object) -> No
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 def test_single_sample_inference_path_matches_batched(stem: str) -> None:
     """Batch 1 at inference takes the host-side ACT path; it must agree with the batched loop."""
-    x = _varied_input(10, INPUT[stem])
-    model = _spread_halting(iamnn.create_model("iamnn_r101", stem=stem, num_classes=7, width=SMALL), x).eval()
+    x, model = _varied_halting_batch(10, stem)
     with torch.no_grad():
-        _unit_logits(model, x)
         logits, stats = model(x, return_stats=True)
         for b in range(len(x)):
             one, one_stats = model(x[b : b + 1], return_stats=True)

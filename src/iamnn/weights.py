@@ -51,7 +51,6 @@ def save_weights(
     sidecar only.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = {**model_config(model), **({"data": data} if data else {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_write(path) as f:
