@@ -29,8 +29,11 @@ POINTS: dict[str, tuple[str, dict, dict]] = {
     # cures tried for the deep stage's collapse, each on top of act_tau0.01
     "cure_bias-8": ("act_tau0.01 with the halting bias initialised at -8 instead of -3", {"halting_bias": -8.0}, {}),
     "cure_tau_warmup": ("act_tau0.01 with tau ramped up from 0 over 3 epochs", {"tau_warmup_epochs": 3.0}, {}),
-    "cure_min_iter": ("act_tau0.01, every iteration forced for the first 2 epochs",
-                      {"min_iterations": 23, "min_iterations_epochs": 2.0}, {}),
+    "cure_min_iter": (
+        "act_tau0.01, every iteration forced for the first 2 epochs",
+        {"min_iterations": 23, "min_iterations_epochs": 2.0},
+        {},
+    ),
     "cure_ponder_norm": ("act_tau0.01 with each stage's ponder cost divided by its maximum", {"ponder_norm": True}, {}),
     "cure_long": ("act_tau0.01 trained twice as long", {}, {"max_epochs": 2 * EPOCHS}),
     # cure_long's fair partners: the fixed-k models next to it, trained as long

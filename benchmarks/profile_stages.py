@@ -17,6 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import iamnn
 from iamnn.models.fold import fold_batchnorm
+from iamnn.runtime import keep_freed_memory
 
 
 def main() -> None:
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
 
+    keep_freed_memory()
     model = fold_batchnorm(iamnn.create_model(args.model, pretrained=True))
     model.halting = int(args.halting) if args.halting.isdigit() else args.halting
     x = torch.randn(args.batch, model.in_chans, 28, 28)

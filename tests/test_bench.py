@@ -24,7 +24,7 @@ def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureF
     result = json.loads(out.read_text())
     assert result["threads"] == 1 and result["inputs"].startswith("synthetic")
     names = [r["row"] for r in result["rows"]]
-    assert names == ["ResNet resnet34", "IamNN full", "IamNN act", "IamNN fixed-1"]
+    assert names == ["ResNet resnet34", "IamNN full", "IamNN act", "IamNN fixed-1", "ResNet resnet50"]
     for row in result["rows"]:
         for key in ("params", "macs_mean", "latency_p50_ms", "latency_p95_ms", "images_per_s@1", "images_per_s@4"):
             assert row[key] > 0, (row["row"], key)
@@ -32,6 +32,7 @@ def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureF
     for key in ("mac_ratio", "speedup_over_full@1", "efficiency@1", "efficiency@4", "efficiency_p50@1"):
         assert act[key] > 0
     assert result["rows"][1]["time_per_mac_vs_baseline@1"] > 0
+    assert result["rows"][1]["time_per_mac_vs_bottleneck_twin@4"] > 0
     assert result["rows"][3]["macs_mean"] < result["rows"][1]["macs_mean"]  # fixed-1 < full
     assert result["train_step"]["full"] > 0 and result["train_step"]["act"] > 0
 

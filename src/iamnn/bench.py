@@ -30,19 +30,28 @@ class BenchConfig:
     latency_images: int = 200  # batch-1 latency is measured image by image over this many inputs
     throughput_images: int = 512  # images per throughput measurement (at least 2 batches)
     warmup: int = 3
-    fold: bool = True  # IamNN inference with BatchNorm folded per iteration
+    fold: bool = True  # inference with BatchNorm folded (per iteration for IamNN), NHWC on both sides
     train_batch: int = 128  # training step act vs full on one batch (0: skip)
+
+
+# the ResNet whose blocks are IamNN's own (bottleneck, same widths), where the preset's is not
+BOTTLENECK_TWIN = {"r34": "resnet50"}
+
+
+def _preset(model: IamNN) -> str:
+    return model.model_config["model"].removeprefix("iamnn_").split("_")[0]
 
 
 def baseline_name(model: IamNN) -> str:
     """The registry name of the ResNet matching ``model``'s preset (``iamnn_r34_fmnist`` -> ``resnet34``)."""
-    return BASELINE_OF[model.model_config["model"].removeprefix("iamnn_").split("_")[0]]
+    return BASELINE_OF[_preset(model)]
 
 
-def baseline_for(model: IamNN) -> nn.Module:
-    """The ResNet of ``model``'s preset with the same stem, input channels, classes and width."""
+def baseline_for(model: IamNN, name: str | None = None) -> nn.Module:
+    """The ResNet of ``model``'s preset (or the registered ResNet ``name``) with the same stem,
+    input channels, classes and width."""
     keep = {k: v for k, v in model.model_config["kwargs"].items() if k in ("num_classes", "in_chans", "stem", "width")}
-    return create_model(baseline_name(model), **keep).eval()
+    return create_model(name or baseline_name(model), **keep).eval()
 
 
 @torch.no_grad()
@@ -124,11 +133,16 @@ def _pct(values: list[float], q: float) -> float:
     return float(torch.tensor(values).quantile(q)) * 1000
 
 
-def train_step_times(model: IamNN, images: Tensor, labels: Tensor, repeats: int = 5) -> dict[str, float]:
-    """Seconds per training step (forward, backward, SGD) for ``act`` and ``full`` on one batch."""
+def train_step_times(
+    model: IamNN, images: Tensor, labels: Tensor, repeats: int = 5, channels_last: bool = True
+) -> dict[str, float]:
+    """Seconds per training step (forward, backward, SGD) for ``act`` and ``full`` on one batch,
+    in the memory format ``iamnn fit`` trains in (``Classifier(channels_last=True)``)."""
     out = {}
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = images.contiguous(memory_format=memory_format)
     for mode in ("full", "act"):
-        net = copy.deepcopy(model).train()
+        net = copy.deepcopy(model).train().to(memory_format=memory_format)
         net.halting = mode
         opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: every repeat sees the same network
         times = []
@@ -147,26 +161,42 @@ def train_step_times(model: IamNN, images: Tensor, labels: Tensor, repeats: int 
     return out
 
 
-def _onnx_runners(model: IamNN, baseline: nn.Module, images: Tensor, folder: Path, threads: int, act_onnx: str | None):
-    """onnxruntime sessions for the four rows, exported from the PyTorch models into ``folder``."""
+def _onnx_runners(
+    model: IamNN, baselines: list[nn.Module], images: Tensor, folder: Path, threads: int, act_onnx: str | None
+) -> list[Any]:
+    """onnxruntime sessions for the rows, exported from the PyTorch models into ``folder``."""
     from .export import OnnxModel, export_onnx
 
     hw = tuple(images.shape[-2:])
-    base_path = folder / "baseline.onnx"
-    torch.onnx.export(
-        baseline, (images[:2],), str(base_path), dynamo=True, input_names=["input"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
-    )  # fmt: skip
-    base = OnnxModel(base_path, threads)  # its session runs any graph; the baseline has one output
-    runners: list[Any] = [lambda x: base.session.run(None, {base.input_name: x.numpy()})]
+    runners: list[Any] = []
+    for k, baseline in enumerate(baselines):
+        path = folder / f"baseline{k}.onnx"
+        torch.onnx.export(
+            baseline, (images[:2].contiguous(),), str(path), dynamo=True, input_names=["input"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+        )  # fmt: skip
+        session = OnnxModel(path, threads)  # its session runs any graph; a baseline has one output
+        runners.append(lambda x, b=session: b.session.run(None, {b.input_name: x.numpy()}))
+    iamnn_runners: list[Any] = []
     for mode in ("full", "act", 1):
         if mode == "act" and act_onnx:
-            runners.append(OnnxModel(act_onnx, threads))
+            iamnn_runners.append(OnnxModel(act_onnx, threads))
             continue
         net = copy.deepcopy(model)
         net.halting = mode
-        runners.append(OnnxModel(export_onnx(net, folder / f"iamnn_{mode}.onnx", input_size=hw), threads))
-    return runners
+        iamnn_runners.append(OnnxModel(export_onnx(net, folder / f"iamnn_{mode}.onnx", input_size=hw), threads))
+    return runners[:1] + iamnn_runners + runners[1:]
+
+
+def _time_per_mac(full: dict[str, Any], base: dict[str, Any], key: str, batch_sizes: tuple[int, ...]) -> None:
+    """IamNN ``full``'s time per MAC over ``base``'s, at batch 1 (latency medians) and each batch size."""
+    full[f"time_per_mac_p50_vs_{key}@1"] = (full["latency_p50_ms"] / full["macs_mean"]) / (
+        base["latency_p50_ms"] / base["macs_mean"]
+    )
+    for b in batch_sizes:
+        full[f"time_per_mac_vs_{key}@{b}"] = (base[f"images_per_s@{b}"] * base["macs_mean"]) / (
+            full[f"images_per_s@{b}"] * full["macs_mean"]
+        )
 
 
 def run_bench(
@@ -177,28 +207,40 @@ def run_bench(
     runtime: str = "torch",
     onnx_path: str | None = None,
 ) -> dict[str, Any]:
-    """Measure the four rows on ``images`` (already preprocessed, on the target device).
+    """Measure the rows on ``images`` (already preprocessed, on the target device): the preset's
+    ResNet, IamNN full / act / fixed-1 and, for ``r34``, ResNet-50 (the ResNet made of IamNN's own
+    bottleneck blocks, at the same widths: the fair reference for IamNN's time per MAC).
 
-    ``runtime="onnxruntime"`` times ONNX exports of the same four models (the IamNN ones keep
+    ``runtime="onnxruntime"`` times ONNX exports of the same models (the IamNN ones keep
     their halting loops in the graph; ``onnx_path``, if given, is timed as the ``act`` row).
     MACs always come from the PyTorch model, whose iteration counts the exports reproduce.
     """
     model = model.eval()
-    baseline = baseline_for(model).to(images.device)
-    infer = fold_batchnorm(model) if config.fold else model
-    if config.fold:
-        baseline = _fold_resnet(baseline)
     names = [f"ResNet {baseline_name(model)}", "IamNN full", "IamNN act", "IamNN fixed-1"]
     modes: list[Any] = [None, "full", "act", 1]
-    macs = [float(model_macs(baseline, tuple(images.shape[1:])))]
-    for mode in modes[1:]:
-        infer.halting = mode
-        macs.append(_avg_macs(infer, images))
+    baselines = [baseline_for(model).to(images.device)]
+    twin = BOTTLENECK_TWIN.get(_preset(model))
+    if twin:  # last row: the ResNet built from IamNN's own blocks
+        baselines.append(baseline_for(model, twin).to(images.device))
+        names.append(f"ResNet {twin}")
+        modes.append(None)
+    infer = fold_batchnorm(model) if config.fold else model
+    if config.fold:
+        baselines = [_fold_resnet(b).to(memory_format=torch.channels_last) for b in baselines]
+        if runtime == "torch":
+            images = images.contiguous(memory_format=torch.channels_last)
+    macs = []
+    for k, mode in enumerate(modes):
+        if mode is None:
+            macs.append(float(model_macs(baselines[0 if k == 0 else 1], tuple(images.shape[1:]))))
+        else:
+            infer.halting = mode
+            macs.append(_avg_macs(infer, images))
     with tempfile.TemporaryDirectory() as tmp:
         if runtime == "onnxruntime":
-            runners = _onnx_runners(model, baseline, images, Path(tmp), torch.get_num_threads(), onnx_path)
+            runners = _onnx_runners(model, baselines, images, Path(tmp), torch.get_num_threads(), onnx_path)
         else:
-            runners = [baseline] + [_with_mode(infer, mode) for mode in modes[1:]]
+            runners = [baselines[0]] + [_with_mode(infer, mode) for mode in modes[1:4]] + baselines[1:]
         rows = []
         latencies = _latencies(runners, images[: config.latency_images], config.warmup)
         speeds = {
@@ -209,7 +251,7 @@ def run_bench(
             lat = latencies[r]
             row = {
                 "row": name,
-                "params": count_params(model if mode is not None else baseline),
+                "params": count_params(model if mode is not None else baselines[0 if r == 0 else 1]),
                 "macs_mean": avg_macs,
                 "latency_p50_ms": _pct(lat, 0.5),
                 "latency_p95_ms": _pct(lat, 0.95),
@@ -229,14 +271,9 @@ def run_bench(
         speedup = act[f"images_per_s@{b}"] / full[f"images_per_s@{b}"]
         act[f"speedup_over_full@{b}"] = speedup
         act[f"efficiency@{b}"] = speedup / mac_ratio
-    base = rows[0]
-    full["time_per_mac_p50_vs_baseline@1"] = (full["latency_p50_ms"] / full["macs_mean"]) / (
-        base["latency_p50_ms"] / base["macs_mean"]
-    )
-    for b in config.batch_sizes:
-        full[f"time_per_mac_vs_baseline@{b}"] = (base[f"images_per_s@{b}"] * base["macs_mean"]) / (
-            full[f"images_per_s@{b}"] * full["macs_mean"]
-        )
+    for key, base in (("baseline", rows[0]), ("bottleneck_twin", rows[4] if twin else None)):
+        if base is not None:
+            _time_per_mac(full, base, key, config.batch_sizes)
     result: dict[str, Any] = {
         "rows": rows, "runtime": runtime, "threads": torch.get_num_threads(), "device": str(images.device),
     }  # fmt: skip

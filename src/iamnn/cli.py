@@ -345,8 +345,11 @@ def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
     print(f"act: MAC ratio full/act {act['mac_ratio']:.2f}; realised speedup (throughput) "
           + ", ".join(f"@{b}: {act[f'speedup_over_full@{b}']:.2f}x" for b in sizes)
           + f"; batch-1 median latency: {act['speedup_p50_over_full@1']:.2f}x")  # fmt: skip
-    print("IamNN full time per MAC vs the ResNet's: "
-          + ", ".join(f"@{b}: {full[f'time_per_mac_vs_baseline@{b}']:.2f}" for b in sizes))  # fmt: skip
+    twin = f"{result['rows'][-1]['row']} (IamNN's bottleneck blocks, same widths)"
+    for key, name in (("baseline", result["rows"][0]["row"]), ("bottleneck_twin", twin)):
+        if f"time_per_mac_vs_{key}@{sizes[0]}" in full:
+            print(f"IamNN full time per MAC vs {name}: "
+                  + ", ".join(f"@{b}: {full[f'time_per_mac_vs_{key}@{b}']:.2f}" for b in sizes))  # fmt: skip
     if "train_step" in result:
         t = result["train_step"]
         print(
@@ -468,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .weights import WeightsError
 
     command = argv[0] if argv else ""
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # freed activation maps are reused instead of unmapped (iamnn/runtime.py)
     try:
         if command in LIGHTNING_COMMANDS:
             from .lit import run_lightning_cli

@@ -73,6 +73,9 @@ class Classifier(L.LightningModule):
         warmup_epochs: linear warm-up length for ``cosine``.
         milestones, gamma: epochs at which ``multistep`` multiplies the rate by ``gamma``.
         label_smoothing: cross-entropy label smoothing.
+        channels_last: train in NHWC (weights and activations). Measured on 2 CPU cores, one
+            step of ``iamnn_r34_fmnist`` at batch 128: 160 ms ``full`` and 121 ms ``act`` against
+            183 and 156 ms in NCHW. The saved weights do not depend on it.
     """
 
     def __init__(
@@ -101,12 +104,15 @@ class Classifier(L.LightningModule):
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
         label_smoothing: float = 0.0,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         config = model_config_from_hparams(dict(self.hparams))
         self.model = create_model(config["model"], **config["kwargs"])
         self.adaptive = isinstance(self.model, IamNN)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top5 = min(5, num_classes)
         self.train_acc = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
@@ -120,6 +126,7 @@ class Classifier(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
         x, y = batch
+        x = x.contiguous(memory_format=self.memory_format)
         hp, train, n = self.hparams, split == "train", len(x)
         if self.adaptive:
             warm = train and self.current_epoch < hp.min_iterations_epochs

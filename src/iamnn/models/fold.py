@@ -5,6 +5,10 @@ per-iteration weights :math:`W_i = W \cdot \gamma_i / \sqrt{\sigma_i^2 + \epsilo
 :math:`b_i = \beta_i - \mu_i \gamma_i / \sqrt{\sigma_i^2 + \epsilon}`: an iteration is then three
 convolutions with bias (no normalisation pass). The training model keeps its shared weights;
 :func:`fold_batchnorm` returns a separate, eval-only copy.
+
+The copy runs channels-last (NHWC) by default: oneDNN's convolutions and PyTorch's max-pooling
+are NHWC-native on CPU (measured on 2 cores: a 2x2 max-pool of a 64x32x28x28 batch took 3.7 ms in
+NCHW and 0.22 ms in NHWC), and every op of the loop (cat, indexing, addcmul) keeps the layout.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def _fold(weight: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
 class FoldedProcessingBlock(nn.Module):
     """:class:`ProcessingBlock` for inference: per-iteration convolutions with BN folded in."""
 
-    def __init__(self, block: ProcessingBlock) -> None:
+    def __init__(self, block: ProcessingBlock, memory_format: torch.memory_format) -> None:
         super().__init__()
         self.out_channels = block.out_channels
         self.conv1, self.conv2, self.conv3 = block.conv1, block.conv2, block.conv3  # for MAC accounting
@@ -44,8 +48,8 @@ class FoldedProcessingBlock(nn.Module):
             w3.append(w)
             b3.append(b)
         for name, tensors in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3), ("b3", b3)):
-            self.register_buffer(name, torch.stack(tensors).detach())
-        self.register_buffer("w1_first", torch.stack(w1_first).detach())
+            self.register_buffer(name, _stack(tensors, memory_format))
+        self.register_buffer("w1_first", _stack(w1_first, memory_format))
 
     def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
         if s is None:
@@ -58,13 +62,23 @@ class FoldedProcessingBlock(nn.Module):
     macs = ProcessingBlock.macs
 
 
+def _stack(tensors: list[Tensor], memory_format: torch.memory_format) -> Tensor:
+    """Per-iteration tensors stacked along a new dim 0; each 4-D slice ``[i]`` in ``memory_format``."""
+    stacked = torch.stack(tensors).detach()
+    if stacked.ndim == 5 and memory_format == torch.channels_last:  # (N, O, I, kh, kw), I innermost
+        stacked = stacked.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    return stacked
+
+
 @torch.no_grad()
-def fold_batchnorm(model: IamNN) -> IamNN:
+def fold_batchnorm(model: IamNN, channels_last: bool = True) -> IamNN:
     """An eval-only copy of ``model`` with every BatchNorm folded into its convolution.
 
     Outputs and iteration counts equal the eval-mode forward of ``model`` (to float rounding);
-    ``stats.macs`` are unchanged (bias additions are not MACs).
+    ``stats.macs`` are unchanged (bias additions are not MACs). ``channels_last``: the copy keeps
+    its weights and converts its input to NHWC (the outputs do not change).
     """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     folded = copy.deepcopy(model).eval()
     w, b = _fold(folded.conv1.weight, folded.bn1)
     stem = nn.Conv2d(
@@ -73,9 +87,10 @@ def fold_batchnorm(model: IamNN) -> IamNN:
     )  # fmt: skip
     stem.weight.copy_(w)
     stem.bias.copy_(b)
-    folded.conv1, folded.bn1 = stem, nn.Identity()
+    folded.conv1, folded.bn1 = stem.to(memory_format=memory_format), nn.Identity()
     for stage in folded.stages:
-        stage.block = FoldedProcessingBlock(stage.block)
+        stage.block = FoldedProcessingBlock(stage.block, memory_format)
+    folded.memory_format = memory_format
     folded.requires_grad_(False)
     folded.train = _eval_only.__get__(folded)  # type: ignore[method-assign]
     return folded

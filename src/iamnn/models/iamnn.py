@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
-from .act import HaltingUnit, act_step
+from .act import HaltingUnit, act_step, global_avg_pool
 
 Halting = Literal["act", "full"] | int
 Stem = Literal["imagenet", "cifar"]
@@ -138,7 +138,7 @@ class IterativeStage(nn.Module):
         rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
         cum_h = x0.new_zeros(batch)  # Σ_{i<n} h_i of the active samples
         y_active: Tensor | None = None  # Σ_{j≤i} p_j · s_j of the active samples
-        x0_gap = x0.mean((2, 3))  # the halting unit's view of x0, the same at every iteration
+        x0_gap = global_avg_pool(x0)  # the halting unit's view of x0, the same at every iteration
         # one entry per halting event: rows, their y, N and ρ
         done_rows: list[Tensor | None] = []
         done_y, done_n, done_rho = [], [], []
@@ -190,7 +190,7 @@ class IterativeStage(nn.Module):
         """
         s: Tensor | None = None
         y: Tensor | None = None
-        x0_gap = x0.mean((2, 3))
+        x0_gap = global_avg_pool(x0)
         cum_h = np.float32(0.0)  # Σ_{i<n} h_i
         threshold = np.float32(1.0 - epsilon)
         for i in range(self.max_iterations):
@@ -284,6 +284,7 @@ class IamNN(nn.Module):
         self.halting = halting
         self.min_iterations = 0  # ACT: no sample halts earlier (set by training warm-ups, see lit.py)
         self.inference_chunk = 64  # eval batches larger than this run in chunks (0: never)
+        self.memory_format = torch.contiguous_format  # inputs are converted to it (channels_last: NHWC)
 
         stem_channels = _scaled(64, width)
         if stem == "imagenet":
@@ -334,6 +335,7 @@ class IamNN(nn.Module):
                 f"input {x.shape[-2]}x{x.shape[-1]} is too small: the {self.stem_type} stem and "
                 f"{len(self.stages) - 1} 2x2 poolings leave no pixel for the last stage"
             )
+        x = x.contiguous(memory_format=self.memory_format)
         x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
         iterations, ponder = [], []
         for k, stage in enumerate(self.stages):
