@@ -173,7 +173,7 @@ def _onnx_runners(
     for k, baseline in enumerate(baselines):
         path = folder / f"baseline{k}.onnx"
         torch.onnx.export(
-            baseline, (images[:2].contiguous(),), str(path), dynamo=True, input_names=["input"],
+            baseline, (images[:2],), str(path), dynamo=True, input_names=["input"],
             dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
         )  # fmt: skip
         session = OnnxModel(path, threads)  # its session runs any graph; a baseline has one output
@@ -230,10 +230,11 @@ def run_bench(
         baselines = [_fold_resnet(b).to(memory_format=torch.channels_last) for b in baselines]
         if runtime == "torch":
             images = images.contiguous(memory_format=torch.channels_last)
+    resnets = [baselines[0], None, None, None, *baselines[1:]]  # the ResNet of each row, None for IamNN's
     macs = []
-    for k, mode in enumerate(modes):
-        if mode is None:
-            macs.append(float(model_macs(baselines[0 if k == 0 else 1], tuple(images.shape[1:]))))
+    for resnet, mode in zip(resnets, modes, strict=True):
+        if resnet is not None:
+            macs.append(float(model_macs(resnet, tuple(images.shape[1:]))))
         else:
             infer.halting = mode
             macs.append(_avg_macs(infer, images))
@@ -248,11 +249,11 @@ def run_bench(
             b: _throughputs(runners, images, b, max(config.throughput_images, 2 * b), config.warmup)
             for b in config.batch_sizes
         }
-        for r, (name, mode, avg_macs) in enumerate(zip(names, modes, macs, strict=True)):
+        for r, (name, resnet, avg_macs) in enumerate(zip(names, resnets, macs, strict=True)):
             lat = latencies[r]
             row = {
                 "row": name,
-                "params": count_params(model if mode is not None else baselines[0 if r == 0 else 1]),
+                "params": count_params(resnet or model),
                 "macs_mean": avg_macs,
                 "latency_p50_ms": _pct(lat, 0.5),
                 "latency_p95_ms": _pct(lat, 0.95),
