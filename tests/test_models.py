@@ -308,10 +308,16 @@ def test_parameter_sharing_and_per_iteration_batchnorm() -> None:
 
 
 # -- inference with folded BatchNorm -------------------------------------------------------------
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 @pytest.mark.parametrize("halting", ["act", "full", 2])
-def test_folded_batchnorm_matches_eval_forward(stem: str, halting: object) -> None:
-    from iamnn.models.fold import fold_batchnorm
+def test_folded_batchnorm_matches_eval_forward(
+    stem: str, halting: object, fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iamnn.models.fold import FoldedProcessingBlock, fold_batchnorm
+
+    # fused: every iteration takes the oneDNN path (by default only maps of >= 4096 pixels do)
+    monkeypatch.setattr(FoldedProcessingBlock, "fused_min_pixels", 0 if fused else 10**9)
 
     x = _varied_input(12, INPUT[stem])
     model = iamnn.create_model("iamnn_r34", stem=stem, num_classes=7, width=SMALL, halting=halting)
@@ -332,7 +338,13 @@ def test_folded_batchnorm_matches_eval_forward(stem: str, halting: object) -> No
     torch.testing.assert_close(f_logits, logits, atol=1e-4, rtol=0)
     assert torch.equal(f_stats.macs, stats.macs)
     with torch.no_grad():
-        assert measure_macs(lambda: folded(x)) == int(f_stats.macs.sum())
+        counted = measure_macs(lambda: folded(x))
+    extra = 0
+    if fused and halting == "act":  # + per halting call, GAP(u) = W3 · GAP(z): C_out x C_out/4 MACs
+        for k, stage in enumerate(model.stages):
+            calls = f_stats.iterations[:, k].clamp(max=stage.max_iterations - 1).sum()
+            extra += int(calls) * stage.out_channels * (stage.out_channels // 4)
+    assert counted == int(f_stats.macs.sum()) + extra
     with pytest.raises(RuntimeError, match="inference only"):
         folded.train()
 

@@ -44,13 +44,16 @@ class HaltingUnit(nn.Module):
         nn.init.constant_(self.fc3.bias, bias_init)
 
     def forward(self, s: Tensor, x0: Tensor, u: Tensor) -> Tensor:
-        """(B, C_s, H, W), (B, C_x, H, W) or its GAP (B, C_x), (B, C_s, H, W) -> (B,) scores in (0, 1).
+        """(B, C_s, H, W), (B, C_x, H, W), (B, C_s, H, W) -> (B,) scores in (0, 1).
 
-        x0 is the same at every iteration of a stage, so the stage passes its GAP, computed once.
+        x0 and u may also be given as their GAPs, (B, C): x0 is the same at every iteration of a
+        stage, so the stage computes its GAP once; a BatchNorm-folded block gets u's GAP from
+        its narrower inner map (see ``fold.py``).
         """
         # GAP of the concatenation == concatenation of the per-tensor GAPs (no (B, C, H, W) copy)
         x0_gap = x0 if x0.ndim == 2 else global_avg_pool(x0)
-        z = torch.cat([global_avg_pool(s), x0_gap, global_avg_pool(u)], dim=1)
+        u_gap = u if u.ndim == 2 else global_avg_pool(u)
+        z = torch.cat([global_avg_pool(s), x0_gap, u_gap], dim=1)
         z = torch.relu(self.fc1(z))
         z = torch.relu(self.fc2(z))
         return torch.sigmoid(self.fc3(z)).squeeze(1)

@@ -18,7 +18,9 @@ import copy
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
+from .act import global_avg_pool
 from .iamnn import IamNN, ProcessingBlock
 
 
@@ -27,8 +29,41 @@ def _fold(weight: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
 
 
+# oneDNN convolution with its epilogue (bias, ReLU, residual add) fused: what inductor emits on CPU
+_FUSED_CONV = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+def _conv_relu(x: Tensor, weight: Tensor, bias: Tensor, padding: int = 0) -> Tensor:
+    """ReLU(conv(x) + bias) in one oneDNN call."""
+    return _FUSED_CONV(x, weight, bias, [padding] * 2, [1, 1], [1, 1], 1, "relu", [], "")
+
+
+def _conv_add_relu(x: Tensor, other: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """ReLU(conv1x1(x) + bias + other) in one oneDNN call."""
+    return _FUSED_CONV.binary(x, other, weight, bias, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], "")
+
+
+if _FUSED_CONV is not None:
+
+    @register_flop_formula(_FUSED_CONV)
+    def _fused_conv_flop(x_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+        """FLOPs of a fused oneDNN convolution, for ``FlopCounterMode`` (the project's MAC checks)."""
+        binary = not isinstance(args[2], list)  # binary: (x, other, w, b, padding, ...)
+        return conv_flop_count(x_shape, args[1] if binary else args[0], out_shape)
+
+
 class FoldedProcessingBlock(nn.Module):
-    """:class:`ProcessingBlock` for inference: per-iteration convolutions with BN folded in."""
+    """:class:`ProcessingBlock` for inference: per-iteration convolutions with BN folded in.
+
+    On CPU, when an iteration's maps hold at least ``fused_min_pixels`` pixels (batch x H x W),
+    :meth:`step` runs each convolution with its bias, ReLU and residual add in one oneDNN call,
+    and splits the first 1x1 convolution over x0 and s instead of concatenating them: fewer
+    passes over memory-bound maps. Below that size the per-call overhead of the fused op costs
+    more than it saves (measured on 2 cores: a 32-channel 3x3 convolution + ReLU at 7x7, batch
+    1, took 36 µs fused against 13 µs eagerly; at batch 64, 151 against 158 µs).
+    """
+
+    fused_min_pixels = 4096
 
     def __init__(self, block: ProcessingBlock, memory_format: torch.memory_format) -> None:
         super().__init__()
@@ -50,6 +85,11 @@ class FoldedProcessingBlock(nn.Module):
         for name, tensors in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3), ("b3", b3)):
             self.register_buffer(name, _stack(tensors, memory_format))
         self.register_buffer("w1_first", _stack(w1_first, memory_format))
+        # the fused step's split of conv1 (x0's and s's input channels) and conv3 as a matrix,
+        # which maps the inner map's GAP to u's: GAP(u) = W3 · GAP(z) + b3 (u is linear in z)
+        self.register_buffer("w1_x0", _stack([w[:, :in_channels] for w in w1], memory_format))
+        self.register_buffer("w1_s", _stack([w[:, in_channels:] for w in w1], memory_format))
+        self.register_buffer("w3_matrix", torch.stack([w.flatten(1) for w in w3]).detach())
 
     def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
         if s is None:
@@ -58,6 +98,24 @@ class FoldedProcessingBlock(nn.Module):
             u = F.conv2d(torch.cat([x0, s], dim=1), self.w1[i], self.b1[i])
         u = F.conv2d(torch.relu(u), self.w2[i], self.b2[i], padding=1)
         return F.conv2d(torch.relu(u), self.w3[i], self.b3[i])
+
+    def step(self, x0: Tensor, s: Tensor | None, i: int, need_u: bool = True) -> tuple[Tensor, Tensor | None]:
+        """(s_i, u_i) as :meth:`ProcessingBlock.step`; fused, u_i comes as its (B, C) GAP."""
+        fuse = (
+            _FUSED_CONV is not None and x0.device.type == "cpu" and x0.dtype == torch.float32
+            and x0.shape[0] * x0.shape[2] * x0.shape[3] >= self.fused_min_pixels
+        )  # fmt: skip
+        if not fuse:
+            return ProcessingBlock.step(self, x0, s, i, need_u)
+        if s is None:
+            z = _conv_relu(x0, self.w1_first[i], self.b1[i])
+        else:  # conv1(concat(x0, s)) = conv(x0, W1_x0) + conv(s, W1_s): no concatenated copy
+            z = _conv_add_relu(s, F.conv2d(x0, self.w1_x0[i]), self.w1_s[i], self.b1[i])
+        z = _conv_relu(z, self.w2[i], self.b2[i], padding=1)
+        # s_i = ReLU(s_{i-1} + u_i) with u_i = conv3(z) + b3, in one call
+        s = _conv_relu(z, self.w3[i], self.b3[i]) if s is None else _conv_add_relu(z, s, self.w3[i], self.b3[i])
+        u_gap = torch.addmm(self.b3[i], global_avg_pool(z), self.w3_matrix[i].t()) if need_u else None
+        return s, u_gap
 
     macs = ProcessingBlock.macs
 
