@@ -85,9 +85,8 @@ class FoldedProcessingBlock(nn.Module):
         for name, tensors in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3), ("b3", b3)):
             self.register_buffer(name, _stack(tensors, memory_format))
         self.register_buffer("w1_first", _stack(w1_first, memory_format))
-        # the fused step's split of conv1 (x0's and s's input channels) and conv3 as a matrix,
-        # which maps the inner map's GAP to u's: GAP(u) = W3 · GAP(z) + b3 (u is linear in z)
-        self.register_buffer("w1_x0", _stack([w[:, :in_channels] for w in w1], memory_format))
+        # for the fused step: conv1's s channels (its x0 channels are w1_first), and conv3 as a
+        # matrix, which maps the inner map's GAP to u's: GAP(u) = W3 · GAP(z) + b3 (u is linear in z)
         self.register_buffer("w1_s", _stack([w[:, in_channels:] for w in w1], memory_format))
         self.register_buffer("w3_matrix", torch.stack([w.flatten(1) for w in w3]).detach())
 
@@ -110,7 +109,7 @@ class FoldedProcessingBlock(nn.Module):
         if s is None:
             z = _conv_relu(x0, self.w1_first[i], self.b1[i])
         else:  # conv1(concat(x0, s)) = conv(x0, W1_x0) + conv(s, W1_s): no concatenated copy
-            z = _conv_add_relu(s, F.conv2d(x0, self.w1_x0[i]), self.w1_s[i], self.b1[i])
+            z = _conv_add_relu(s, F.conv2d(x0, self.w1_first[i]), self.w1_s[i], self.b1[i])
         z = _conv_relu(z, self.w2[i], self.b2[i], padding=1)
         # s_i = ReLU(s_{i-1} + u_i) with u_i = conv3(z) + b3, in one call
         s = _conv_relu(z, self.w3[i], self.b3[i]) if s is None else _conv_add_relu(z, s, self.w3[i], self.b3[i])
@@ -134,7 +133,7 @@ def fold_batchnorm(model: IamNN, channels_last: bool = True) -> IamNN:
 
     Outputs and iteration counts equal the eval-mode forward of ``model`` (to float rounding);
     ``stats.macs`` are unchanged (bias additions are not MACs). ``channels_last``: the copy keeps
-    its weights and converts its input to NHWC (the outputs do not change).
+    its weights in NHWC and converts its input to NHWC (the outputs do not change).
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     folded = copy.deepcopy(model).eval()
