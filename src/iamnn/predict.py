@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
-from .models import IamNN
+from .models import IamNN, create_model
 from .models.fold import fold_batchnorm
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -80,7 +80,6 @@ def torch_runner(model: nn.Module) -> Runner:
 def onnx_runner(path: str | Path, threads: int | None = None) -> tuple[Runner, dict[str, Any]]:
     """An exported model run by onnxruntime; MACs from its iteration counts (the model's cost table)."""
     from .export import OnnxModel
-    from .models import create_model
 
     onnx = OnnxModel(path, threads)
     config = onnx.config
