@@ -386,3 +386,21 @@ def test_chunked_inference_equals_whole_batch() -> None:
     torch.testing.assert_close(c_logits, logits, atol=1e-5, rtol=0)
     for name in ("iterations", "macs"):
         assert torch.equal(getattr(c_stats, name), getattr(stats, name))
+
+
+def test_channels_last_input_keeps_its_layout() -> None:
+    """`Classifier(channels_last=True)` hands the model NHWC batches: an RGB one must reach the
+    stem as it is, not be copied back to NCHW (a folded copy converts to its own format)."""
+    from iamnn.models.fold import fold_batchnorm
+
+    model = iamnn.create_model("iamnn_r18", stem="cifar", num_classes=5, width=SMALL)
+    model = model.to(memory_format=torch.channels_last).eval()
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    folded = fold_batchnorm(model, channels_last=False)
+    seen: list[torch.Tensor] = []
+    for net in (model, folded):
+        net.conv1.register_forward_pre_hook(lambda module, args: seen.append(args[0]) and None)
+        with torch.no_grad():
+            net(x)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert seen[1].is_contiguous() and not seen[1].is_contiguous(memory_format=torch.channels_last)

@@ -297,7 +297,7 @@ class IamNN(nn.Module):
         self.halting = halting
         self.min_iterations = 0  # ACT: no sample halts earlier (set by training warm-ups, see lit.py)
         self.inference_chunk = 128  # eval batches larger than this run in chunks (0: never)
-        self.memory_format = torch.contiguous_format  # inputs are converted to it (channels_last: NHWC)
+        self.memory_format: torch.memory_format | None = None  # if set, inputs are converted to it
 
         stem_channels = _scaled(64, width)
         if stem == "imagenet":
@@ -348,7 +348,8 @@ class IamNN(nn.Module):
                 f"input {x.shape[-2]}x{x.shape[-1]} is too small: the {self.stem_type} stem and "
                 f"{len(self.stages) - 1} 2x2 poolings leave no pixel for the last stage"
             )
-        x = x.contiguous(memory_format=self.memory_format)
+        if self.memory_format is not None:  # None: the caller's layout stays (lit.Classifier sets its own)
+            x = x.contiguous(memory_format=self.memory_format)
         x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
         iterations, ponder = [], []
         for k, stage in enumerate(self.stages):
