@@ -163,30 +163,36 @@ def train_step_times(
 
 
 def _onnx_runners(
-    model: IamNN, baselines: list[nn.Module], images: Tensor, folder: Path, threads: int, act_onnx: str | None
+    model: IamNN,
+    resnets: list[nn.Module | None],
+    modes: list[Any],
+    images: Tensor,
+    folder: Path,
+    threads: int,
+    act_onnx: str | None,
 ) -> list[Any]:
-    """onnxruntime sessions for the rows, exported from the PyTorch models into ``folder``."""
+    """onnxruntime sessions for the rows (a ResNet, or the IamNN in a halting mode), exported
+    from the PyTorch models into ``folder``."""
     from .export import OnnxModel, export_onnx
 
     hw = tuple(images.shape[-2:])
     runners: list[Any] = []
-    for k, baseline in enumerate(baselines):
-        path = folder / f"baseline{k}.onnx"
-        torch.onnx.export(
-            baseline, (images[:2],), str(path), dynamo=True, input_names=["input"],
-            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
-        )  # fmt: skip
-        session = OnnxModel(path, threads)  # its session runs any graph; a baseline has one output
-        runners.append(lambda x, b=session: b.session.run(None, {b.input_name: x.numpy()}))
-    iamnn_runners: list[Any] = []
-    for mode in ("full", "act", 1):
-        if mode == "act" and act_onnx:
-            iamnn_runners.append(OnnxModel(act_onnx, threads))
-            continue
-        net = copy.deepcopy(model)
-        net.halting = mode
-        iamnn_runners.append(OnnxModel(export_onnx(net, folder / f"iamnn_{mode}.onnx", input_size=hw), threads))
-    return runners[:1] + iamnn_runners + runners[1:]
+    for r, (resnet, mode) in enumerate(zip(resnets, modes, strict=True)):
+        if resnet is not None:
+            path = folder / f"resnet{r}.onnx"
+            torch.onnx.export(
+                resnet, (images[:2],), str(path), dynamo=True, input_names=["input"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+            )  # fmt: skip
+            session = OnnxModel(path, threads)  # its session runs any graph; a ResNet has one output
+            runners.append(lambda x, b=session: b.session.run(None, {b.input_name: x.numpy()}))
+        elif mode == "act" and act_onnx:
+            runners.append(OnnxModel(act_onnx, threads))
+        else:
+            net = copy.deepcopy(model)
+            net.halting = mode
+            runners.append(OnnxModel(export_onnx(net, folder / f"iamnn_{mode}.onnx", input_size=hw), threads))
+    return runners
 
 
 def _time_per_mac(full: dict[str, Any], base: dict[str, Any], key: str, batch_sizes: tuple[int, ...]) -> None:
@@ -240,9 +246,9 @@ def run_bench(
             macs.append(_avg_macs(infer, images))
     with tempfile.TemporaryDirectory() as tmp:
         if runtime == "onnxruntime":
-            runners = _onnx_runners(model, baselines, images, Path(tmp), torch.get_num_threads(), onnx_path)
+            runners = _onnx_runners(model, resnets, modes, images, Path(tmp), torch.get_num_threads(), onnx_path)
         else:
-            runners = [baselines[0]] + [_with_mode(infer, mode) for mode in modes[1:4]] + baselines[1:]
+            runners = [resnet or _with_mode(infer, mode) for resnet, mode in zip(resnets, modes, strict=True)]
         rows = []
         latencies = _latencies(runners, images[: config.latency_images], config.warmup)
         speeds = {
@@ -273,7 +279,7 @@ def run_bench(
         speedup = act[f"images_per_s@{b}"] / full[f"images_per_s@{b}"]
         act[f"speedup_over_full@{b}"] = speedup
         act[f"efficiency@{b}"] = speedup / mac_ratio
-    for key, base in (("baseline", rows[0]), ("bottleneck_twin", rows[4] if twin else None)):
+    for key, base in (("baseline", rows[0]), ("bottleneck_twin", rows[-1] if twin else None)):
         if base is not None:
             _time_per_mac(full, base, key, config.batch_sizes)
     result: dict[str, Any] = {
