@@ -340,11 +340,19 @@ def test_folded_batchnorm_matches_eval_forward(
     with torch.no_grad():
         counted = measure_macs(lambda: folded(x))
     extra = 0
-    if fused and halting == "act":  # + per halting call, GAP(u) = W3 · GAP(z): C_out x C_out/4 MACs
-        for k, stage in enumerate(model.stages):
-            calls = f_stats.iterations[:, k].clamp(max=stage.max_iterations - 1).sum()
-            extra += int(calls) * stage.out_channels * (stage.out_channels // 4)
+    for k, stage in enumerate(model.stages if halting == "act" else []):
+        calls = int(f_stats.iterations[:, k].clamp(max=stage.max_iterations - 1).sum())
+        # x0's part of the halting unit's first layer runs once per sample and stage, not per call
+        extra -= (calls - len(x)) * stage.in_channels * stage.halting.fc1.out_features
+        if fused:  # + per halting call, GAP(u) = W3 · GAP(z): C_out x C_out/4 MACs
+            extra += calls * stage.out_channels * (stage.out_channels // 4)
     assert counted == int(f_stats.macs.sum()) + extra
+    if halting == "act":  # batch 1 takes the host-side ACT path, through the folded halting unit
+        with torch.no_grad():
+            for b in (0, len(x) // 2, len(x) - 1):
+                one, one_stats = folded(x[b : b + 1], return_stats=True)
+                assert torch.equal(one_stats.iterations[0], f_stats.iterations[b])
+                torch.testing.assert_close(one[0], f_logits[b], atol=1e-5, rtol=0)
     with pytest.raises(RuntimeError, match="inference only"):
         folded.train()
 

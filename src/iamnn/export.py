@@ -102,7 +102,8 @@ class _ExportableStage(nn.Module):
             return s, torch.full_like(n, self.iterations)
 
         # ACT step of the first iteration: p_1 = h_1 unless h_1 ≥ 1 − ε, then p_1 = R = 1
-        h = self.halting(s, x0, u)
+        context = self.halting.context(x0)  # the halting unit's view of x0, once per stage
+        h = self.halting(s, context, u)
         halt = h >= self.threshold
         p = torch.where(halt, torch.ones_like(h), h)
         y = p[:, None, None, None] * s
@@ -117,7 +118,7 @@ class _ExportableStage(nn.Module):
         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
             u = self._block(torch.cat([x0, s], 1), i)
             s = torch.relu(s + u)  # s_i = ReLU(s_{i-1} + u_i)
-            h = self.halting(s, x0, u)  # also run at the forced last iteration, where it is unused
+            h = self.halting(s, context, u)  # also run at the forced last iteration, where it is unused
             # halt at N = min{n : Σ_{j≤n} h_j ≥ 1 − ε}, or at the forced last iteration N_k
             halt = (cum_h + h >= self.threshold) | (i == last)
             p = torch.where(halt, 1.0 - cum_h, h)  # p_n = h_n, p_N = R = 1 − Σ_{j<N} h_j

@@ -43,12 +43,16 @@ class HaltingUnit(nn.Module):
         self.fc3 = nn.Linear(hidden, 1)
         nn.init.constant_(self.fc3.bias, bias_init)
 
+    def context(self, x0: Tensor) -> Tensor:
+        """What the unit reads of a stage's input x0, the same at every iteration: its GAP."""
+        return global_avg_pool(x0)
+
     def forward(self, s: Tensor, x0: Tensor, u: Tensor) -> Tensor:
         """(B, C_s, H, W), (B, C_x, H, W), (B, C_s, H, W) -> (B,) scores in (0, 1).
 
         x0 and u may also be given as their GAPs, (B, C): x0 is the same at every iteration of a
-        stage, so the stage computes its GAP once; a BatchNorm-folded block gets u's GAP from
-        its narrower inner map (see ``fold.py``).
+        stage, so the stage passes :meth:`context` (x0's GAP), computed once; a BatchNorm-folded
+        block gets u's GAP from its narrower inner map (see ``fold.py``).
         """
         # GAP of the concatenation == concatenation of the per-tensor GAPs (no (B, C, H, W) copy)
         x0_gap = x0 if x0.ndim == 2 else global_avg_pool(x0)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
-from .act import global_avg_pool
+from .act import HaltingUnit, global_avg_pool
 from .iamnn import IamNN, ProcessingBlock
 
 
@@ -119,6 +119,46 @@ class FoldedProcessingBlock(nn.Module):
     macs = ProcessingBlock.macs
 
 
+class FoldedHaltingUnit(nn.Module):
+    r""":class:`HaltingUnit` for inference, with its first layer split by input.
+
+    :math:`W_1\,\mathrm{concat}(\mathrm{GAP}(s), \mathrm{GAP}(x_0), \mathrm{GAP}(u)) + b_1
+    = W_{1s}\,\mathrm{GAP}(s) + W_{1u}\,\mathrm{GAP}(u) + c` where the context
+    :math:`c = W_{1x}\,\mathrm{GAP}(x_0) + b_1` is the same at every iteration of a stage, so the
+    stage computes it once. A call is then ten small ops instead of about fifteen (no concatenation,
+    no per-call x0 product, no module calls), which at batch 1 is most of its cost: measured on 2
+    cores, stage 2 of the shipped r34 model, 29 µs per call before and 19 µs after.
+    """
+
+    def __init__(self, unit: HaltingUnit, state_channels: int) -> None:
+        super().__init__()
+        w1 = unit.fc1.weight.detach()  # columns: GAP(s) | GAP(x0) | GAP(u), as HaltingUnit concatenates
+        c = state_channels
+        x_end = w1.shape[1] - c
+        for name, weight in (("w1s", w1[:, :c]), ("w1x", w1[:, c:x_end]), ("w1u", w1[:, x_end:]),
+                             ("w2", unit.fc2.weight), ("w3", unit.fc3.weight)):  # fmt: skip
+            self.register_buffer(f"{name}_t", weight.detach().t().contiguous())  # addmm's (in, out)
+        for name, layer in (("b1", unit.fc1), ("b2", unit.fc2), ("b3", unit.fc3)):
+            self.register_buffer(name, layer.bias.detach().clone())
+        self.fc1, self.fc2, self.fc3 = unit.fc1, unit.fc2, unit.fc3  # for MAC accounting
+
+    macs = HaltingUnit.macs
+
+    def context(self, x0: Tensor) -> Tensor:
+        """c = W_1x · GAP(x0) + b_1, (B, hidden)."""
+        return torch.addmm(self.b1, x0.sum((2, 3)), self.w1x_t, alpha=1.0 / (x0.shape[2] * x0.shape[3]))
+
+    def forward(self, s: Tensor, context: Tensor, u: Tensor) -> Tensor:
+        """(B, C, H, W) state, (B, hidden) context, u as a map or its (B, C) GAP -> (B,) scores."""
+        z = torch.addmm(context, s.sum((2, 3)), self.w1s_t, alpha=1.0 / (s.shape[2] * s.shape[3]))
+        if u.ndim == 2:
+            z = torch.addmm(z, u, self.w1u_t)
+        else:
+            z = torch.addmm(z, u.sum((2, 3)), self.w1u_t, alpha=1.0 / (u.shape[2] * u.shape[3]))
+        z = torch.addmm(self.b2, z.relu_(), self.w2_t).relu_()
+        return torch.addmm(self.b3, z, self.w3_t).sigmoid_().squeeze(1)
+
+
 def _stack(tensors: list[Tensor], memory_format: torch.memory_format) -> Tensor:
     """Per-iteration tensors stacked along a new dim 0; each 4-D slice ``[i]`` in ``memory_format``."""
     stacked = torch.stack(tensors).detach()
@@ -147,6 +187,7 @@ def fold_batchnorm(model: IamNN, channels_last: bool = True) -> IamNN:
     folded.conv1, folded.bn1 = stem.to(memory_format=memory_format), nn.Identity()
     for stage in folded.stages:
         stage.block = FoldedProcessingBlock(stage.block, memory_format)
+        stage.halting = FoldedHaltingUnit(stage.halting, stage.out_channels)
     folded.memory_format = memory_format
     folded.requires_grad_(False)
     folded.train = _eval_only.__get__(folded)  # type: ignore[method-assign]

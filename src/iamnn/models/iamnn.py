@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
-from .act import HaltingUnit, act_step, global_avg_pool
+from .act import HaltingUnit, act_step
 
 Halting = Literal["act", "full"] | int
 Stem = Literal["imagenet", "cifar"]
@@ -146,7 +146,7 @@ class IterativeStage(nn.Module):
         rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
         cum_h = x0.new_zeros(batch)  # Σ_{i<n} h_i of the active samples
         y_active: Tensor | None = None  # Σ_{j≤i} p_j · s_j of the active samples
-        x0_gap = global_avg_pool(x0)  # the halting unit's view of x0, the same at every iteration
+        x0_gap = self.halting.context(x0)  # the halting unit's view of x0, the same at every iteration
         # one entry per halting event: rows, their y, N and ρ
         done_rows: list[Tensor | None] = []
         done_y, done_n, done_rho = [], [], []
@@ -203,7 +203,7 @@ class IterativeStage(nn.Module):
         """
         s: Tensor | None = None
         y: Tensor | None = None
-        x0_gap = global_avg_pool(x0)
+        x0_gap = self.halting.context(x0)
         cum_h = np.float32(0.0)  # Σ_{i<n} h_i
         threshold = np.float32(1.0 - epsilon)
         for i in range(self.max_iterations):
@@ -212,8 +212,7 @@ class IterativeStage(nn.Module):
             h = np.float32(1.0) if is_last else np.float32(self.halting(s, x0_gap, u).item())
             halt = is_last or cum_h + h >= threshold  # N = min{n : Σ_{i≤n} h_i ≥ 1 − ε}
             p = np.float32(1.0) - cum_h if halt else h  # p_N = R = 1 − Σ_{i<N} h_i
-            p_map = torch.full((1, 1, 1, 1), float(p), dtype=s.dtype, device=s.device)
-            y = p_map * s if y is None else torch.addcmul(y, p_map, s)  # y = Σ_n p_n · s_n
+            y = s * float(p) if y is None else y.add_(s, alpha=float(p))  # y = Σ_n p_n · s_n
             if halt:
                 n = torch.full((1,), i + 1, dtype=torch.long, device=x0.device)
                 rho = torch.full((1,), float(p + np.float32(i + 1)), dtype=x0.dtype, device=x0.device)  # ρ = N + R
