@@ -1,16 +1,31 @@
-"""Where does inference time go? Per-stage wall time and MACs of an IamNN, and a torch.profiler table.
+"""Where does inference time go? Per-stage time of `full`, `act` and act's iterations without halting.
 
-    .venv/bin/python benchmarks/profile_stages.py --batch 1     # the shipped model, BN folded
-    .venv/bin/python benchmarks/profile_stages.py --batch 64 --halting full
+    .venv/bin/python benchmarks/profile_stages.py --batch 1      # the shipped model, BN folded
+    .venv/bin/python benchmarks/profile_stages.py --batch 128 --profiler
 
-Explains realised-speedup figures of `iamnn bench`: saving MACs in a stage saves time only in
-proportion to that stage's share of the *time*, which on small maps is not its share of the MACs.
+Explains the realised-speedup figures of `iamnn bench`. Three runs of the same images, taking turns:
+`full`; `act`; and "no-halt", which runs in every stage the number of iterations `act` chose (when
+`act` chose the same number for every image of the batch) with no halting unit, no ACT bookkeeping
+and no weighted sum of states. no-halt is the time `act` would take if halting cost nothing, so
+
+- act / no-halt is what the halting machinery costs, and
+- (full / no-halt) / MAC ratio is the best speedup-per-MAC-ratio any halting unit could reach on
+  this machine: below 1 where the iterations `act` skips cost less time per MAC than those it runs.
+
+With ``--train``, the same three for a training step (forward, backward, SGD; BatchNorm in
+training mode, channels-last as ``iamnn fit``), in place of the inference table.
+
+Writes the figures to benchmarks/results/profile_stages_b<batch>[_train].json.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
+import json
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -19,64 +34,186 @@ import iamnn
 from iamnn.models.fold import fold_batchnorm
 from iamnn.runtime import keep_freed_memory
 
+RESULTS = Path(__file__).parent / "results"
+
+
+def _images(batch: int, in_chans: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from iamnn.data import FashionMNISTDataModule
+
+    try:
+        dm = FashionMNISTDataModule(val_size=0, test_subset=batch, augment=False, batch_size=batch)
+        dm.setup("test")
+        x, y = next(iter(dm.test_dataloader()))
+        return x[:batch], y[:batch]
+    except Exception as err:  # noqa: BLE001 - synthetic inputs are fine for timing
+        print(f"(synthetic inputs: {err})")
+        return torch.randn(batch, in_chans, 28, 28), torch.randint(num_classes, (batch,))
+
+
+def _fixed(forward: object, n: int, x0: torch.Tensor, halting: object, epsilon: float, min_iterations: int = 0):  # noqa: ANN202
+    """A stage's forward with its halting mode replaced by n fixed iterations."""
+    return forward(x0, n, epsilon, min_iterations)
+
+
+def _train_steps(model: iamnn.IamNN, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, object]:
+    """Median ms per training step of full, act and no-halt (act's training-mode iterations), taking turns."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    nets, opts, times = {}, {}, {}
+    for mode in ("full", "act", "no-halt"):
+        nets[mode] = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
+        nets[mode].halting = "full" if mode == "full" else "act"
+        opts[mode] = torch.optim.SGD(nets[mode].parameters(), lr=0.0)  # lr 0: every step sees the same weights
+        times[mode] = []
+    _, stats = nets["act"](x, return_stats=True)
+    counts = [int(n.mode().values) for n in stats.iterations.unbind(1)]
+    for stage, n in zip(nets["no-halt"].stages, counts, strict=True):
+        stage.forward = functools.partial(_fixed, stage.forward, n)
+    macs = {}
+    for r in range(repeats + 1):
+        for mode, net in nets.items():
+            t = time.perf_counter()
+            logits, stats = net(x, return_stats=True)
+            loss = torch.nn.functional.cross_entropy(logits, y) + 0.01 * stats.ponder.sum(1).mean()
+            opts[mode].zero_grad()
+            loss.backward()
+            opts[mode].step()
+            if r:  # the first step warms up
+                times[mode].append(time.perf_counter() - t)
+            macs[mode] = float(stats.macs.float().mean())
+    ms = {mode: sorted(ts)[len(ts) // 2] * 1e3 for mode, ts in times.items()}
+    mac_ratio = macs["full"] / macs["act"]
+    return {
+        "act_iterations": counts,
+        "share_with_those_iterations": [
+            float((n == c).float().mean()) for n, c in zip(stats.iterations.unbind(1), counts, strict=True)
+        ],
+        "ms": ms,
+        "mac_ratio": mac_ratio,
+        "speedup_per_mac_ratio": ms["full"] / ms["act"] / mac_ratio,
+        "bound_speedup_per_mac_ratio": ms["full"] / ms["no-halt"] / mac_ratio,
+        "halting_cost": ms["act"] / ms["no-halt"],
+    }
+
+
+def _run(model: iamnn.IamNN, x: torch.Tensor, halting: list[object]) -> tuple[list[float], list[torch.Tensor]]:
+    """One forward with stage k in mode ``halting[k]``: per-part seconds (stem, stages, head) and iterations."""
+    t = time.perf_counter()
+    x = x.contiguous(memory_format=model.memory_format)
+    h = model.maxpool(torch.relu(model.bn1(model.conv1(x))))
+    stamps, iterations = [t, time.perf_counter()], []
+    for k, stage in enumerate(model.stages):
+        if k:
+            h = model.pool(h)
+        h, n, _ = stage(h, halting[k], model.epsilon)
+        iterations.append(n)
+        stamps.append(time.perf_counter())
+    model.forward_head(h)
+    stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)], iterations
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="iamnn_r34_fmnist")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--halting", default="act")
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=0, help="default: 1000 at batch 1, fewer for larger batches")
+    parser.add_argument("--profiler", action="store_true", help="also print a torch.profiler table of act")
+    parser.add_argument("--train", action="store_true", help="time training steps instead of inference")
     args = parser.parse_args()
 
     keep_freed_memory()
-    model = fold_batchnorm(iamnn.create_model(args.model, pretrained=True))
-    model.halting = int(args.halting) if args.halting.isdigit() else args.halting
-    x = torch.randn(args.batch, model.in_chans, 28, 28)
-    from iamnn.data import FashionMNISTDataModule
-
-    try:
-        dm = FashionMNISTDataModule(val_size=0, test_subset=args.batch, augment=False)
-        dm.setup("test")
-        x = next(iter(dm.test_dataloader()))[0]
-    except Exception as err:  # noqa: BLE001 - synthetic inputs are fine for timing
-        print(f"(synthetic inputs: {err})")
-    times = [0.0] * (len(model.stages) + 1)
-    iterations = None
+    model = iamnn.create_model(args.model, pretrained=True)
+    x, y = _images(args.batch, model.in_chans, model.num_classes)
+    RESULTS.mkdir(exist_ok=True)
+    if args.train:
+        repeats = args.repeats or 9
+        summary = {"model": args.model, "batch": args.batch, "threads": torch.get_num_threads(), "repeats": repeats}
+        summary |= _train_steps(model, x, y, repeats)
+        ms = summary["ms"]
+        print(
+            f"{args.model}, training step, batch {args.batch}, {torch.get_num_threads()} threads, median of {repeats}"
+        )
+        print(f"act's iterations: {summary['act_iterations']} (share: {summary['share_with_those_iterations']})")
+        print(
+            f"full {ms['full']:.1f} ms, act {ms['act']:.1f} ms, no-halt {ms['no-halt']:.1f} ms; MAC ratio "
+            f"{summary['mac_ratio']:.2f}\nspeedup/MAC ratio: act {summary['speedup_per_mac_ratio']:.2f}; with a "
+            f"halting unit that cost nothing (no-halt) {summary['bound_speedup_per_mac_ratio']:.2f}; halting "
+            f"machinery: act takes {summary['halting_cost']:.2f}x no-halt's time"
+        )
+        out = RESULTS / f"profile_stages_b{args.batch}_train.json"
+        out.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
+    model = fold_batchnorm(model)
+    repeats = args.repeats or max(20, 1000 // args.batch)
+    stages = len(model.stages)
     with torch.inference_mode():
-        for r in range(args.repeats + 5):
-            t = time.perf_counter()
-            h = model.maxpool(torch.relu(model.bn1(model.conv1(x))))
-            stamps = [time.perf_counter()]
-            its = []
-            for k, stage in enumerate(model.stages):
-                if k:
-                    h = model.pool(h)
-                h, n, _ = stage(h, model.halting, model.epsilon)
-                its.append(n)
-                stamps.append(time.perf_counter())
-            model.forward_head(h)
-            if r >= 5:
-                times[0] += stamps[0] - t
-                for k in range(len(model.stages)):
-                    times[k + 1] += stamps[k + 1] - stamps[k]
-            iterations = torch.stack(its, 1).float().mean(0)
-    table = model.cost_table((28, 28))
-    total = sum(times)
-    print(f"{args.model}, halting {args.halting}, batch {args.batch}: mean iterations {iterations.tolist()}")
-    print(f"{'part':8} {'ms/batch':>9} {'time %':>7} {'MACs/img':>10} {'MACs %':>7}")
-    macs = [table["stem"]] + [
-        table["first"][k] + (float(iterations[k]) - 1) * table["block"][k]
-        + (min(float(iterations[k]), model.max_iterations[k] - 1) * table["halting"][k] if args.halting == "act" else 0)
-        for k in range(len(model.stages))
-    ]  # fmt: skip
-    for k, (t, m) in enumerate(zip(times, macs, strict=True)):
-        name = "stem" if k == 0 else f"stage {k}"
-        share = 100 * m / sum(macs)
-        print(f"{name:8} {t / args.repeats * 1000:9.3f} {100 * t / total:6.1f}% {m / 1e6:9.2f}M {share:6.1f}%")
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(20):
-            model(x)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        _, act_iterations = _run(model, x, ["act"] * stages)
+        counts = [int(n.mode().values) for n in act_iterations]
+        uniform = [float((n == c).float().mean()) for n, c in zip(act_iterations, counts, strict=True)]
+        modes = {"full": ["full"] * stages, "act": ["act"] * stages, "no-halt": counts}
+        times = {name: [[] for _ in range(stages + 2)] for name in modes}
+        for r in range(repeats + 5):
+            for name, halting in modes.items():  # taking turns, so that drifts of the machine hit all three
+                parts, _ = _run(model, x, halting)
+                if r >= 5:
+                    for k, t in enumerate(parts):
+                        times[name][k].append(t)
+    median = {name: [sorted(t)[len(t) // 2] * 1e3 for t in parts] for name, parts in times.items()}
+    table = model.cost_table(tuple(x.shape[-2:]))
+
+    def stage_macs(k: int, n: int, halting_calls: int) -> int:
+        return table["first"][k] + (n - 1) * table["block"][k] + halting_calls * table["halting"][k]
+
+    macs = {
+        "full": [table["stem"], *(stage_macs(k, n, 0) for k, n in enumerate(model.max_iterations)), table["head"]],
+        "act": [
+            table["stem"],
+            *(stage_macs(k, c, min(c, model.max_iterations[k] - 1)) for k, c in enumerate(counts)),
+            table["head"],
+        ],
+    }
+
+    print(f"{args.model}, BN folded, batch {args.batch}, {torch.get_num_threads()} threads, median of {repeats}")
+    print(f"act's iterations: {counts} (share of the batch with exactly that count: {[round(u, 3) for u in uniform]})")
+    header = ("part", "full ms", "act ms", "no-halt ms", "act/no-halt", "full MACs", "act MACs")
+    print(f"{header[0]:8}" + "".join(f" {h:>11}" for h in header[1:]))
+    for k, part in enumerate(["stem", *(f"stage {k + 1}" for k in range(stages)), "head"]):
+        f, a, b = (median[m][k] for m in ("full", "act", "no-halt"))
+        mf, ma = macs["full"][k] / 1e6, macs["act"][k] / 1e6
+        cells = (f"{f:.3f}", f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}", f"{mf:.2f}M", f"{ma:.2f}M")
+        print(f"{part:8}" + "".join(f" {c:>11}" for c in cells))
+    total = {name: sum(parts) for name, parts in median.items()}
+    mac_ratio = sum(macs["full"]) / sum(macs["act"])
+    summary = {
+        "model": args.model,
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "act_iterations": counts,
+        "share_with_those_iterations": uniform,
+        "ms": median,
+        "macs": macs,
+        "mac_ratio": mac_ratio,
+        "speedup_per_mac_ratio": total["full"] / total["act"] / mac_ratio,
+        "bound_speedup_per_mac_ratio": total["full"] / total["no-halt"] / mac_ratio,
+        "halting_cost": total["act"] / total["no-halt"],
+    }
+    print(
+        f"total: full {total['full']:.3f} ms, act {total['act']:.3f} ms, no-halt {total['no-halt']:.3f} ms; "
+        f"MAC ratio {mac_ratio:.2f}\n"
+        f"speedup/MAC ratio: act {summary['speedup_per_mac_ratio']:.2f}; with a halting unit that cost nothing "
+        f"(no-halt) {summary['bound_speedup_per_mac_ratio']:.2f}; halting machinery: act takes "
+        f"{summary['halting_cost']:.2f}x no-halt's time"
+    )
+    out = RESULTS / f"profile_stages_b{args.batch}.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {out}")
+    if args.profiler:
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(20):
+                model(x)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":
