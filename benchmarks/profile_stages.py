@@ -81,18 +81,13 @@ def _train_steps(model: iamnn.IamNN, x: torch.Tensor, y: torch.Tensor, repeats: 
                 times[mode].append(time.perf_counter() - t)
             macs[mode] = float(stats.macs.float().mean())
     ms = {mode: sorted(ts)[len(ts) // 2] * 1e3 for mode, ts in times.items()}
-    mac_ratio = macs["full"] / macs["act"]
     return {
         "act_iterations": counts,
         "share_with_those_iterations": [
             float((n == c).float().mean()) for n, c in zip(stats.iterations.unbind(1), counts, strict=True)
         ],
         "ms": ms,
-        "mac_ratio": mac_ratio,
-        "speedup_per_mac_ratio": ms["full"] / ms["act"] / mac_ratio,
-        "bound_speedup_per_mac_ratio": ms["full"] / ms["no-halt"] / mac_ratio,
-        "halting_cost": ms["act"] / ms["no-halt"],
-    }
+    } | _ratios(ms, macs["full"] / macs["act"])
 
 
 def _run(model: iamnn.IamNN, x: torch.Tensor, halting: list[object]) -> tuple[list[float], list[torch.Tensor]]:
@@ -112,6 +107,28 @@ def _run(model: iamnn.IamNN, x: torch.Tensor, halting: list[object]) -> tuple[li
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)], iterations
 
 
+def _ratios(total_ms: dict[str, float], mac_ratio: float) -> dict[str, float]:
+    """act's speedup/MAC ratio, the no-halt bound, and what halting costs, from full/act/no-halt times."""
+    return {
+        "mac_ratio": mac_ratio,
+        "speedup_per_mac_ratio": total_ms["full"] / total_ms["act"] / mac_ratio,
+        "bound_speedup_per_mac_ratio": total_ms["full"] / total_ms["no-halt"] / mac_ratio,
+        "halting_cost": total_ms["act"] / total_ms["no-halt"],
+    }
+
+
+def _report(summary: dict[str, object], total_ms: dict[str, float], out: Path) -> None:
+    print(
+        f"total: full {total_ms['full']:.3f} ms, act {total_ms['act']:.3f} ms, no-halt {total_ms['no-halt']:.3f} ms; "
+        f"MAC ratio {summary['mac_ratio']:.2f}\n"
+        f"speedup/MAC ratio: act {summary['speedup_per_mac_ratio']:.2f}; with a halting unit that cost nothing "
+        f"(no-halt) {summary['bound_speedup_per_mac_ratio']:.2f}; halting machinery: act takes "
+        f"{summary['halting_cost']:.2f}x no-halt's time"
+    )
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="iamnn_r34_fmnist")
@@ -129,20 +146,9 @@ def main() -> None:
         repeats = args.repeats or 9
         summary = {"model": args.model, "batch": args.batch, "threads": torch.get_num_threads(), "repeats": repeats}
         summary |= _train_steps(model, x, y, repeats)
-        ms = summary["ms"]
-        print(
-            f"{args.model}, training step, batch {args.batch}, {torch.get_num_threads()} threads, median of {repeats}"
-        )
+        print(f"{args.model}, training step, batch {args.batch}, {summary['threads']} threads, median of {repeats}")
         print(f"act's iterations: {summary['act_iterations']} (share: {summary['share_with_those_iterations']})")
-        print(
-            f"full {ms['full']:.1f} ms, act {ms['act']:.1f} ms, no-halt {ms['no-halt']:.1f} ms; MAC ratio "
-            f"{summary['mac_ratio']:.2f}\nspeedup/MAC ratio: act {summary['speedup_per_mac_ratio']:.2f}; with a "
-            f"halting unit that cost nothing (no-halt) {summary['bound_speedup_per_mac_ratio']:.2f}; halting "
-            f"machinery: act takes {summary['halting_cost']:.2f}x no-halt's time"
-        )
-        out = RESULTS / f"profile_stages_b{args.batch}_train.json"
-        out.write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"wrote {out}")
+        _report(summary, summary["ms"], RESULTS / f"profile_stages_b{args.batch}_train.json")
         return
     model = fold_batchnorm(model)
     repeats = args.repeats or max(20, 1000 // args.batch)
@@ -194,21 +200,8 @@ def main() -> None:
         "share_with_those_iterations": uniform,
         "ms": median,
         "macs": macs,
-        "mac_ratio": mac_ratio,
-        "speedup_per_mac_ratio": total["full"] / total["act"] / mac_ratio,
-        "bound_speedup_per_mac_ratio": total["full"] / total["no-halt"] / mac_ratio,
-        "halting_cost": total["act"] / total["no-halt"],
-    }
-    print(
-        f"total: full {total['full']:.3f} ms, act {total['act']:.3f} ms, no-halt {total['no-halt']:.3f} ms; "
-        f"MAC ratio {mac_ratio:.2f}\n"
-        f"speedup/MAC ratio: act {summary['speedup_per_mac_ratio']:.2f}; with a halting unit that cost nothing "
-        f"(no-halt) {summary['bound_speedup_per_mac_ratio']:.2f}; halting machinery: act takes "
-        f"{summary['halting_cost']:.2f}x no-halt's time"
-    )
-    out = RESULTS / f"profile_stages_b{args.batch}.json"
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {out}")
+    } | _ratios(total, mac_ratio)
+    _report(summary, total, RESULTS / f"profile_stages_b{args.batch}.json")
     if args.profiler:
         with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(20):
