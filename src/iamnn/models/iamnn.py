@@ -146,7 +146,7 @@ class IterativeStage(nn.Module):
         rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
         cum_h = x0.new_zeros(batch)  # Σ_{i<n} h_i of the active samples
         y_active: Tensor | None = None  # Σ_{j≤i} p_j · s_j of the active samples
-        x0_gap = self.halting.context(x0)  # the halting unit's view of x0, the same at every iteration
+        context = self.halting.context(x0)  # the halting unit's view of x0, the same at every iteration
         # one entry per halting event: rows, their y, N and ρ
         done_rows: list[Tensor | None] = []
         done_y, done_n, done_rho = [], [], []
@@ -158,7 +158,7 @@ class IterativeStage(nn.Module):
             elif i + 1 < min_iterations:
                 h = cum_h.new_zeros(len(cum_h))  # h_n = 0: no halting and no weight before the minimum
             else:
-                h = self.halting(s, x0_gap, u)
+                h = self.halting(s, context, u)
             p, halt = act_step(cum_h, h, epsilon, is_last)
             # y = Σ_n p_n · s_n, accumulated while the sample is active (one fused pass per iteration)
             p_map = p[:, None, None, None]
@@ -186,7 +186,7 @@ class IterativeStage(nn.Module):
             done_rho.append(p[gone] + (i + 1))
             # compaction: the next iteration computes on the active samples only
             rows = keep if rows is None else rows[keep]
-            x0, x0_gap, s, y_active, cum_h = x0[keep], x0_gap[keep], s[keep], y_active[keep], (cum_h + h)[keep]
+            x0, context, s, y_active, cum_h = x0[keep], context[keep], s[keep], y_active[keep], (cum_h + h)[keep]
 
         if done_rows[0] is None:  # every sample halted at the same iteration: nothing to reorder
             return done_y[0], done_n[0], done_rho[0]
@@ -203,13 +203,13 @@ class IterativeStage(nn.Module):
         """
         s: Tensor | None = None
         y: Tensor | None = None
-        x0_gap = self.halting.context(x0)
+        context = self.halting.context(x0)
         cum_h = np.float32(0.0)  # Σ_{i<n} h_i
         threshold = np.float32(1.0 - epsilon)
         for i in range(self.max_iterations):
             is_last = i == self.max_iterations - 1
             s, u = self.step(x0, s, i, need_u=not is_last)
-            h = np.float32(1.0) if is_last else np.float32(self.halting(s, x0_gap, u).item())
+            h = np.float32(1.0) if is_last else np.float32(self.halting(s, context, u).item())
             halt = is_last or cum_h + h >= threshold  # N = min{n : Σ_{i≤n} h_i ≥ 1 − ε}
             p = np.float32(1.0) - cum_h if halt else h  # p_N = R = 1 − Σ_{i<N} h_i
             y = s * float(p) if y is None else y.add_(s, alpha=float(p))  # y = Σ_n p_n · s_n
