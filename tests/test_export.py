@@ -129,6 +129,8 @@ def test_fixed_halting_mode(act_model: IamNN, tmp_path: Path) -> None:
         act_model.halting = "act"
     assert (iterations == 2).all()
     assert OnnxModel(path).config == act_model.model_config  # default: the create_model config
+    # a fixed count is unrolled, its weights constants (onnxruntime pre-packs them): no Loop
+    assert "Loop" not in {node.op_type for node in onnx.load(path).graph.node}
 
 
 def _forced(bias: float) -> IamNN:
