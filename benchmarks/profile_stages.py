@@ -31,6 +31,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import iamnn
+from iamnn.bench import time_train_steps
 from iamnn.models.fold import fold_batchnorm
 from iamnn.runtime import keep_freed_memory
 
@@ -58,29 +59,16 @@ def _fixed(forward: object, n: int, x0: torch.Tensor, halting: object, epsilon: 
 def _train_steps(model: iamnn.IamNN, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, object]:
     """Median ms per training step of full, act and no-halt (act's training-mode iterations), taking turns."""
     x = x.contiguous(memory_format=torch.channels_last)
-    nets, opts, times = {}, {}, {}
+    nets = {}
     for mode in ("full", "act", "no-halt"):
         nets[mode] = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
         nets[mode].halting = "full" if mode == "full" else "act"
-        opts[mode] = torch.optim.SGD(nets[mode].parameters(), lr=0.0)  # lr 0: every step sees the same weights
-        times[mode] = []
     _, stats = nets["act"](x, return_stats=True)
     counts = [int(n.mode().values) for n in stats.iterations.unbind(1)]
     for stage, n in zip(nets["no-halt"].stages, counts, strict=True):
         stage.forward = functools.partial(_fixed, stage.forward, n)
-    macs = {}
-    for r in range(repeats + 1):
-        for mode, net in nets.items():
-            t = time.perf_counter()
-            logits, stats = net(x, return_stats=True)
-            loss = torch.nn.functional.cross_entropy(logits, y) + 0.01 * stats.ponder.sum(1).mean()
-            opts[mode].zero_grad()
-            loss.backward()
-            opts[mode].step()
-            if r:  # the first step warms up
-                times[mode].append(time.perf_counter() - t)
-            macs[mode] = float(stats.macs.float().mean())
-    ms = {mode: sorted(ts)[len(ts) // 2] * 1e3 for mode, ts in times.items()}
+    seconds, macs = time_train_steps(nets, x, y, repeats)
+    ms = {mode: s * 1e3 for mode, s in seconds.items()}
     return {
         "act_iterations": counts,
         "share_with_those_iterations": [

@@ -140,26 +140,36 @@ def train_step_times(
     batch, the two taking turns step by step, in the memory format ``iamnn fit`` trains in
     (``Classifier(channels_last=True)``)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = images.contiguous(memory_format=memory_format)
-    nets, opts, times, macs = {}, {}, {}, {}
+    nets = {}
     for mode in ("full", "act"):
         nets[mode] = copy.deepcopy(model).train().to(memory_format=memory_format)
         nets[mode].halting = mode
-        opts[mode] = torch.optim.SGD(nets[mode].parameters(), lr=0.0)  # lr 0: every step sees the same weights
-        times[mode] = []
+    seconds, macs = time_train_steps(nets, images.contiguous(memory_format=memory_format), labels, repeats)
+    return seconds | {f"{mode}_macs": m for mode, m in macs.items()}
+
+
+def time_train_steps(
+    nets: dict[str, IamNN], images: Tensor, labels: Tensor, repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per training step of each of ``nets`` on one batch, the nets taking turns
+    step by step (so that drifts of the machine hit all alike; the first step warms up), and the
+    mean MACs per image of each. SGD with learning rate 0: every step sees the same weights."""
+    opts = {name: torch.optim.SGD(net.parameters(), lr=0.0) for name, net in nets.items()}
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    macs = {}
     for i in range(repeats + 1):
-        for mode, net in nets.items():
+        for name, net in nets.items():
             t = time.perf_counter()
             logits, stats = net(images, return_stats=True)
             loss = nn.functional.cross_entropy(logits, labels) + 0.01 * stats.ponder.sum(1).mean()
-            opts[mode].zero_grad()
+            opts[name].zero_grad()
             loss.backward()
-            opts[mode].step()
+            opts[name].step()
             _sync(images.device)
-            if i:  # the first step warms up
-                times[mode].append(time.perf_counter() - t)
-            macs[f"{mode}_macs"] = float(stats.macs.float().mean())
-    return {mode: sorted(ts)[len(ts) // 2] for mode, ts in times.items()} | macs
+            if i:
+                times[name].append(time.perf_counter() - t)
+            macs[name] = float(stats.macs.float().mean())
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}, macs
 
 
 def _onnx_runners(
