@@ -56,6 +56,12 @@ def _fixed(forward: object, n: int, x0: torch.Tensor, halting: object, epsilon: 
     return forward(x0, n, epsilon, min_iterations)
 
 
+def _schedule(iterations: list[torch.Tensor]) -> tuple[list[int], list[float]]:
+    """act's most common iteration count per stage, and the share of the batch that used exactly it."""
+    counts = [int(n.mode().values) for n in iterations]
+    return counts, [float((n == c).float().mean()) for n, c in zip(iterations, counts, strict=True)]
+
+
 def _train_steps(model: iamnn.IamNN, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, object]:
     """Median ms per training step of full, act and no-halt (act's training-mode iterations), taking turns."""
     x = x.contiguous(memory_format=torch.channels_last)
@@ -64,16 +70,14 @@ def _train_steps(model: iamnn.IamNN, x: torch.Tensor, y: torch.Tensor, repeats: 
         nets[mode] = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
         nets[mode].halting = "full" if mode == "full" else "act"
     _, stats = nets["act"](x, return_stats=True)
-    counts = [int(n.mode().values) for n in stats.iterations.unbind(1)]
+    counts, share = _schedule(list(stats.iterations.unbind(1)))
     for stage, n in zip(nets["no-halt"].stages, counts, strict=True):
         stage.forward = functools.partial(_fixed, stage.forward, n)
     seconds, macs = time_train_steps(nets, x, y, repeats)
     ms = {mode: s * 1e3 for mode, s in seconds.items()}
     return {
         "act_iterations": counts,
-        "share_with_those_iterations": [
-            float((n == c).float().mean()) for n, c in zip(stats.iterations.unbind(1), counts, strict=True)
-        ],
+        "share_with_those_iterations": share,
         "ms": ms,
     } | _ratios(ms, macs["full"] / macs["act"])
 
@@ -143,8 +147,7 @@ def main() -> None:
     stages = len(model.stages)
     with torch.inference_mode():
         _, act_iterations = _run(model, x, ["act"] * stages)
-        counts = [int(n.mode().values) for n in act_iterations]
-        uniform = [float((n == c).float().mean()) for n, c in zip(act_iterations, counts, strict=True)]
+        counts, uniform = _schedule(act_iterations)
         modes = {"full": ["full"] * stages, "act": ["act"] * stages, "no-halt": counts}
         times = {name: [[] for _ in range(stages + 2)] for name in modes}
         for r in range(repeats + 5):
