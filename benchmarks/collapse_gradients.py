@@ -16,6 +16,7 @@ import torch
 
 import iamnn
 from iamnn.data import FashionMNISTDataModule
+from iamnn.models.halting import ponder_loss
 from iamnn.weights import load_model
 
 
@@ -33,12 +34,12 @@ def main() -> None:
     else:
         model = iamnn.create_model("iamnn_r101", stem="cifar", width=0.125, in_chans=1, num_classes=10,
                                    halting_bias=args.halting_bias).train()  # fmt: skip
-    biases = [stage.halting.fc3.bias for stage in model.stages]
+    biases = [stage.halting_unit.fc3.bias for stage in model.stages]
     ce_grad, ponder_grad, iterations = torch.zeros(4), torch.zeros(4), torch.zeros(4)
     for x, y in dm.train_dataloader():
         logits, stats = model(x, return_stats=True)
         ce = torch.nn.functional.cross_entropy(logits, y)
-        ponder = stats.ponder.mean(0).sum()
+        ponder = ponder_loss(model.policies(), stats.ponder)  # the loss term before τ
         ce_grad += torch.stack([g.sum() for g in torch.autograd.grad(ce, biases, retain_graph=True)])
         ponder_grad += torch.stack([g.sum() for g in torch.autograd.grad(ponder, biases)])
         iterations += stats.iterations.float().mean(0)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import time
 from pathlib import Path
@@ -51,11 +50,6 @@ def _images(batch: int, in_chans: int, num_classes: int) -> tuple[torch.Tensor, 
         return torch.randn(batch, in_chans, 28, 28), torch.randint(num_classes, (batch,))
 
 
-def _fixed(forward: object, n: int, x0: torch.Tensor, halting: object, epsilon: float, min_iterations: int = 0):  # noqa: ANN202
-    """A stage's forward with its halting mode replaced by n fixed iterations."""
-    return forward(x0, n, epsilon, min_iterations)
-
-
 def _schedule(iterations: list[torch.Tensor]) -> tuple[list[int], list[float]]:
     """act's most common iteration count per stage, and the share of the batch that used exactly it."""
     counts = [int(n.mode().values) for n in iterations]
@@ -71,8 +65,7 @@ def _train_steps(model: iamnn.IamNN, x: torch.Tensor, y: torch.Tensor, repeats: 
         nets[mode].halting = "full" if mode == "full" else "act"
     _, stats = nets["act"](x, return_stats=True)
     counts, share = _schedule(list(stats.iterations.unbind(1)))
-    for stage, n in zip(nets["no-halt"].stages, counts, strict=True):
-        stage.forward = functools.partial(_fixed, stage.forward, n)
+    nets["no-halt"].halting = counts  # one fixed count per stage: no halting unit, no weighted sum
     seconds, macs = time_train_steps(nets, x, y, repeats)
     ms = {mode: s * 1e3 for mode, s in seconds.items()}
     return {
@@ -83,15 +76,15 @@ def _train_steps(model: iamnn.IamNN, x: torch.Tensor, y: torch.Tensor, repeats: 
 
 
 def _run(model: iamnn.IamNN, x: torch.Tensor, halting: list[object]) -> tuple[list[float], list[torch.Tensor]]:
-    """One forward with stage k in mode ``halting[k]``: per-part seconds (stem, stages, head) and iterations."""
+    """One forward with stage k under policy ``halting[k]``: per-part seconds (stem, stages, head) and iterations."""
     t = time.perf_counter()
     x = x.contiguous(memory_format=model.memory_format)
     h = model.maxpool(torch.relu(model.bn1(model.conv1(x))))
     stamps, iterations = [t, time.perf_counter()], []
-    for k, stage in enumerate(model.stages):
+    for k, (stage, policy) in enumerate(zip(model.stages, model.policies(halting), strict=True)):
         if k:
             h = model.pool(h)
-        h, n, _ = stage(h, halting[k], model.epsilon)
+        h, n, _ = stage(h, policy)
         iterations.append(n)
         stamps.append(time.perf_counter())
     model.forward_head(h)

@@ -23,7 +23,7 @@ import json
 import torch
 
 import iamnn
-from iamnn.bench import BenchConfig, _latencies, _throughputs, _with_mode, run_bench
+from iamnn.bench import BenchConfig, latencies, run_bench, run_in, throughputs
 from iamnn.files import write_text_atomic
 from iamnn.models.fold import fold_batchnorm
 from iamnn.runtime import keep_freed_memory
@@ -50,13 +50,12 @@ def main() -> None:
         full, act = rows["IamNN full"], rows["IamNN act"]
         folded = fold_batchnorm(model)
         modes = ("full", 2, "act")
-        runners = [_with_mode(folded, mode) for mode in modes]
+        runners = [run_in(folded, mode) for mode in modes]
         x = images.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            p50 = [torch.tensor(t).median().item() for t in _latencies(runners, x[:40], warmup=3)]
-            speed = _throughputs(runners, x, args.batch, 2 * args.batch, warmup=3)
-            folded.halting = 2
-            mac_ratio = full["macs_mean"] / folded(x, return_stats=True)[1].macs.float().mean().item()
+            p50 = [torch.tensor(t).median().item() for t in latencies(runners, x[:40], warmup=3)]
+            speed = throughputs(runners, x, args.batch, 2 * args.batch, warmup=3)
+            mac_ratio = full["macs_mean"] / folded(x, return_stats=True, halting=2)[1].macs.float().mean().item()
         fixed2 = {
             "mac_ratio": mac_ratio,  # a little above act's: the same iterations without halting calls
             "efficiency_p50@1": p50[0] / p50[1] / mac_ratio,

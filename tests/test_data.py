@@ -22,7 +22,9 @@ from iamnn.data import (
     DigitsDataModule,
     FashionMNISTDataModule,
     ImageFolderDataModule,
+    base,
     create_datamodule,
+    fashion_mnist,
     read_idx,
 )
 
@@ -33,14 +35,14 @@ N_TRAIN, N_TEST = 50, 20
 def no_real_data(tmp_path_factory, monkeypatch):
     """Never look at this machine's datasets nor the network."""
     nowhere = tmp_path_factory.mktemp("nowhere")
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", str(nowhere / "system"))
-    monkeypatch.setattr(data, "DEFAULT_CACHE_DIR", str(nowhere / "cache"))
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_FASHION_MNIST_DIR", str(nowhere / "system"))
+    monkeypatch.setattr(base, "DEFAULT_CACHE_DIR", str(nowhere / "cache"))
     monkeypatch.delenv("IAMNN_DATA", raising=False)
 
     def offline(dataset, root):
         raise RuntimeError(f"no network for {dataset}:\n<urlopen error>")
 
-    monkeypatch.setattr(data, "_torchvision_download", offline)
+    monkeypatch.setattr(base, "torchvision_download", offline)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -144,12 +146,12 @@ def test_fashion_torchvision_layout_ungzipped(tmp_path):
 
 def test_fashion_found_in_system_folder_and_cache(tmp_path, monkeypatch):
     make_fashion(tmp_path / "system")
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "system"))
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "system"))
     dm = FashionMNISTDataModule(data_dir=str(tmp_path / "empty"), val_size=10)
     dm.setup()
     assert len(dm.test_set) == N_TEST
 
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "gone"))
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "gone"))
     monkeypatch.setenv("IAMNN_DATA", str(tmp_path / "cache"))
     make_fashion(tmp_path / "cache" / "FashionMNIST" / "raw")
     dm = FashionMNISTDataModule(val_size=10)
@@ -165,7 +167,7 @@ def test_fashion_missing_error(tmp_path):
         dm.prepare_data()
     msg = str(info.value)
     assert "\n" not in msg
-    assert str(empty) in msg and data.SYSTEM_FASHION_MNIST_DIR in msg and "no network" in msg
+    assert str(empty) in msg and fashion_mnist.SYSTEM_FASHION_MNIST_DIR in msg and "no network" in msg
     assert "apt-get install dataset-fashion-mnist" in msg
     assert isinstance(info.value, DatasetError) and isinstance(info.value, RuntimeError)
 
@@ -427,25 +429,25 @@ def test_registry(tmp_path):
     dm = create_datamodule("digits", batch_size=7)
     assert isinstance(dm, DigitsDataModule) and dm.batch_size == dm.eval_batch_size == 7
     assert dm.hparams["batch_size"] == 7 and dm.hparams["image_size"] == 16
-    with pytest.raises(KeyError, match="mnist"):
+    with pytest.raises(DatasetError, match="unknown data module 'mnist'"):
         create_datamodule("mnist")
 
 
 def test_ensure_fashion_mnist(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(data.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or _Done())
-    monkeypatch.setattr(data.shutil, "which", lambda name: name)
-    monkeypatch.setattr(data.os, "geteuid", lambda: 1000, raising=False)
+    monkeypatch.setattr(fashion_mnist.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or _Done())
+    monkeypatch.setattr(fashion_mnist.shutil, "which", lambda name: name)
+    monkeypatch.setattr(fashion_mnist.os, "geteuid", lambda: 1000, raising=False)
     data.ensure_fashion_mnist()
     assert calls == []  # not root
 
-    monkeypatch.setattr(data.os, "geteuid", lambda: 0, raising=False)
+    monkeypatch.setattr(fashion_mnist.os, "geteuid", lambda: 0, raising=False)
     data.ensure_fashion_mnist()
     assert calls == [["apt-get", "update"], ["apt-get", "install", "-y", "dataset-fashion-mnist"]]
 
     calls.clear()
     make_fashion(tmp_path / "system")
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "system"))
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "system"))
     data.ensure_fashion_mnist()
     assert calls == []  # already installed
 

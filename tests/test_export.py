@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import spread_halting
 from torch import nn
 
 import iamnn
@@ -46,28 +47,13 @@ def _randomise_batchnorm(model: nn.Module) -> None:
             m.bias.normal_(0, 0.1)
 
 
-@torch.no_grad()
-def _spread_halting(model: IamNN, x: torch.Tensor) -> None:
-    """Rescale each halting unit's last layer so that the first iteration's pre-sigmoid scores of
-    ``x`` have median 0 and std 3: samples then halt at different iterations (as in test_models)."""
-    for stage in model.stages:
-        seen: list[torch.Tensor] = []
-        hook = stage.halting.fc3.register_forward_hook(lambda m, i, out, seen=seen: seen.append(out.flatten()))
-        model(x)
-        hook.remove()
-        z, fc3 = seen[0], stage.halting.fc3
-        gain = 3.0 / z.std()
-        fc3.weight.mul_(gain)
-        fc3.bias.copy_((fc3.bias - z.median()) * gain)
-
-
 @pytest.fixture(scope="module")
 def act_model() -> IamNN:
     torch.manual_seed(0)
     model = iamnn.create_model("iamnn_r34", **CONFIG["kwargs"]).eval()
     _randomise_batchnorm(model)
     x = _varied_input(64)
-    _spread_halting(model, x)
+    spread_halting(model, x)
     with torch.no_grad():  # inputs spanning two decades give large logits: rescale them to O(1)
         scale = model(x).abs().max()
         model.fc.weight /= scale
@@ -80,9 +66,9 @@ def act_onnx(act_model: IamNN, tmp_path_factory: pytest.TempPathFactory) -> Path
     return export_onnx(act_model, tmp_path_factory.mktemp("onnx") / "act.onnx", input_size=HW, config=CONFIG)
 
 
-def _assert_matches(model: IamNN, runner: OnnxModel, x: torch.Tensor) -> np.ndarray:
+def _assert_matches(model: IamNN, runner: OnnxModel, x: torch.Tensor, halting: object = None) -> np.ndarray:
     with torch.no_grad():
-        ref_logits, stats = model(x, return_stats=True)
+        ref_logits, stats = model(x, return_stats=True, halting=halting)
     logits, iterations = runner(x)
     assert logits.shape == tuple(ref_logits.shape) and iterations.dtype == np.int64
     np.testing.assert_array_equal(iterations, stats.iterations.numpy())
@@ -121,14 +107,11 @@ def test_config_is_stored_in_the_onnx_file(act_onnx: Path) -> None:
 
 
 def test_fixed_halting_mode(act_model: IamNN, tmp_path: Path) -> None:
-    act_model.halting = 2
-    try:
-        path = export_onnx(act_model, tmp_path / "fixed.onnx", input_size=HW)
-        iterations = _assert_matches(act_model, OnnxModel(path, threads=1), _varied_input(8))
-    finally:
-        act_model.halting = "act"
+    path = export_onnx(act_model, tmp_path / "fixed.onnx", input_size=HW, halting=2)
+    iterations = _assert_matches(act_model, OnnxModel(path, threads=1), _varied_input(8), halting=2)
     assert (iterations == 2).all()
-    assert OnnxModel(path).config == act_model.model_config  # default: the create_model config
+    config = act_model.model_config  # default: the create_model config, with the halting exported
+    assert OnnxModel(path).config == {**config, "kwargs": {**config["kwargs"], "halting": 2}}
     # a fixed count is unrolled, its weights constants (onnxruntime pre-packs them): no Loop
     assert "Loop" not in {node.op_type for node in onnx.load(path).graph.node}
 
@@ -138,8 +121,8 @@ def _forced(bias: float) -> IamNN:
     model = iamnn.create_model("iamnn_r101", **CONFIG["kwargs"]).eval()
     with torch.no_grad():
         for stage in model.stages:
-            stage.halting.fc3.weight.zero_()
-            stage.halting.fc3.bias.fill_(bias)
+            stage.halting_unit.fc3.weight.zero_()
+            stage.halting_unit.fc3.bias.fill_(bias)
     return model
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from iamnn.calibrate import calibrate_threshold, parse_macs
 from iamnn.cli import main
 from iamnn.data import DigitsDataModule
-from iamnn.frontier import calibrate_threshold, pareto_front, parse_macs
-from iamnn.report import evaluate, recalibrate_batchnorm
+from iamnn.evaluation import evaluate, recalibrate_batchnorm
+from iamnn.frontier import pareto_front
 from iamnn.weights import load_model
 
 

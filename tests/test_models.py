@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import spread_halting
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import iamnn
 from iamnn.cost import count_params, measure_macs, model_macs
-from iamnn.models.act import act_step
+from iamnn.models.halting import ACT
 from iamnn.models.iamnn import PRESETS, IamNN
 
 SMALL = 1 / 16  # width multiplier that keeps every preset tiny
@@ -20,26 +21,6 @@ INPUT = {"cifar": 16, "imagenet": 64}  # smallest sizes where stage 4 still has 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-@torch.no_grad()
-def _spread_halting(model: IamNN, x: torch.Tensor) -> IamNN:
-    """Rescale each halting unit's last layer so that, at its first iteration, the pre-sigmoid
-    scores of the batch ``x`` have median 0 and std 3: samples then halt at different iterations."""
-    mode, halting = model.training, model.halting
-    model.eval()
-    model.halting = "act"
-    for stage in model.stages:
-        seen: list[torch.Tensor] = []
-        hook = stage.halting.fc3.register_forward_hook(lambda m, i, out, seen=seen: seen.append(out.flatten()))
-        model(x)
-        hook.remove()
-        z = seen[0]  # iteration 1 of this stage, the whole batch
-        fc3, gain = stage.halting.fc3, 3.0 / z.std()
-        fc3.weight.mul_(gain)
-        fc3.bias.copy_((fc3.bias - z.median()) * gain)
-    model.halting = halting
-    return model.train(mode)
 
 
 @torch.no_grad()
@@ -59,7 +40,7 @@ def _varied_input(batch: int, size: int, channels: int = 3) -> torch.Tensor:
 
 # -- ACT maths -----------------------------------------------------------------------------------
 def _run_act(h: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Drive act_step over dense scores (B, N_k) the way the stage loop does: returns p, N, R."""
+    """Drive the ACT policy's step over dense scores (B, N_k) the way the stage loop does: returns p, N, R."""
     batch, n_max = h.shape
     p = torch.zeros_like(h)
     n = torch.zeros(batch, dtype=torch.long)
@@ -68,7 +49,8 @@ def _run_act(h: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tenso
     active = torch.ones(batch, dtype=torch.bool)
     for i in range(n_max):
         is_last = i == n_max - 1
-        p_i, halt = act_step(cum_h, None if is_last else h[:, i], epsilon, is_last)
+        # the stage passes h_{N_k} := 1 at the last iteration
+        p_i, halt, _ = ACT(epsilon).step(cum_h, torch.ones(batch) if is_last else h[:, i])
         p[active, i] = p_i[active]
         now = active & halt
         n[now], r[now] = i + 1, (1 - cum_h)[now]
@@ -143,9 +125,9 @@ def _dense_reference(model: IamNN, x: torch.Tensor) -> tuple[torch.Tensor, torch
         running = torch.ones(batch, dtype=torch.bool)
         n = torch.zeros(batch, dtype=torch.long)
         for i in range(stage.max_iterations):
-            s, u = stage.step(x, s, i)
+            s, u = stage.block.step(x, s, i)
             last = i == stage.max_iterations - 1
-            h = torch.ones(batch) if last else stage.halting(s, x, u)
+            h = torch.ones(batch) if last else stage.halting_unit(s, x, u)
             halt = running & (last | (cum_h + h >= 1 - model.epsilon))
             p = torch.where(halt, 1 - cum_h, h) * running
             y = y + p[:, None, None, None] * s
@@ -161,7 +143,7 @@ def _dense_reference(model: IamNN, x: torch.Tensor) -> tuple[torch.Tensor, torch
 def _varied_halting_batch(n: int, stem: str) -> tuple[torch.Tensor, IamNN]:
     """``n`` inputs and an eval-mode IamNN-r101 whose samples halt at different iterations."""
     x = _varied_input(n, INPUT[stem])
-    model = _spread_halting(iamnn.create_model("iamnn_r101", stem=stem, num_classes=7, width=SMALL), x).eval()
+    model = spread_halting(iamnn.create_model("iamnn_r101", stem=stem, num_classes=7, width=SMALL), x).eval()
     _unit_logits(model, x)
     return x, model
 
@@ -180,7 +162,7 @@ def test_compaction_matches_dense_reference(stem: str) -> None:
 # -- gradients -----------------------------------------------------------------------------------
 def test_gradients_reach_halting_unit_and_shared_convs() -> None:
     x, y = _varied_input(16, 16), torch.randint(0, 10, (16,))
-    model = _spread_halting(iamnn.create_model("iamnn_r34", stem="cifar", num_classes=10, width=SMALL), x)
+    model = spread_halting(iamnn.create_model("iamnn_r34", stem="cifar", num_classes=10, width=SMALL), x)
     model.train()
     logits, stats = model(x, return_stats=True)
     assert len(stats.iterations.unique()) > 1
@@ -188,7 +170,7 @@ def test_gradients_reach_halting_unit_and_shared_convs() -> None:
     loss.backward()
     for k, stage in enumerate(model.stages):
         for name in ("fc1", "fc2", "fc3"):
-            grad = getattr(stage.halting, name).weight.grad
+            grad = getattr(stage.halting_unit, name).weight.grad
             assert grad is not None and grad.abs().sum() > 0, f"stage {k} halting {name} has no gradient"
         for name in ("conv1", "conv2", "conv3"):
             grad = getattr(stage.block, name).weight.grad
@@ -198,10 +180,10 @@ def test_gradients_reach_halting_unit_and_shared_convs() -> None:
 def test_ponder_gradient_flows_through_remainder() -> None:
     """ρ = N + R alone (no CE) still trains the halting unit: dρ/dh = −1 through R."""
     x = _varied_input(6, 16)
-    model = _spread_halting(iamnn.create_model("iamnn_r18", stem="cifar", num_classes=3, width=SMALL), x)
+    model = spread_halting(iamnn.create_model("iamnn_r18", stem="cifar", num_classes=3, width=SMALL), x)
     _, stats = model(x, return_stats=True)
     stats.ponder.sum().backward()
-    assert model.stages[0].halting.fc3.bias.grad.abs() > 0
+    assert model.stages[0].halting_unit.fc3.bias.grad.abs() > 0
 
 
 # -- MAC accounting ------------------------------------------------------------------------------
@@ -211,7 +193,7 @@ def test_ponder_gradient_flows_through_remainder() -> None:
 def test_per_sample_macs_equal_flop_counter(preset: str, stem: str, halting: object) -> None:
     model = iamnn.create_model(f"iamnn_{preset}", stem=stem, num_classes=10, width=SMALL, halting=halting)
     x = _varied_input(12, INPUT[stem])
-    model = _spread_halting(model, x).eval()
+    model = spread_halting(model, x).eval()
     with torch.no_grad():
         _, stats = model(x, return_stats=True)
         assert measure_macs(lambda: model(x)) == int(stats.macs.sum())
@@ -321,7 +303,7 @@ def test_folded_batchnorm_matches_eval_forward(
 
     x = _varied_input(12, INPUT[stem])
     model = iamnn.create_model("iamnn_r34", stem=stem, num_classes=7, width=SMALL, halting=halting)
-    model = _spread_halting(model, x)
+    model = spread_halting(model, x)
     with torch.no_grad():  # give every BatchNorm non-trivial statistics and affine parameters
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -343,7 +325,7 @@ def test_folded_batchnorm_matches_eval_forward(
     for k, stage in enumerate(model.stages if halting == "act" else []):
         calls = int(f_stats.iterations[:, k].clamp(max=stage.max_iterations - 1).sum())
         # x0's part of the halting unit's first layer runs once per sample and stage, not per call
-        extra -= (calls - len(x)) * stage.in_channels * stage.halting.fc1.out_features
+        extra -= (calls - len(x)) * stage.in_channels * stage.halting_unit.fc1.out_features
         if fused:  # + per halting call, GAP(u) = W3 · GAP(z): C_out x C_out/4 MACs
             extra += calls * stage.out_channels * (stage.out_channels // 4)
     assert counted == int(f_stats.macs.sum()) + extra
@@ -374,7 +356,7 @@ def test_single_sample_inference_path_matches_batched(stem: str) -> None:
 def test_params_used_by_a_mode() -> None:
     model = iamnn.create_model("iamnn_r101", stem="cifar", num_classes=10, width=SMALL)
     total = count_params(model)
-    halting = sum(count_params(s.halting) for s in model.stages)
+    halting = sum(count_params(s.halting_unit) for s in model.stages)
     assert model.params_used("act") == total
     assert model.params_used("full") == total - halting
     extra_bn = sum(count_params(s.block.norms[1:]) for s in model.stages)
@@ -383,7 +365,7 @@ def test_params_used_by_a_mode() -> None:
 
 def test_chunked_inference_equals_whole_batch() -> None:
     x = _varied_input(10, 16)
-    model = _spread_halting(iamnn.create_model("iamnn_r34", stem="cifar", num_classes=5, width=SMALL), x).eval()
+    model = spread_halting(iamnn.create_model("iamnn_r34", stem="cifar", num_classes=5, width=SMALL), x).eval()
     with torch.no_grad():
         model.inference_chunk = 0
         _unit_logits(model, x)

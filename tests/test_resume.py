@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import kill_resume as kr
 from iamnn.data import EpochShuffleSampler
 from iamnn.files import atomic_write
 from iamnn.lit import SafeCheckpointIO
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _kill_resume_module():
-    spec = importlib.util.spec_from_file_location("kill_resume", REPO / "benchmarks" / "kill_resume.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_sigkilled_training_resumes_with_bitwise_identical_weights(tmp_path: Path) -> None:
-    kr = _kill_resume_module()
     reference, _, epoch_s = kr.reference_run(tmp_path)
     # a fixed random schedule: SIGKILL a random fraction of an epoch after the 1st, 1st and 2nd
     # checkpoint write of each (resumed) process, so the kills land in three different epochs

@@ -190,11 +190,11 @@ def test_export_onnx_and_predict_with_onnxruntime(digits_run: Path, tmp_path: Pa
 
 
 def test_missing_dataset_is_one_line_error(tmp_path: Path, monkeypatch, capsys) -> None:
-    import iamnn.data as data
+    from iamnn.data import base, fashion_mnist
 
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "system"))
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "system"))
     monkeypatch.setenv("IAMNN_DATA", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_torchvision_download", lambda *a: (_ for _ in ()).throw(OSError("no network")))
+    monkeypatch.setattr(base, "torchvision_download", lambda *a: (_ for _ in ()).throw(OSError("no network")))
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(REPO / "recipes" / "fashion_mnist" / "demo.yaml"),
               "--runs_dir", str(tmp_path), "--data.data_dir", str(tmp_path / "nowhere")])  # fmt: skip
@@ -226,7 +226,7 @@ def test_shipped_weights_load_without_network() -> None:
 def test_onnx_export_of_trained_model_matches_pytorch(digits_run: Path, tmp_path: Path) -> None:
     """The digits model trained a few epochs: onnxruntime and PyTorch agree on 64 test inputs."""
     from iamnn.export import OnnxModel, export_onnx
-    from iamnn.report import load_datamodule
+    from iamnn.runs import load_datamodule
 
     model = load_model(digits_run / "model.safetensors")
     dm = load_datamodule(digits_run, test_subset=64)

@@ -1,16 +1,24 @@
 """iamnn: IamNN (Iterative and Adaptive Mobile Neural Network, Leroux et al. 2018) in PyTorch."""
 
 from .cost import count_params, measure_macs
-from .models import IamNN, IamNNStats, ResNet, create_model, list_models, register_model
+from .models import ACT, Fixed, Full, HaltingPolicy, IamNN, IamNNStats, ResNet, list_models, register_model
+from .models.halting import register_policy
+from .weights import create_model, load_model
 
 __version__ = "0.1.0"
 __all__ = [
+    "ACT",
+    "Fixed",
+    "Full",
+    "HaltingPolicy",
     "IamNN",
     "IamNNStats",
     "ResNet",
     "create_model",
     "list_models",
+    "load_model",
     "register_model",
+    "register_policy",
     "count_params",
     "measure_macs",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from .cost import count_params, model_macs
-from .models import IamNN, create_model
+from .data import datamodule_class
+from .export import OnnxModel, export_onnx
+from .models import IamNN
 from .models.fold import fold_batchnorm
+from .models.halting import HaltingSpec, ponder_loss
+from .weights import create_model
 
 BASELINE_OF = {"r18": "resnet18", "r34": "resnet34", "r50": "resnet50", "r101": "resnet101", "r152": "resnet152"}
 
@@ -54,29 +59,9 @@ def baseline_for(model: IamNN, name: str | None = None) -> nn.Module:
     return create_model(name or baseline_name(model), **keep).eval()
 
 
-@torch.no_grad()
-def _fold_resnet(model: nn.Module) -> nn.Module:
-    """Conv-BN folding for the baseline as well, so both sides get the same inference treatment."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for module in model.modules():
-        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
-            if isinstance(getattr(module, bn, None), nn.BatchNorm2d):
-                setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv), getattr(module, bn)))
-                setattr(module, bn, nn.Identity())
-        if isinstance(getattr(module, "downsample", None), nn.Sequential):
-            module.downsample = fuse_conv_bn_eval(module.downsample[0], module.downsample[1])
-    return model
-
-
-def _with_mode(net: IamNN, mode: Any):
-    """A callable that runs ``net`` in halting ``mode`` (the folded copy is shared by three rows)."""
-
-    def run(x: Tensor) -> Any:
-        net.halting = mode
-        return net(x)
-
-    return run
+def run_in(net: nn.Module, halting: HaltingSpec | None) -> Callable[[Tensor], Any]:
+    """A callable that runs ``net`` under ``halting`` (one folded copy serves several rows)."""
+    return lambda x: net(x, halting=halting)
 
 
 def _sync(device: torch.device) -> None:
@@ -93,7 +78,7 @@ def _timed(run: Any, x: Tensor) -> float:
 
 
 @torch.inference_mode()
-def _latencies(runners: list[Any], images: Tensor, warmup: int) -> list[list[float]]:
+def latencies(runners: list[Any], images: Tensor, warmup: int) -> list[list[float]]:
     """Batch-1 seconds per image for every runner, interleaved image by image so that the
     machine's drift (other load, clock changes) hits every row alike."""
     for run in runners:
@@ -107,7 +92,7 @@ def _latencies(runners: list[Any], images: Tensor, warmup: int) -> list[list[flo
 
 
 @torch.inference_mode()
-def _throughputs(runners: list[Any], images: Tensor, batch: int, total: int, warmup: int) -> list[float]:
+def throughputs(runners: list[Any], images: Tensor, batch: int, total: int, warmup: int) -> list[float]:
     """Images per second at batch size ``batch`` over ``total`` images (cycling through ``images``),
     the runners taking turns batch by batch."""
     n_batches = max(2, total // batch)
@@ -124,8 +109,8 @@ def _throughputs(runners: list[Any], images: Tensor, batch: int, total: int, war
 
 
 @torch.inference_mode()
-def _avg_macs(model: nn.Module, images: Tensor) -> float:
-    macs = [model(images[i : i + 256], return_stats=True)[1].macs for i in range(0, len(images), 256)]
+def _avg_macs(model: nn.Module, images: Tensor, halting: HaltingSpec | None = None) -> float:
+    macs = [model(images[i : i + 256], return_stats=True, halting=halting)[1].macs for i in range(0, len(images), 256)]
     return float(torch.cat(macs).float().mean())
 
 
@@ -161,7 +146,7 @@ def time_train_steps(
         for name, net in nets.items():
             t = time.perf_counter()
             logits, stats = net(images, return_stats=True)
-            loss = nn.functional.cross_entropy(logits, labels) + 0.01 * stats.ponder.sum(1).mean()
+            loss = nn.functional.cross_entropy(logits, labels) + 0.01 * ponder_loss(net.policies(), stats.ponder)
             opts[name].zero_grad()
             loss.backward()
             opts[name].step()
@@ -183,8 +168,6 @@ def _onnx_runners(
 ) -> list[Any]:
     """onnxruntime sessions for the rows (a ResNet, or the IamNN in a halting mode), exported
     from the PyTorch models into ``folder``."""
-    from .export import OnnxModel, export_onnx
-
     hw = tuple(images.shape[-2:])
     runners: list[Any] = []
     for r, (resnet, mode) in enumerate(zip(resnets, modes, strict=True)):
@@ -199,9 +182,8 @@ def _onnx_runners(
         elif mode == "act" and act_onnx:
             runners.append(OnnxModel(act_onnx, threads))
         else:
-            net = copy.deepcopy(model)
-            net.halting = mode
-            runners.append(OnnxModel(export_onnx(net, folder / f"iamnn_{mode}.onnx", input_size=hw), threads))
+            path = export_onnx(model, folder / f"iamnn_{mode}.onnx", input_size=hw, halting=mode)
+            runners.append(OnnxModel(path, threads))
     return runners
 
 
@@ -243,7 +225,7 @@ def run_bench(
         modes.append(None)
     infer = fold_batchnorm(model) if config.fold else model
     if config.fold:
-        baselines = [_fold_resnet(b).to(memory_format=torch.channels_last) for b in baselines]
+        baselines = [fold_batchnorm(b).to(memory_format=torch.channels_last) for b in baselines]
         if runtime == "torch":
             images = images.contiguous(memory_format=torch.channels_last)
     resnets = [baselines[0], None, None, None, *baselines[1:]]  # the ResNet of each row, None for IamNN's
@@ -252,21 +234,20 @@ def run_bench(
         if resnet is not None:
             macs.append(float(model_macs(resnet, tuple(images.shape[1:]))))
         else:
-            infer.halting = mode
-            macs.append(_avg_macs(infer, images))
+            macs.append(_avg_macs(infer, images, mode))
     with tempfile.TemporaryDirectory() as tmp:
         if runtime == "onnxruntime":
             runners = _onnx_runners(model, resnets, modes, images, Path(tmp), torch.get_num_threads(), onnx_path)
         else:
-            runners = [resnet or _with_mode(infer, mode) for resnet, mode in zip(resnets, modes, strict=True)]
+            runners = [resnet or run_in(infer, mode) for resnet, mode in zip(resnets, modes, strict=True)]
         rows = []
-        latencies = _latencies(runners, images[: config.latency_images], config.warmup)
+        seconds = latencies(runners, images[: config.latency_images], config.warmup)
         speeds = {
-            b: _throughputs(runners, images, b, max(config.throughput_images, 2 * b), config.warmup)
+            b: throughputs(runners, images, b, max(config.throughput_images, 2 * b), config.warmup)
             for b in config.batch_sizes
         }
         for r, (name, resnet, avg_macs) in enumerate(zip(names, resnets, macs, strict=True)):
-            lat = latencies[r]
+            lat = seconds[r]
             row = {
                 "row": name,
                 "params": count_params(resnet or model),
@@ -278,7 +259,6 @@ def run_bench(
             for b in config.batch_sizes:
                 row[f"images_per_s@{b}"] = speeds[b][r]
             rows.append(row)
-    infer.halting = model.halting
     full, act = rows[1], rows[2]
     mac_ratio = full["macs_mean"] / act["macs_mean"]
     act["mac_ratio"] = mac_ratio
@@ -303,3 +283,22 @@ def run_bench(
         steps["speedup_over_mac_ratio"] = steps["speedup"] / steps["mac_ratio"]
         result["train_step"] = {"batch": batch, **steps}
     return result
+
+
+def bench_inputs(
+    data: dict[str, Any] | None, model: nn.Module, count: int, input_size: int | None, seed: int = 0
+) -> tuple[Tensor, Tensor, str]:
+    """Real test images when the model's dataset is here, else a seeded synthetic set."""
+    note = ""
+    if data and input_size is None:
+        try:
+            dm = datamodule_class(data["dataset"])(val_size=0, test_subset=count, augment=False)
+            dm.setup("test")
+            xs, ys = zip(*(dm.test_set[i] for i in range(len(dm.test_set))), strict=True)
+            return torch.stack(xs), torch.stack(ys), f"{data['dataset']} test images"
+        except Exception as err:  # noqa: BLE001 - missing data falls back to synthetic inputs
+            note = f" ({data['dataset']} unavailable: {str(err).splitlines()[0][:80]})"
+    size = input_size or (data["input_size"][0] if data else 32)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(count, model.in_chans, size, size, generator=g)
+    return x, torch.randint(0, model.num_classes, (count,), generator=g), f"synthetic N(0,1) {size}x{size}{note}"

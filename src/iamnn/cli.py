@@ -1,15 +1,17 @@
-"""The ``iamnn`` command.
+"""The ``iamnn`` command: it parses, dispatches to the module that does the work, and prints.
 
 ``iamnn fit|validate|test`` are LightningCLI subcommands (YAML recipes, every Trainer flag);
 the others (``profile``, ``report``, ``frontier``, ``calibrate``, ``recalibrate``, ``predict``, ``export``,
-``bench``, ``demo``) are plain argparse subcommands.
+``bench``, ``demo``) are plain argparse subcommands. Each handler imports its module when it runs:
+PyTorch, torchvision and Lightning take about 5 s to import on 2 cores, which ``iamnn --help`` and
+a parse error should not pay, nor ``iamnn predict`` Lightning's share.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +19,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .errors import CLIError, IamNNError, one_line
+from .files import write_text_atomic
+from .runtime import keep_freed_memory
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # the recipes of a source checkout
-
-
-class CLIError(Exception):
-    """An error reported as one line on stderr, with exit code 2 and no traceback."""
 
 
 def human(n: float | int | None, unit: str = "") -> str:
@@ -92,12 +94,14 @@ def _print_report(result: dict, out_dir: str) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from .report import build_report
+    from .runs import run_folders
 
-    missing = [r for r in args.runs if not os.path.isdir(r)]
-    if missing:
-        raise CLIError(f"no such run directory: {', '.join(missing)}")
     result = build_report(
-        args.runs, args.output, sweep=not args.no_sweep, test_subset=args.test_subset, quick=args.quick_sweep
+        run_folders(args.runs),
+        args.output,
+        sweep=not args.no_sweep,
+        test_subset=args.test_subset,
+        quick=args.quick_sweep,
     )
     _print_report(result, args.output)
 
@@ -105,17 +109,9 @@ def _report(args: argparse.Namespace) -> None:
 # -- frontier and calibrate ---------------------------------------------------------------------
 def _frontier(args: argparse.Namespace) -> None:
     from .frontier import build_frontier, pareto_front
+    from .runs import run_folders
 
-    missing = [r for r in args.runs if not os.path.isdir(r)]
-    if missing:
-        raise CLIError(f"no such run directory: {', '.join(missing)}")
-    runs = []  # a run folder, or a folder of runs (runs/frontier)
-    for r in map(Path, args.runs):
-        inside = sorted(d for d in r.iterdir() if (d / "config.yaml").is_file())
-        runs += [r] if (r / "config.yaml").is_file() else inside
-    if not runs:
-        raise CLIError(f"no run folders (with a config.yaml) in {', '.join(args.runs)}")
-    result = build_frontier(runs, args.output, test_subset=args.test_subset, json_path=args.json)
+    result = build_frontier(run_folders(args.runs), args.output, test_subset=args.test_subset, json_path=args.json)
     records = sorted(result["models"], key=lambda r: r["macs_mean"])
     front = set(pareto_front(records))
     table = Table(title="Accuracy vs average MACs (test set, each model as trained)")
@@ -134,7 +130,7 @@ def _frontier(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from .frontier import calibrate_run, parse_macs
+    from .calibrate import calibrate_run, parse_macs
 
     try:
         budgets = [parse_macs(b) for b in args.budget_macs]
@@ -154,18 +150,15 @@ def _calibrate(args: argparse.Namespace) -> None:
     if result["saved"]:
         print(f"wrote {result['saved']} (loads at ε = {result['budgets'][0]['epsilon']:.4f}, BatchNorm re-estimated)")
     if args.json:
-        from .files import write_text_atomic
-
         write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
 def _recalibrate(args: argparse.Namespace) -> None:
-    from .frontier import recalibrate_run
+    from .calibrate import recalibrate_run
 
-    halting = int(args.halting) if args.halting.isdigit() else args.halting
     try:
-        r = recalibrate_run(args.ckpt, halting, save=args.output, test_subset=args.test_subset)
+        r = recalibrate_run(args.ckpt, args.halting, save=args.output, test_subset=args.test_subset)
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
     print(f"halting {r['halting']!r}: {human(r['test_macs_mean'])} MACs; test top-1 "
@@ -223,6 +216,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 # -- export ------------------------------------------------------------------------------------
 def _export(args: argparse.Namespace) -> None:
+    from .models.halting import halting_json
     from .weights import save_weights
 
     model, config = _load_source(args)
@@ -235,49 +229,30 @@ def _export(args: argparse.Namespace) -> None:
         return
     from .export import export_onnx
 
-    if args.halting is not None:
-        model.halting = int(args.halting) if args.halting.isdigit() else args.halting
+    try:
+        halting = halting_json(model.halting if args.halting is None else args.halting)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     tmp = out.with_name(out.name + ".partial")
     try:
         source = {"weights": str(Path(args.weights).resolve())} if args.weights else {"pretrained": args.model}
-        kwargs = {**config.get("kwargs", {}), "halting": model.halting}
-        export_onnx(model, tmp, config={**config, "kwargs": kwargs, "source": source})
+        kwargs = {**config.get("kwargs", {}), "halting": halting}
+        export_onnx(model, tmp, config={**config, "kwargs": kwargs, "source": source}, halting=halting)
         tmp.replace(out)
     except ImportError as err:
         raise CLIError(str(err)) from None
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"wrote {out} (halting {model.halting!r}; each stage's iterations are an ONNX Loop with early exit)")
+    print(f"wrote {out} (halting {halting!r}; each stage's iterations are an ONNX Loop with early exit)")
 
 
 # -- bench -------------------------------------------------------------------------------------
-def _bench_inputs(data: dict | None, model, count: int, input_size: int | None, seed: int = 0):
-    """Real test images when the model's dataset is here, else a seeded synthetic set."""
-    import torch
-
-    if data and input_size is None:
-        try:
-            from . import data as datasets
-
-            dm = getattr(datasets, data["dataset"])(val_size=0, test_subset=count, augment=False)
-            dm.setup("test")
-            xs, ys = zip(*(dm.test_set[i] for i in range(len(dm.test_set))), strict=True)
-            return torch.stack(xs), torch.stack(ys), f"{data['dataset']} test images"
-        except Exception as err:  # noqa: BLE001 - missing data falls back to synthetic inputs
-            note = f" ({data['dataset']} unavailable: {str(err).splitlines()[0][:80]})"
-    else:
-        note = ""
-    size = input_size or (data["input_size"][0] if data else 32)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(count, model.in_chans, size, size, generator=g)
-    return x, torch.randint(0, model.num_classes, (count,), generator=g), f"synthetic N(0,1) {size}x{size}{note}"
-
-
 def _bench(args: argparse.Namespace) -> None:
     import torch
 
-    from .bench import BenchConfig, run_bench
-    from .models import IamNN, create_model
+    from .bench import BenchConfig, bench_inputs, run_bench
+    from .models import IamNN
+    from .weights import create_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -308,7 +283,7 @@ def _bench(args: argparse.Namespace) -> None:
     if args.smoke:
         config = BenchConfig(batch_sizes=sizes, latency_images=4, throughput_images=8, warmup=1, train_batch=8)
         count = max(8, max(sizes))
-    images, labels, source = _bench_inputs(data, model, count, args.input_size)
+    images, labels, source = bench_inputs(data, model, count, args.input_size)
     try:
         result = run_bench(model, images, labels, config, runtime=args.runtime, onnx_path=args.onnx)
     except ImportError as err:
@@ -319,8 +294,6 @@ def _bench(args: argparse.Namespace) -> None:
     )  # fmt: skip
     _print_bench(result, sizes)
     if args.json:
-        from .files import write_text_atomic
-
         write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
 
@@ -369,8 +342,6 @@ def _demo(args: argparse.Namespace) -> None:
         raise CLIError(f"demo recipe not found: {recipe} (pass --config)")
     previous = Path("runs") / "demo"
     if previous.is_dir() and recipe == REPO_RECIPES / "fashion_mnist" / "demo.yaml":
-        import shutil
-
         print(f"replacing the previous demo run in {previous}/", file=sys.stderr)
         shutil.rmtree(previous)
     cli = run_lightning_cli(["fit", "--config", str(recipe), *args.overrides])
@@ -467,12 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .data import DatasetError
-    from .weights import WeightsError
-
     command = argv[0] if argv else ""
-    from .runtime import keep_freed_memory
-
     keep_freed_memory()  # freed activation maps are reused instead of unmapped (iamnn/runtime.py)
     try:
         if command in LIGHTNING_COMMANDS:
@@ -482,22 +448,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         args = build_parser().parse_args(argv)
         args.run(args)
-    except (CLIError, DatasetError, WeightsError) as err:
+    except IamNNError as err:
         print(f"iamnn {command}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except argparse.ArgumentError as err:  # a bad recipe key or flag value (LightningCLI)
         print(f"iamnn {command}: error: {one_line(err)} (see: iamnn {command} --help)", file=sys.stderr)
         sys.exit(2)
-
-
-def one_line(err: BaseException) -> str:
-    """jsonargparse explains a failed value over many lines (one per type it tried); keep the reason."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
-    head = lines[0].removesuffix(":") if lines else type(err).__name__
-    if reasons and "Union subtypes" in head:
-        return reasons[0]
-    return " ".join(lines[:2])[:400] if head.endswith(":") or (lines and lines[0].endswith(":")) else head
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Cost accounting: parameters and multiply-accumulates (MACs).
 
-Convention (SPEC.md section 3): the paper's "FLOPS" are MACs of the convolutions and linear
+Convention (``docs/specification.md``, "Cost accounting"): the paper's "FLOPS" are MACs of the convolutions and linear
 layers; BatchNorm, ReLU, pooling and additions are not counted. ``torch.utils.flop_counter``
 counts 2 FLOPs per MAC, so ``measure_macs`` returns its total divided by 2, and the analytic
 figures below must match it exactly.
@@ -8,6 +8,7 @@ figures below must match it exactly.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -62,7 +63,5 @@ def model_macs(model: nn.Module, input_size: tuple[int, int, int], batch_size: i
 def _to_meta(model: nn.Module) -> nn.Module:
     if next(model.parameters()).device.type == "meta":
         return model
-    import copy
-
     clone = copy.deepcopy(model)
     return clone.to("meta").eval()

@@ -6,7 +6,7 @@ data-dependent, so onnxruntime skips the iterations a sample does not need (meas
 each iteration's weights as constants that onnxruntime can pre-pack (r34 at width 1/8, batch 1:
 ``full`` in 0.25 ms against 0.44 ms as a ``Loop``). The
 route: :func:`~iamnn.models.fold.fold_batchnorm` gives per-iteration convolution weights stacked
-as ``(N_k, ...)`` buffers; :class:`_ExportableIamNN` runs each stage with
+as ``(N_k, ...)`` buffers; :class:`ExportableIamNN` runs each stage with
 ``torch._higher_order_ops.while_loop`` and picks iteration ``i``'s weights with
 ``index_select(·, 0, i)``; ``torch.onnx.export(dynamo=True)`` turns the ``while_loop`` into a
 ``Loop``. A Python ``if …: break`` on a tensor cannot be traced by ``torch.export``.
@@ -19,6 +19,7 @@ For early exit to save time, run batch 1.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch._higher_order_ops import while_loop
 from torch.nn import functional as F
 
 from .models.fold import FoldedProcessingBlock, fold_batchnorm
+from .models.halting import HaltingPolicy, HaltingSpec, halting_json
 from .models.iamnn import IamNN, IterativeStage
 from .weights import CONFIG_KEY
 
@@ -39,38 +42,30 @@ OUTPUT_NAMES = ("logits", "iterations")
 
 def _require(module: str) -> Any:
     """Import an optional dependency of the ``export`` extra, or fail with the install line."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
         raise ImportError(_MISSING) from None
 
 
-class _ExportableStage(nn.Module):
-    r"""One stage of a BatchNorm-folded IamNN written for ``torch.export``: a ``while_loop`` in
-    ``act`` mode, unrolled for a fixed number of iterations.
+class ExportableStage(nn.Module):
+    r"""One stage of a BatchNorm-folded IamNN written for ``torch.export``: a ``while_loop`` under a
+    policy that uses halting scores, unrolled under a fixed schedule.
 
     The first iteration (``i = 0``, from :math:`s_0 = 0`, with ``w1_first``) runs before the loop;
-    the loop body is iteration ``i >= 1`` (0-based). Carried: ``i``, :math:`s`, :math:`y`,
-    :math:`\sum_{j<i} h_j`, the iteration count ``n`` and the still-active mask, the last five per
-    sample (B, …). A halted sample keeps computing until the whole batch has halted, with its
-    ``y``, ``n`` and :math:`\sum h` frozen.
+    the loop body is iteration ``i >= 1`` (0-based). Carried: ``i``, :math:`s`, :math:`y`, the
+    policy's state, the iteration count ``n`` and the still-active mask, the last five per sample
+    (B, …). A halted sample keeps computing until the whole batch has halted, with its ``y``, ``n``
+    and state frozen. Each iteration's decision is the policy's own :meth:`HaltingPolicy.step`.
     """
 
-    def __init__(self, stage: IterativeStage, halting: str | int, epsilon: float) -> None:
+    def __init__(self, stage: IterativeStage, policy: HaltingPolicy) -> None:
         super().__init__()
         block = stage.block
         if not isinstance(block, FoldedProcessingBlock):
-            raise TypeError("_ExportableStage needs a stage of fold_batchnorm(model)")
-        self.block, self.halting = block, stage.halting
-        self.max_iterations = stage.max_iterations
-        self.act = halting == "act"
-        if halting in ("act", "full"):
-            self.iterations = self.max_iterations
-        else:
-            self.iterations = max(1, min(int(halting), self.max_iterations))
-        self.threshold = 1.0 - epsilon
+            raise TypeError("ExportableStage needs a stage of fold_batchnorm(model)")
+        self.block, self.halting_unit, self.policy = block, stage.halting_unit, policy
+        self.iterations = policy.limit(stage.max_iterations)
 
     def _block(self, x: Tensor, i: Tensor | int, first: bool = False) -> Tensor:
         """u = B_k(x) with iteration ``i``'s folded weights; ``i`` a (1,) long tensor inside a
@@ -86,13 +81,11 @@ class _ExportableStage(nn.Module):
 
     def forward(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long."""
-        from torch._higher_order_ops import while_loop
-
-        batch = x0.shape[0]
+        batch, policy = x0.shape[0], self.policy
         u = self._block(x0, 0, first=True)
         s = torch.relu(u)  # s_1 = ReLU(u_1) since s_0 = 0
         n = torch.ones(batch, dtype=torch.long, device=x0.device)
-        if not self.act:  # a fixed number of iterations, y = last state: unrolled, no Loop
+        if not policy.uses_scores:  # a fixed number of iterations, y = last state: unrolled, no Loop
             for i in range(1, self.iterations):
                 s = torch.relu(s + self._block(torch.cat([x0, s], 1), i))
             return s, torch.full_like(n, self.iterations)
@@ -100,44 +93,42 @@ class _ExportableStage(nn.Module):
             return s, n
         i1 = torch.ones(1, dtype=torch.long, device=x0.device)
 
-        # ACT step of the first iteration: p_1 = h_1 unless h_1 ≥ 1 − ε, then p_1 = R = 1
-        context = self.halting.context(x0)  # the halting unit's view of x0, once per stage
-        h = self.halting(s, context, u)
-        halt = h >= self.threshold
-        p = torch.where(halt, torch.ones_like(h), h)
+        # the policy's step after the first iteration
+        context = self.halting_unit.context(x0)  # the halting unit's view of x0, once per stage
+        h = self.halting_unit(s, context, u)
+        p, halt, state = policy.step(x0.new_full((batch,), policy.initial_state), h)
         y = p[:, None, None, None] * s
         active = ~halt
-        last = self.max_iterations - 1
+        last = self.iterations - 1
 
-        def cond(i: Tensor, s: Tensor, y: Tensor, cum_h: Tensor, n: Tensor, active: Tensor) -> Tensor:
+        def cond(i: Tensor, s: Tensor, y: Tensor, state: Tensor, n: Tensor, active: Tensor) -> Tensor:
             return active.any()
 
         def body(
-            i: Tensor, s: Tensor, y: Tensor, cum_h: Tensor, n: Tensor, active: Tensor
+            i: Tensor, s: Tensor, y: Tensor, state: Tensor, n: Tensor, active: Tensor
         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
             u = self._block(torch.cat([x0, s], 1), i)
             s = torch.relu(s + u)  # s_i = ReLU(s_{i-1} + u_i)
-            h = self.halting(s, context, u)  # also run at the forced last iteration, where it is unused
-            # halt at N = min{n : Σ_{j≤n} h_j ≥ 1 − ε}, or at the forced last iteration N_k
-            halt = (cum_h + h >= self.threshold) | (i == last)
-            p = torch.where(halt, 1.0 - cum_h, h)  # p_n = h_n, p_N = R = 1 − Σ_{j<N} h_j
+            h = self.halting_unit(s, context, u)  # also run at the last iteration, where h_{N_k} := 1
+            p, halt, next_state = policy.step(state, torch.where(i == last, 1.0, h))
             y = torch.where(active[:, None, None, None], y + p[:, None, None, None] * s, y)
             n = torch.where(active, n + 1, n)
-            cum_h = torch.where(active, cum_h + h, cum_h)
-            return i + 1, s, y, cum_h, n, active & ~halt
+            state = torch.where(active, next_state, state)
+            return i + 1, s, y, state, n, active & ~halt
 
-        _, _, y, _, n, _ = while_loop(cond, body, (i1, s, y, h, n, active))
+        _, _, y, _, n, _ = while_loop(cond, body, (i1, s, y, state, n, active))
         return y, n
 
 
-class _ExportableIamNN(nn.Module):
-    """A BatchNorm-folded IamNN, each ACT stage one ``while_loop``: (B, C, H, W) -> logits, iterations (B, 4)."""
+class ExportableIamNN(nn.Module):
+    """A BatchNorm-folded IamNN, each adaptive stage one ``while_loop``: (B, C, H, W) -> logits, iterations (B, 4)."""
 
-    def __init__(self, model: IamNN) -> None:
+    def __init__(self, model: IamNN, halting: HaltingSpec | None = None) -> None:
         super().__init__()
         folded = fold_batchnorm(model)
         self.conv1, self.maxpool, self.pool, self.fc = folded.conv1, folded.maxpool, folded.pool, folded.fc
-        self.stages = nn.ModuleList(_ExportableStage(s, model.halting, model.epsilon) for s in folded.stages)
+        policies = model.policies(halting)
+        self.stages = nn.ModuleList(ExportableStage(s, p) for s, p in zip(folded.stages, policies, strict=True))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.maxpool(torch.relu(self.conv1(x)))
@@ -164,20 +155,21 @@ def export_onnx(
     input_size: tuple[int, int] | None = None,
     opset: int | None = None,
     config: dict[str, Any] | None = None,
+    halting: HaltingSpec | None = None,
 ) -> Path:
     """Export an IamNN to ONNX with each stage's halting loop as an ONNX ``Loop`` (``act``; fixed
     modes are unrolled).
 
     Args:
-        model: the IamNN; exported in its ``halting`` mode (``"act"``, ``"full"`` or an int k),
-            from a BatchNorm-folded copy (``model`` itself is not changed).
+        model: the IamNN, exported from a BatchNorm-folded copy (``model`` itself is not changed).
         path: the ``.onnx`` file to write (one file, weights included).
         input_size: (H, W) the graph is fixed to; default: ``config["data"]["input_size"]``, else
             32x32 (cifar stem) or 224x224 (imagenet stem). The batch dimension stays dynamic.
         opset: ONNX opset (default: the exporter's).
         config: JSON-able dict stored in the file's ``metadata_props`` under ``"iamnn_config"``
             (e.g. ``iamnn.weights.read_config(...)``, with ``"data"`` for preprocessing); default:
-            the config ``create_model`` recorded on ``model``, if any.
+            the config ``create_model`` recorded on ``model``, if any, with ``halting`` as exported.
+        halting: the halting policy baked into the graph (default: the model's ``halting``).
 
     Outputs of the graph: ``logits`` (B, classes) float and ``iterations`` (B, 4) int64. With
     batch > 1 each stage loops until the batch's last sample halts, halted samples masked.
@@ -189,8 +181,10 @@ def export_onnx(
     path = Path(path)
     if config is None:
         config = getattr(model, "model_config", None)
+        if config is not None and halting is not None:  # the policy baked in, not the model's default
+            config = {**config, "kwargs": {**config["kwargs"], "halting": halting_json(halting)}}
     h, w = input_size or _default_input_size(model, config)
-    module = _ExportableIamNN(model).eval().cpu()
+    module = ExportableIamNN(model, halting).eval().cpu()
     example = torch.zeros(2, model.in_chans, h, w)  # batch 2: a batch of 1 would be specialised
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(

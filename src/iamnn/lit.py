@@ -25,27 +25,20 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from torch import Tensor, nn
 
-from .cli import CLIError, one_line
+from .data import ImageDataModule
+from .errors import CLIError, one_line
 from .files import atomic_write
-from .models import IamNN, create_model
-from .weights import check_fits, data_config, load_weights, read_checkpoint, save_weights
-
-
-def model_config_from_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """The registry config (``{"model", "kwargs"}``) of the network a Classifier builds."""
-    kwargs = {
-        "num_classes": hparams.get("num_classes"),
-        "in_chans": hparams.get("in_chans"),
-        "stem": hparams.get("stem"),
-        "width": hparams.get("width"),
-        **(hparams.get("model_kwargs") or {}),
-    }
-    if hparams["model"].startswith("iamnn"):
-        halting = hparams.get("halting")
-        if isinstance(halting, str) and halting.isdigit():  # `--model.halting=2` arrives as a string
-            halting = int(halting)
-        kwargs.update(halting=halting, epsilon=hparams.get("epsilon"), halting_bias=hparams.get("halting_bias"))
-    return {"model": hparams["model"], "kwargs": {k: v for k, v in kwargs.items() if v is not None}}
+from .models import ACT, IamNN, upgrade_state_dict
+from .models.halting import HaltingPolicy, ponder_loss
+from .weights import (
+    check_fits,
+    config_from_hparams,
+    create_model,
+    data_config,
+    load_weights,
+    read_checkpoint,
+    save_weights,
+)
 
 
 class Classifier(L.LightningModule):
@@ -108,7 +101,7 @@ class Classifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        config = model_config_from_hparams(dict(self.hparams))
+        config = config_from_hparams(dict(self.hparams))
         self.model = create_model(config["model"], **config["kwargs"])
         self.adaptive = isinstance(self.model, IamNN)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -128,16 +121,13 @@ class Classifier(L.LightningModule):
         x, y = batch
         x = x.contiguous(memory_format=self.memory_format)
         hp, train, n = self.hparams, split == "train", len(x)
-        if self.adaptive:
-            warm = train and self.current_epoch < hp.min_iterations_epochs
-            self.model.min_iterations = hp.min_iterations if warm else 0
-        logits, stats = self.model(x, return_stats=True)
+        policies = self._policies(train)
+        logits, stats = self.model(x, return_stats=True, halting=policies)
         ce = self.criterion(logits, y)
-        # ponder cost: τ · Σ_k mean_batch(ρ_k), optionally ρ_k / N_k
+        # ponder cost: τ · Σ_k mean_batch(ρ_k), optionally ρ_k / N_k (the policies' own loss)
         ponder = logits.new_zeros(())
         if self.adaptive:
-            rho = stats.ponder / stats.ponder.new_tensor(self.model.max_iterations) if hp.ponder_norm else stats.ponder
-            ponder = rho.mean(0).sum()
+            ponder = ponder_loss(policies, stats.ponder, self.model.max_iterations if hp.ponder_norm else None)
         tau = hp.tau
         if train and hp.tau_warmup_epochs > 0:
             tau *= min(1.0, self.global_step / (hp.tau_warmup_epochs * max(1, self.trainer.num_training_batches)))
@@ -160,6 +150,17 @@ class Classifier(L.LightningModule):
             self.log(f"{split}/acc5", acc5, on_epoch=True)
         return loss
 
+    def _policies(self, train: bool) -> tuple[HaltingPolicy, ...] | None:
+        """The model's halting policies for this step: during the first ``min_iterations_epochs``
+        of training, ACT stages stop no sample before ``min_iterations`` iterations."""
+        if not self.adaptive:
+            return None
+        policies = self.model.policies()
+        hp = self.hparams
+        if train and hp.min_iterations and self.current_epoch < hp.min_iterations_epochs:
+            policies = tuple(ACT(p.epsilon, hp.min_iterations) if isinstance(p, ACT) else p for p in policies)
+        return policies
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
@@ -177,7 +178,8 @@ class Classifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # before Lightning's strict load_state_dict, whose error is a page of key names
         path = getattr(self._trainer, "ckpt_path", None) or "checkpoint"
-        check_fits(self, checkpoint.get("state_dict", {}), path)
+        checkpoint["state_dict"] = upgrade_state_dict(checkpoint.get("state_dict", {}))
+        check_fits(self, checkpoint["state_dict"], path)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -334,8 +336,6 @@ def _quiet_lightning() -> None:
 
 def run_lightning_cli(args: list[str]) -> IamNNCLI:
     """``iamnn fit|validate|test [--config recipe.yaml] [--trainer.* ...]``."""
-    from .data import ImageDataModule
-
     _quiet_lightning()
     # No version counters: a resumed run that repeats a killed epoch overwrites that epoch's files.
     best = ModelCheckpoint(

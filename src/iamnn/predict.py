@@ -12,7 +12,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
-from .models import IamNN, create_model
+from .export import OnnxModel
+from .models import IamNN, build_model
 from .models.fold import fold_batchnorm
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -79,14 +80,12 @@ def torch_runner(model: nn.Module) -> Runner:
 
 def onnx_runner(path: str | Path, threads: int | None = None) -> tuple[Runner, dict[str, Any]]:
     """An exported model run by onnxruntime; MACs from its iteration counts (the model's cost table)."""
-    from .export import OnnxModel
-
     onnx = OnnxModel(path, threads)
     config = onnx.config
     if not config or "model" not in config:
         raise ValueError(f"{path}: the ONNX file carries no iamnn config (was it written by `iamnn export`?)")
     with torch.device("meta"):  # only the cost table is needed: no weights are allocated
-        cost_model = create_model(config["model"], **config.get("kwargs", {}))
+        cost_model = build_model(config["model"], **config.get("kwargs", {}))
 
     def run(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         logits, iterations = onnx(x)

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .cost import count_params
-from .models import IamNN, create_model
+from .models import IamNN
+from .weights import create_model
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,10 @@ def profile_row(row: Table1Row, width: float = 1.0) -> dict[str, object]:
         model = create_model(row.model, stem=row.stem, in_chans=row.in_chans, num_classes=row.num_classes, width=width)
     hw = (row.input_size, row.input_size)
     if isinstance(model, IamNN):
-        model.halting = row.halting
         macs_1 = model.max_macs(hw, 1)
-        macs_max = model.max_macs(hw)
-        iterations = list(model.max_iterations) if row.halting == "act" else [1] * 4
-        params_used = model.params_used()
+        macs_max = model.max_macs(hw, row.halting)
+        iterations = [p.limit(n) for p, n in zip(model.policies(row.halting), model.max_iterations, strict=True)]
+        params_used = model.params_used(row.halting)
     else:
         macs_1 = None
         macs_max = model.max_macs(hw)

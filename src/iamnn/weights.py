@@ -19,26 +19,82 @@ from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from .errors import WeightsError, one_line
 from .files import atomic_write, write_text_atomic
+from .models import IamNN, build_model, list_models, pretrained_file, upgrade_state_dict
+from .models.halting import halting_json
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 CONFIG_KEY = "iamnn_config"
 
+__all__ = [
+    "WeightsError",
+    "check_fits",
+    "config_from_hparams",
+    "create_model",
+    "data_config",
+    "load_model",
+    "load_model_with_config",
+    "load_pretrained",
+    "load_state_dict",
+    "load_weights",
+    "model_config",
+    "pretrained_path",
+    "read_checkpoint",
+    "read_config",
+    "save_weights",
+]
 
-class WeightsError(RuntimeError):
-    """A weights file that cannot be used: unreadable, unsafe, or for another architecture."""
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model, and load weights into it (timm's factory).
+
+    ``pretrained=True`` loads the weights shipped with the package (no network);
+    ``checkpoint_path`` loads a safetensors or Lightning checkpoint file. ``None`` kwargs are
+    dropped so the builder's defaults survive.
+    """
+    if pretrained:
+        return load_pretrained(name, **{k: v for k, v in kwargs.items() if v is not None})
+    model = build_model(name, **kwargs)
+    if checkpoint_path is not None:
+        load_weights(model, checkpoint_path)
+    return model
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
     """The ``{"model", "kwargs"}`` config that ``create_model`` recorded on ``model``."""
-    from .models import IamNN
-
     config = getattr(model, "model_config", None)
     if config is None:
         raise WeightsError("model was not built by iamnn.create_model, so its config is unknown")
     if isinstance(model, IamNN):  # the regime it runs in now (set after creation, e.g. by calibrate)
-        return {**config, "kwargs": {**config["kwargs"], "halting": model.halting, "epsilon": model.epsilon}}
+        regime = {"halting": halting_json(model.halting), "epsilon": model.epsilon}
+        return {**config, "kwargs": {**config["kwargs"], **regime}}
     return config
+
+
+def config_from_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The registry config (``{"model", "kwargs"}``) of the network a training ``Classifier`` with
+    these hyper-parameters builds (``lit.py``); how a Lightning checkpoint names its model."""
+    kwargs = {
+        "num_classes": hparams.get("num_classes"),
+        "in_chans": hparams.get("in_chans"),
+        "stem": hparams.get("stem"),
+        "width": hparams.get("width"),
+        **(hparams.get("model_kwargs") or {}),
+    }
+    if hparams["model"].startswith("iamnn"):
+        halting = hparams.get("halting")  # `--model.halting=2` arrives as the string "2"
+        kwargs.update(
+            halting=None if halting is None else halting_json(halting),
+            epsilon=hparams.get("epsilon"),
+            halting_bias=hparams.get("halting_bias"),
+        )
+    return {"model": hparams["model"], "kwargs": {k: v for k, v in kwargs.items() if v is not None}}
 
 
 def save_weights(
@@ -82,15 +138,13 @@ def read_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> d
         hparams = checkpoint.get("hyper_parameters", {})
         if "model" not in hparams:
             raise WeightsError(f"{path}: checkpoint has no iamnn model hyper-parameters")
-        from .lit import model_config_from_hparams
-
-        config = model_config_from_hparams(hparams)
+        config = config_from_hparams(hparams)
         return {**config, "data": checkpoint["iamnn_data"]} if "iamnn_data" in checkpoint else config
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
-        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(err)})") from None
     if CONFIG_KEY not in metadata:
         raise WeightsError(f"{path}: safetensors file has no {CONFIG_KEY!r} metadata; pass the model name instead")
     return json.loads(metadata[CONFIG_KEY])
@@ -107,11 +161,11 @@ def load_state_dict(path: str | Path, checkpoint: dict[str, Any] | None = None) 
     if path.suffix == ".ckpt":
         checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
         state = checkpoint.get("state_dict", {})
-        return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        return upgrade_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     try:
-        return load_file(str(path))
+        return upgrade_state_dict(load_file(str(path)))
     except (SafetensorError, OSError, ValueError) as err:
-        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(err)})") from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
@@ -153,30 +207,28 @@ def load_model(path: str | Path, **overrides: Any) -> nn.Module:
 
 def load_model_with_config(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`load_model`, and the file's config (with its ``"data"`` preprocessing); one read."""
-    from .models import create_model
-
     path = Path(path)
     checkpoint = read_checkpoint(path) if path.suffix == ".ckpt" else None
     config = read_config(path, checkpoint)
-    model = create_model(config["model"], **{**config.get("kwargs", {}), **overrides})
+    model = build_model(config["model"], **{**config.get("kwargs", {}), **overrides})
     return _load_into(model, load_state_dict(path, checkpoint), path).eval(), config
 
 
 def pretrained_path(name: str) -> Path:
     """The weights file shipped in the package for the registered model ``name``."""
-    from .models.registry import _PRETRAINED, list_models
-
-    if name not in _PRETRAINED:
+    file_name = pretrained_file(name)
+    if file_name is None:
         raise WeightsError(
             f"no pretrained weights ship for {name!r}; models with weights: {list_models(pretrained=True)}"
         )
-    path = PACKAGE_WEIGHTS / _PRETRAINED[name]
+    path = PACKAGE_WEIGHTS / file_name
     if not path.is_file():
         raise WeightsError(f"pretrained weights for {name!r} are missing from the package ({path.name})")
     return path
 
 
 def load_pretrained(name: str, **overrides: Any) -> nn.Module:
+    """The registered model ``name`` with the weights shipped for it."""
     return load_model(pretrained_path(name), **overrides)
 
 
@@ -192,15 +244,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as err:  # what weights_only raises for anything but tensors and plain data
         # torch's first lines advise retrying with weights_only=False; the reason is further down
         lines = [line for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line]
-        reason = lines[0].strip() if lines else _first_line(err)
+        reason = lines[0].strip() if lines else one_line(err)
         raise WeightsError(
             f"{path}: refused to load checkpoint (only tensors and plain data are accepted): {reason}"
         ) from None
     except Exception as err:  # noqa: BLE001 - every other failure becomes one clear line too
-        reason = _first_line(err).split(". ")[0]
+        reason = one_line(err).split(". ")[0]
         raise WeightsError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

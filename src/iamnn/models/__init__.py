@@ -1,12 +1,18 @@
-"""Model builders, one per preset (presets are data: iterations per stage, or block and units)."""
+"""The networks: IamNN and its halting policies, the ResNet baselines, and one registered builder
+per preset (presets are data: iterations per stage, or block and units)."""
 
 from __future__ import annotations
 
 from .baselines import RESNETS, ResNet
-from .iamnn import PRESETS, IamNN, IamNNStats, IterativeStage, ProcessingBlock
-from .registry import create_model, list_models, register_model, register_pretrained
+from .halting import ACT, Fixed, Full, HaltingPolicy, halting_policy, policy_names, register_policy
+from .iamnn import PRESETS, IamNN, IamNNStats, IterativeStage, ProcessingBlock, upgrade_state_dict
+from .registry import build_model, list_models, pretrained_file, register_model, register_pretrained
 
 __all__ = [
+    "ACT",
+    "Fixed",
+    "Full",
+    "HaltingPolicy",
     "IamNN",
     "IamNNStats",
     "IterativeStage",
@@ -14,9 +20,15 @@ __all__ = [
     "ResNet",
     "PRESETS",
     "RESNETS",
-    "create_model",
+    "build_model",
+    "halting_policy",
     "list_models",
+    "policy_names",
+    "pretrained_file",
     "register_model",
+    "register_policy",
+    "register_pretrained",
+    "upgrade_state_dict",
 ]
 
 

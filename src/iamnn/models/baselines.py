@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from .iamnn import IamNNStats, Stem, _scaled, check_input, init_resnet_style
+from ..cost import model_macs
+from .iamnn import IamNNStats, Stem, check_input, init_resnet_style, scaled_channels
 
 RESNETS: dict[str, tuple[type[tv.BasicBlock] | type[tv.Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (tv.BasicBlock, (2, 2, 2, 2)),
@@ -39,7 +40,7 @@ class ResNet(tv.ResNet):
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         self.layers, self.in_chans, self.stem_type, self.width = tuple(layers), in_chans, stem, width
-        stem_channels = _scaled(64, width)
+        stem_channels = scaled_channels(64, width)
         if stem == "cifar":
             self.conv1 = nn.Conv2d(in_chans, stem_channels, 3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
@@ -48,7 +49,7 @@ class ResNet(tv.ResNet):
         if width != 1.0:
             self.inplanes = stem_channels
             self.bn1 = nn.BatchNorm2d(stem_channels)
-            planes = [_scaled(64 * 2**k, width) for k in range(4)]
+            planes = [scaled_channels(64 * 2**k, width) for k in range(4)]
             self.layer1 = self._make_layer(block, planes[0], layers[0])
             self.layer2 = self._make_layer(block, planes[1], layers[1], stride=2)
             self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)
@@ -77,7 +78,11 @@ class ResNet(tv.ResNet):
     def forward_head(self, features: Tensor) -> Tensor:
         return self.fc(torch.flatten(self.avgpool(features), 1))
 
-    def forward(self, x: Tensor, return_stats: bool = False) -> Tensor | tuple[Tensor, IamNNStats]:
+    def forward(
+        self, x: Tensor, return_stats: bool = False, halting: object = None
+    ) -> Tensor | tuple[Tensor, IamNNStats]:
+        """Logits, and with ``return_stats`` IamNN-style costs; ``halting`` is accepted and ignored
+        (a ResNet has no halting), so that one call serves both kinds of model."""
         check_input(x, self.in_chans)
         logits = self._forward_impl(x)
         if not return_stats:
@@ -91,8 +96,6 @@ class ResNet(tv.ResNet):
         """Per-sample MACs at ``input_hw`` (every sample costs the same), from FlopCounterMode."""
         cache = self.__dict__.setdefault("_macs_cache", {})
         if input_hw not in cache:
-            from ..cost import model_macs
-
             cache[input_hw] = model_macs(self, (self.in_chans, *input_hw))
         return cache[input_hw]
 

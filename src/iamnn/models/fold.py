@@ -18,9 +18,11 @@ import copy
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
-from .act import HaltingUnit, global_avg_pool
+from .baselines import ResNet
+from .halting_unit import HaltingUnit, global_avg_pool
 from .iamnn import IamNN, ProcessingBlock
 
 
@@ -168,13 +170,16 @@ def _stack(tensors: list[Tensor], memory_format: torch.memory_format) -> Tensor:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: IamNN, channels_last: bool = True) -> IamNN:
+def fold_batchnorm(model: IamNN | ResNet, channels_last: bool = True) -> IamNN | ResNet:
     """An eval-only copy of ``model`` with every BatchNorm folded into its convolution.
 
     Outputs and iteration counts equal the eval-mode forward of ``model`` (to float rounding);
-    ``stats.macs`` are unchanged (bias additions are not MACs). ``channels_last``: the copy keeps
-    its weights in NHWC and converts its input to NHWC (the outputs do not change).
+    ``stats.macs`` are unchanged (bias additions are not MACs). ``channels_last``: an IamNN copy
+    keeps its weights in NHWC and converts its input to NHWC (the outputs do not change). A ResNet
+    baseline gets torch's conv-BN fusion, so that both sides of a comparison get the same treatment.
     """
+    if isinstance(model, ResNet):
+        return _fold_resnet(model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     folded = copy.deepcopy(model).eval()
     w, b = _fold(folded.conv1.weight, folded.bn1)
@@ -187,10 +192,23 @@ def fold_batchnorm(model: IamNN, channels_last: bool = True) -> IamNN:
     folded.conv1, folded.bn1 = stem.to(memory_format=memory_format), nn.Identity()
     for stage in folded.stages:
         stage.block = FoldedProcessingBlock(stage.block, memory_format)
-        stage.halting = FoldedHaltingUnit(stage.halting, stage.out_channels)
+        stage.halting_unit = FoldedHaltingUnit(stage.halting_unit, stage.out_channels)
     folded.memory_format = memory_format
     folded.requires_grad_(False)
     folded.train = _eval_only.__get__(folded)  # type: ignore[method-assign]
+    return folded
+
+
+def _fold_resnet(model: ResNet) -> ResNet:
+    """torchvision's blocks with each convolution fused with its BatchNorm (``fuse_conv_bn_eval``)."""
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+            if isinstance(getattr(module, bn, None), nn.BatchNorm2d):
+                setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv), getattr(module, bn)))
+                setattr(module, bn, nn.Identity())
+        if isinstance(getattr(module, "downsample", None), nn.Sequential):
+            module.downsample = fuse_conv_bn_eval(module.downsample[0], module.downsample[1])
     return folded
 
 

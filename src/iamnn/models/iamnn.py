@@ -2,11 +2,13 @@ r"""IamNN: a ResNet whose stages are single weight-shared blocks iterated under 
 
 Read top to bottom: the processing block :math:`B_k` → one iterative stage (state buffer,
 per-iteration BatchNorm, halting unit, active-set compaction) → the network → presets.
-Equations follow SPEC.md sections 1–2 (which fix what the paper leaves open).
+The details the paper leaves open (stems, widths, the exact ACT rule, the cost convention) are
+written down in ``docs/specification.md``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
-from .act import HaltingUnit, act_step
+from .halting import HaltingPolicy, HaltingSpec, normalize_halting, stage_policies
+from .halting_unit import HaltingUnit
 
-Halting = Literal["act", "full"] | int
 Stem = Literal["imagenet", "cifar"]
 
 # max iterations per stage == residual units per stage of the matching ResNet
@@ -81,12 +83,13 @@ class ProcessingBlock(nn.Module):
     def step(self, x0: Tensor, s: Tensor | None, i: int, need_u: bool = True) -> tuple[Tensor, Tensor | None]:
         """Iteration ``i`` (0-based) from state ``s`` (None: the zero state s_0): returns (s_i, u_i).
 
-        ``need_u``: whether the caller uses u_i (the halting unit does); a block may then return
-        u_i as its (B, C) spatial mean, all the halting unit reads of it, or None when not needed.
+        ``need_u``: whether the caller uses u_i (the halting unit does); None is returned in its
+        place when not. (A BatchNorm-folded block returns u_i as its (B, C) spatial mean, all the
+        halting unit reads of it.)
         """
         u = self(x0, s, i)
         # s_i = ReLU(s_{i-1} + u_i), the residual update of torchvision's Bottleneck
-        return torch.relu(u if s is None else s + u), u
+        return torch.relu(u if s is None else s + u), u if need_u else None
 
     def macs(self, hw: tuple[int, int], first: bool = False) -> int:
         """MACs of one iteration at spatial size ``hw``; ``first``: from the zero state s_0."""
@@ -100,7 +103,8 @@ class IterativeStage(nn.Module):
     r"""One IamNN stage: up to ``max_iterations`` applications of a shared :class:`ProcessingBlock`.
 
     With :math:`s_0 = 0`: :math:`u_i = B_k(\mathrm{concat}(x_0, s_{i-1}))`,
-    :math:`s_i = \mathrm{ReLU}(s_{i-1} + u_i)`; the stage output is :math:`y = \sum_n p_n s_n`.
+    :math:`s_i = \mathrm{ReLU}(s_{i-1} + u_i)`; the stage output is :math:`y = \sum_n p_n s_n`, with
+    the iterations N and weights p_n given by a :class:`~iamnn.models.halting.HaltingPolicy`.
 
     Samples that have halted leave the batch: each later iteration computes on the still-active
     rows only, so the work done is proportional to the iterations actually used.
@@ -118,48 +122,37 @@ class IterativeStage(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.max_iterations = max_iterations
         self.block = ProcessingBlock(in_channels, out_channels, max_iterations)
-        self.halting = HaltingUnit(2 * out_channels + in_channels, halting_hidden, halting_bias)
+        self.halting_unit = HaltingUnit(2 * out_channels + in_channels, halting_hidden, halting_bias)
 
-    def step(self, x0: Tensor, s: Tensor | None, i: int, need_u: bool = True) -> tuple[Tensor, Tensor | None]:
-        """Iteration ``i`` (0-based) from state ``s``: (s_i, u_i), see :meth:`ProcessingBlock.step`."""
-        return self.block.step(x0, s, i, need_u)
-
-    def forward(
-        self, x0: Tensor, halting: Halting, epsilon: float, min_iterations: int = 0
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long, ponder ρ (B,).
-
-        ``min_iterations`` (ACT only, a training aid): no sample halts before that many iterations.
-        """
-        batch = x0.shape[0]
-        s = None  # s_0 = 0
-        if halting != "act":
-            # full: N_k iterations, p one-hot on the last state; fixed k: min(k, N_k) iterations
-            n = self.max_iterations if halting == "full" else max(1, min(int(halting), self.max_iterations))
+    def forward(self, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long, ponder ρ (B,)."""
+        if not policy.uses_scores:  # a fixed schedule: N iterations, p one-hot on the last state
+            n = policy.limit(self.max_iterations)
+            s = None  # s_0 = 0
             for i in range(n):
-                s, _ = self.step(x0, s, i, need_u=False)
-            iterations = torch.full((batch,), n, dtype=torch.long, device=x0.device)
-            return s, iterations, iterations.to(x0.dtype) + 1.0  # ρ = N + R with R = p_N = 1
-        if batch == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32 and not min_iterations:
-            return self._act_one_sample(x0, epsilon)
+                s, _ = self.block.step(x0, s, i, need_u=False)
+            iterations = torch.full((x0.shape[0],), n, dtype=torch.long, device=x0.device)
+            return s, iterations, policy.ponder(1.0, iterations.to(x0.dtype))
+        if x0.shape[0] == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32:
+            return self._one_sample(x0, policy)
+        return self._batched(x0, policy)
 
+    def _batched(self, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor]:
+        """The policy's rule over a batch, halted samples leaving it (compaction)."""
+        batch, limit = x0.shape[0], policy.limit(self.max_iterations)
+        s: Tensor | None = None  # s_0 = 0
         rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
-        cum_h = x0.new_zeros(batch)  # Σ_{i<n} h_i of the active samples
+        state = x0.new_full((batch,), policy.initial_state)  # the policy's per-sample state (ACT: Σ_{i<n} h_i)
         y_active: Tensor | None = None  # Σ_{j≤i} p_j · s_j of the active samples
-        context = self.halting.context(x0)  # the halting unit's view of x0, the same at every iteration
-        # one entry per halting event: rows, their y, N and ρ
-        done_rows: list[Tensor | None] = []
-        done_y, done_n, done_rho = [], [], []
-        for i in range(self.max_iterations):
-            is_last = i == self.max_iterations - 1
-            s, u = self.step(x0, s, i, need_u=not is_last)  # h_{N_k} := 1 needs no halting call
-            if is_last:
-                h = None
-            elif i + 1 < min_iterations:
-                h = cum_h.new_zeros(len(cum_h))  # h_n = 0: no halting and no weight before the minimum
-            else:
-                h = self.halting(s, context, u)
-            p, halt = act_step(cum_h, h, epsilon, is_last)
+        context = self.halting_unit.context(x0)  # the halting unit's view of x0, the same at every iteration
+        done: list[tuple[Tensor | None, Tensor, Tensor, Tensor]] = []  # per halting event: rows, y, N, ρ
+        for i in range(limit):
+            is_last = i == limit - 1
+            wants = not is_last and policy.wants_score(i)
+            s, u = self.block.step(x0, s, i, need_u=wants)
+            # h_{N_k} := 1 at the last iteration (no halting call); 0 where the policy wants no score
+            h = self.halting_unit(s, context, u) if wants else state.new_full((len(state),), float(is_last))
+            p, halt, next_state = policy.step(state, h)
             # y = Σ_n p_n · s_n, accumulated while the sample is active (one fused pass per iteration)
             p_map = p[:, None, None, None]
             if y_active is None:
@@ -170,32 +163,25 @@ class IterativeStage(nn.Module):
                 y_active.addcmul_(p_map, s)
             n_halt = len(halt) if is_last else int(halt.sum())  # the one host sync of an iteration
             if n_halt == 0:
-                cum_h = cum_h + h
+                state = next_state
                 continue
-            # samples with N = i + 1 leave; ponder cost ρ = N + R, with p_N = R
-            if n_halt == len(halt):
-                done_rows.append(rows)
-                done_y.append(y_active)
-                done_n.append(torch.full_like(p, i + 1, dtype=torch.long))
-                done_rho.append(p + (i + 1))
+            if n_halt == len(halt):  # everyone left stops now
+                done.append((rows, y_active, torch.full_like(p, i + 1, dtype=torch.long), policy.ponder(p, i + 1)))
                 break
             gone, keep = halt.nonzero().squeeze(1), (~halt).nonzero().squeeze(1)
-            done_rows.append(gone if rows is None else rows[gone])
-            done_y.append(y_active[gone])
-            done_n.append(torch.full_like(gone, i + 1))
-            done_rho.append(p[gone] + (i + 1))
+            n_gone = torch.full_like(gone, i + 1)
+            done.append((gone if rows is None else rows[gone], y_active[gone], n_gone, policy.ponder(p[gone], i + 1)))
             # compaction: the next iteration computes on the active samples only
             rows = keep if rows is None else rows[keep]
-            x0, context, s, y_active, cum_h = x0[keep], context[keep], s[keep], y_active[keep], (cum_h + h)[keep]
-
-        if done_rows[0] is None:  # every sample halted at the same iteration: nothing to reorder
-            return done_y[0], done_n[0], done_rho[0]
-        order = torch.cat(done_rows)  # order[j] = full-batch row of the j-th finished sample
+            x0, context, s, y_active, state = x0[keep], context[keep], s[keep], y_active[keep], next_state[keep]
+        if done[0][0] is None:  # every sample halted at the same iteration: nothing to reorder
+            return done[0][1:]
+        order = torch.cat([d[0] for d in done])  # order[j] = full-batch row of the j-th finished sample
         position = torch.empty_like(order).index_copy_(0, order, torch.arange(batch, device=order.device))
-        return torch.cat(done_y)[position], torch.cat(done_n)[position], torch.cat(done_rho)[position]
+        return tuple(torch.cat([d[j] for d in done])[position] for j in (1, 2, 3))  # type: ignore[return-value]
 
-    def _act_one_sample(self, x0: Tensor, epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
-        """ACT for a single sample at inference: the halting decision is taken on the host.
+    def _one_sample(self, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor]:
+        """The policy's rule for a single sample at inference, decided on the host.
 
         The batched loop needs about ten small tensor ops per iteration for its bookkeeping; with
         one sample they become float32 scalar arithmetic (numpy, so that every decision equals the
@@ -203,26 +189,25 @@ class IterativeStage(nn.Module):
         """
         s: Tensor | None = None
         y: Tensor | None = None
-        context = self.halting.context(x0)
-        cum_h = np.float32(0.0)  # Σ_{i<n} h_i
-        threshold = np.float32(1.0 - epsilon)
-        for i in range(self.max_iterations):
-            is_last = i == self.max_iterations - 1
-            s, u = self.step(x0, s, i, need_u=not is_last)
-            h = np.float32(1.0) if is_last else np.float32(self.halting(s, context, u).item())
-            halt = is_last or cum_h + h >= threshold  # N = min{n : Σ_{i≤n} h_i ≥ 1 − ε}
-            p = np.float32(1.0) - cum_h if halt else h  # p_N = R = 1 − Σ_{i<N} h_i
+        context = self.halting_unit.context(x0)
+        state = np.float32(policy.initial_state)
+        limit = policy.limit(self.max_iterations)
+        for i in range(limit):
+            is_last = i == limit - 1
+            wants = not is_last and policy.wants_score(i)
+            s, u = self.block.step(x0, s, i, need_u=wants)
+            h = np.float32(self.halting_unit(s, context, u).item()) if wants else np.float32(is_last)
+            p, halt, state = policy.step(state, h)
             y = s * float(p) if y is None else y.add_(s, alpha=float(p))  # y = Σ_n p_n · s_n
-            if halt:
+            if halt or is_last:
                 n = torch.full((1,), i + 1, dtype=torch.long, device=x0.device)
-                rho = torch.full((1,), float(p + np.float32(i + 1)), dtype=x0.dtype, device=x0.device)  # ρ = N + R
+                rho = torch.full((1,), float(policy.ponder(p, np.float32(i + 1))), dtype=x0.dtype, device=x0.device)
                 return y, n, rho
-            cum_h = cum_h + h
         raise AssertionError("unreachable: the last iteration always halts")
 
     def iteration_macs(self, hw: tuple[int, int]) -> tuple[int, int, int]:
         """MACs of the first iteration (from s_0 = 0), of each later one, and of one halting call."""
-        return self.block.macs(hw, first=True), self.block.macs(hw), self.halting.macs()
+        return self.block.macs(hw, first=True), self.block.macs(hw), self.halting_unit.macs()
 
 
 def init_resnet_style(module: nn.Module) -> None:
@@ -251,7 +236,7 @@ def check_input(x: Tensor, in_chans: int) -> None:
         raise ValueError("input contains NaN or Inf values")
 
 
-def _scaled(channels: int, width: float, divisor: int = 1) -> int:
+def scaled_channels(channels: int, width: float, divisor: int = 1) -> int:
     """``channels · width`` rounded to a multiple of ``divisor`` (stage widths: 4, for C/4 inside)."""
     return max(divisor, int(round(channels * width / divisor)) * divisor)
 
@@ -265,8 +250,10 @@ class IamNN(nn.Module):
         in_chans: input channels (1 for Fashion-MNIST).
         stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool) or ``"cifar"`` (3x3/1 conv, no pool).
         width: multiplier of the ResNet bottleneck widths (stage k outputs 256·2^k·width).
-        halting: ``"act"`` (adaptive), ``"full"`` (all iterations) or an int k (fixed k iterations).
-        epsilon: ACT threshold slack ε (halt once Σh ≥ 1 − ε).
+        halting: the default halting policy (``halting.py``): ``"act"`` (adaptive), ``"full"`` (all
+            iterations), an int k (fixed k iterations), another registered name, or one per stage.
+            ``forward(x, halting=...)`` runs another one for a call.
+        epsilon: ACT threshold slack ε (halt once Σh ≥ 1 − ε); the knob of a named policy.
         halting_bias: initial bias of the halting unit's last layer (negative: start by iterating).
         zero_init_residual: start each iteration's last BN at γ = 0 (as torchvision's option).
         channels: explicit stage output widths (overrides ``width`` for the stages; the stem
@@ -280,7 +267,7 @@ class IamNN(nn.Module):
         in_chans: int = 3,
         stem: Stem = "imagenet",
         width: float = 1.0,
-        halting: Halting = "act",
+        halting: HaltingSpec = "act",
         epsilon: float = 0.01,
         halting_bias: float = -3.0,
         halting_hidden: int = 64,
@@ -293,12 +280,10 @@ class IamNN(nn.Module):
         self.max_iterations = tuple(int(n) for n in iterations)
         self.num_classes, self.in_chans, self.stem_type, self.width = num_classes, in_chans, stem, width
         self.epsilon = epsilon
-        self.halting = halting
-        self.min_iterations = 0  # ACT: no sample halts earlier (set by training warm-ups, see lit.py)
         self.inference_chunk = 128  # eval batches larger than this run in chunks (0: never)
         self.memory_format: torch.memory_format | None = None  # if set, inputs are converted to it
 
-        stem_channels = _scaled(64, width)
+        stem_channels = scaled_channels(64, width)
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, stem_channels, 7, stride=2, padding=3, bias=False)
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
@@ -309,7 +294,7 @@ class IamNN(nn.Module):
         self.pool = nn.MaxPool2d(2, stride=2)  # between stages, instead of strided convolutions
 
         if channels is None:
-            channels = tuple(_scaled(256 * 2**k, width, 4) for k in range(len(iterations)))
+            channels = tuple(scaled_channels(256 * 2**k, width, 4) for k in range(len(iterations)))
         if len(channels) != len(iterations) or any(c % 4 for c in channels):
             raise ValueError(f"channels must give one multiple of 4 per stage, got {channels}")
         channels = [stem_channels, *channels]
@@ -319,6 +304,7 @@ class IamNN(nn.Module):
         )
         self.num_features = channels[-1]
         self.fc = nn.Linear(self.num_features, num_classes)
+        self.halting = halting
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -329,17 +315,21 @@ class IamNN(nn.Module):
                     nn.init.zeros_(bn3.weight)
 
     @property
-    def halting(self) -> Halting:
+    def halting(self) -> HaltingSpec:
+        """The default halting policy, as given (``"act"``, ``"full"``, k, a name, a policy, one per stage)."""
         return self._halting
 
     @halting.setter
-    def halting(self, mode: Halting) -> None:
-        if not (mode in ("act", "full") or (isinstance(mode, int) and not isinstance(mode, bool) and mode >= 1)):
-            raise ValueError(f"halting must be 'act', 'full' or an int k >= 1, got {mode!r}")
-        self._halting = mode
+    def halting(self, spec: HaltingSpec) -> None:
+        self.policies(spec)  # fails now, with the accepted values, rather than at the next forward
+        self._halting = normalize_halting(spec)
+
+    def policies(self, halting: HaltingSpec | None = None) -> tuple[HaltingPolicy, ...]:
+        """One policy per stage for ``halting`` (default: :attr:`halting`, with :attr:`epsilon`)."""
+        return stage_policies(self.halting if halting is None else halting, len(self.stages), self.epsilon)
 
     # -- forward -------------------------------------------------------------------------------
-    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_features(self, x: Tensor, halting: HaltingSpec | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(B, C, H, W) -> features (B, C_4, h, w), iterations (B, 4), ponder (B, 4)."""
         check_input(x, self.in_chans)
         if min(self.stage_sizes(tuple(x.shape[-2:]))[-1]) < 1:
@@ -351,10 +341,10 @@ class IamNN(nn.Module):
             x = x.contiguous(memory_format=self.memory_format)
         x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
         iterations, ponder = [], []
-        for k, stage in enumerate(self.stages):
+        for k, (stage, policy) in enumerate(zip(self.stages, self.policies(halting), strict=True)):
             if k > 0:
                 x = self.pool(x)
-            x, n, rho = stage(x, self.halting, self.epsilon, self.min_iterations)
+            x, n, rho = stage(x, policy)
             iterations.append(n)
             ponder.append(rho)
         return x, torch.stack(iterations, 1), torch.stack(ponder, 1)
@@ -362,8 +352,13 @@ class IamNN(nn.Module):
     def forward_head(self, features: Tensor) -> Tensor:
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1))
 
-    def forward(self, x: Tensor, return_stats: bool = False) -> Tensor | tuple[Tensor, IamNNStats]:
+    def forward(
+        self, x: Tensor, return_stats: bool = False, halting: HaltingSpec | None = None
+    ) -> Tensor | tuple[Tensor, IamNNStats]:
         """(B, C, H, W) -> logits (B, classes), and with ``return_stats`` the per-sample costs.
+
+        ``halting``: the policy for this call (default: :attr:`halting`), e.g. ``"full"``, ``2``,
+        ``ACT(epsilon=0.5)`` or one per stage; the model itself is not changed.
 
         At inference a batch larger than ``inference_chunk`` runs in chunks of that size: eval
         BatchNorm makes samples independent, so the result is the same, and smaller state maps
@@ -371,7 +366,7 @@ class IamNN(nn.Module):
         """
         chunk = self.inference_chunk
         if not self.training and chunk and x.shape[0] > chunk:
-            parts = [self.forward(part, return_stats=True) for part in x.split(chunk)]
+            parts = [self.forward(part, return_stats=True, halting=halting) for part in x.split(chunk)]
             logits = torch.cat([p[0] for p in parts])
             if not return_stats:
                 return logits
@@ -379,11 +374,11 @@ class IamNN(nn.Module):
             return logits, IamNNStats(
                 *(torch.cat([getattr(st, f) for st in stats]) for f in IamNNStats.__annotations__)
             )
-        features, iterations, ponder = self.forward_features(x)
+        features, iterations, ponder = self.forward_features(x, halting)
         logits = self.forward_head(features)
         if not return_stats:
             return logits
-        return logits, IamNNStats(iterations, ponder, self.macs(iterations, x.shape[-2:]))
+        return logits, IamNNStats(iterations, ponder, self.macs(iterations, x.shape[-2:], halting))
 
     # -- cost ----------------------------------------------------------------------------------
     def stage_sizes(self, input_hw: tuple[int, int]) -> list[tuple[int, int]]:
@@ -411,42 +406,35 @@ class IamNN(nn.Module):
             halt.append(h)
         return {"stem": stem, "first": first, "block": block, "halting": halt, "head": linear_macs(self.fc)}
 
-    def macs(self, iterations: Tensor, input_hw: tuple[int, int], halting: Halting | None = None) -> Tensor:
+    def macs(self, iterations: Tensor, input_hw: tuple[int, int], halting: HaltingSpec | None = None) -> Tensor:
         """Per-sample MACs for (B, 4) ``iterations``: stem + Σ_k (first_k + (N_k − 1)·block_k +
         halting calls) + head.
 
         The first iteration starts from s_0 = 0 and skips the state's half of the first 1x1
-        convolution. In ``act`` mode the halting unit runs after every iteration but the forced last one
-        (h_{N_k} := 1 needs no computation), i.e. min(N, N_k − 1) times per stage.
+        convolution. A policy that uses scores calls the halting unit after every iteration but the
+        last allowed one (h_{N_k} := 1 needs no computation), i.e. min(N, N_k − 1) times per stage.
         """
         table = self.cost_table(input_hw)
-        halting = self.halting if halting is None else halting
         macs = torch.full_like(iterations[:, 0], table["stem"] + table["head"])
-        for k, n in enumerate(iterations.unbind(1)):
+        for k, (n, policy) in enumerate(zip(iterations.unbind(1), self.policies(halting), strict=True)):
             macs = macs + table["first"][k] + (n - 1) * table["block"][k]
-            if halting == "act":
-                macs = macs + n.clamp(max=self.max_iterations[k] - 1) * table["halting"][k]
+            if policy.uses_scores:
+                macs = macs + n.clamp(max=policy.limit(self.max_iterations[k]) - 1) * table["halting"][k]
         return macs
 
-    def max_macs(self, input_hw: tuple[int, int], halting: Halting | None = None) -> int:
-        """MACs of a sample that uses every iteration the mode allows."""
-        halting = self.halting if halting is None else halting
-        if halting in ("act", "full"):
-            n = list(self.max_iterations)
-        else:
-            n = [min(int(halting), m) for m in self.max_iterations]
-        return int(self.macs(torch.tensor([n]), input_hw, halting)[0])
+    def max_macs(self, input_hw: tuple[int, int], halting: HaltingSpec | None = None) -> int:
+        """MACs of a sample that uses every iteration the policy allows."""
+        limits = [p.limit(m) for p, m in zip(self.policies(halting), self.max_iterations, strict=True)]
+        return int(self.macs(torch.tensor([limits]), input_hw, halting)[0])
 
-    def params_used(self, halting: Halting | None = None) -> int:
-        """Parameters a forward in ``halting`` mode can touch: a fixed-k network needs neither the
-        halting units nor the BatchNorms of iterations after k (the paper's "1 iter" row)."""
-        halting = self.halting if halting is None else halting
+    def params_used(self, halting: HaltingSpec | None = None) -> int:
+        """Parameters a forward under ``halting`` can touch: a fixed schedule needs neither the
+        halting units nor the BatchNorms of iterations it never runs (the paper's "1 iter" row)."""
         total = sum(p.numel() for p in self.parameters())
-        if halting == "act":
-            return total
-        for stage in self.stages:
-            total -= sum(p.numel() for p in stage.halting.parameters())
-            n = stage.max_iterations if halting == "full" else min(int(halting), stage.max_iterations)
+        for stage, policy in zip(self.stages, self.policies(halting), strict=True):
+            if not policy.uses_scores:
+                total -= sum(p.numel() for p in stage.halting_unit.parameters())
+            n = policy.limit(stage.max_iterations)
             total -= sum(p.numel() for norms in stage.block.norms[n:] for p in norms.parameters())
         return total
 
@@ -454,3 +442,10 @@ class IamNN(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes)
+
+
+def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict saved before the halting unit was named ``halting_unit`` (it was ``halting``,
+    the word that also names the policy), with its keys renamed; others pass unchanged."""
+    legacy = re.compile(r"(^|\.)stages\.(\d+)\.halting\.")
+    return {legacy.sub(r"\1stages.\2.halting_unit.", k): v for k, v in state.items()}

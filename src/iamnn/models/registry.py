@@ -1,10 +1,10 @@
-"""A timm-style model registry: ``@register_model`` builders, ``list_models``, ``create_model``."""
+"""A timm-style model registry: it only registers. ``@register_model`` builders, ``list_models``,
+and ``build_model``, which calls a builder; ``iamnn.create_model`` (``weights.py``) builds and loads."""
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from pathlib import Path
 
 from torch import nn
 
@@ -19,7 +19,13 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def register_pretrained(model_name: str, file_name: str) -> None:
+    """Declare that the package ships weights for ``model_name`` as ``iamnn/weights/<file_name>``."""
     _PRETRAINED[model_name] = file_name
+
+
+def pretrained_file(model_name: str) -> str | None:
+    """The file name of the weights shipped for ``model_name``, or None."""
+    return _PRETRAINED.get(model_name)
 
 
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
@@ -28,32 +34,18 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(
-    name: str,
-    pretrained: bool = False,
-    checkpoint_path: str | Path | None = None,
-    **kwargs: object,
-) -> nn.Module:
-    """Build a registered model; ``None`` kwargs are dropped so the builder's defaults survive.
+def build_model(name: str, **kwargs: object) -> nn.Module:
+    """Call the builder registered as ``name`` (randomly initialised weights).
 
-    ``pretrained=True`` loads the weights shipped with the package (no network);
-    ``checkpoint_path`` loads a safetensors or Lightning checkpoint file.
+    ``None`` kwargs are dropped so the builder's defaults survive. What it takes to rebuild the
+    model is recorded as ``model.model_config`` and saved with its weights.
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    if pretrained:
-        from ..weights import load_pretrained
-
-        return load_pretrained(name, **kwargs)
     model = _MODELS[name](**kwargs)
-    # what it takes to rebuild this model: saved with its weights (iamnn.weights)
     model.model_config = {
         "model": name,
         "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
     }
-    if checkpoint_path is not None:
-        from ..weights import load_weights
-
-        load_weights(model, checkpoint_path)
     return model

@@ -1,15 +1,7 @@
-r"""Adaptive computation time (Graves 2016; as used by SACT, Figurnov et al. 2017).
+r"""The halting unit: a small network that scores, after each iteration, how ready a sample is to stop.
 
-For one sample and one stage with halting scores :math:`h_1, h_2, \dots` (and :math:`h_{N_k} := 1`):
-
-.. math::
-    N = \min\{n : \textstyle\sum_{i \le n} h_i \ge 1 - \epsilon\}, \qquad
-    R = 1 - \textstyle\sum_{i < N} h_i, \qquad
-    p_n = h_n \ (n < N), \quad p_N = R, \qquad \rho = N + R.
-
-The stage loop calls :func:`act_step` once per iteration with the running sum of the scores of
-the still-active samples; the step says which of them halt now and with which weight their
-state enters the output.
+What the scores mean (how they become iterations, weights and ponder cost) is the halting policy's
+business (``halting.py``); this module only computes them.
 """
 
 from __future__ import annotations
@@ -65,26 +57,3 @@ class HaltingUnit(nn.Module):
     def macs(self) -> int:
         """Multiply-accumulates of one call (the three linear layers; pooling is not a MAC)."""
         return sum(m.in_features * m.out_features for m in (self.fc1, self.fc2, self.fc3))
-
-
-def act_step(cum_h: Tensor, h: Tensor | None, epsilon: float, is_last: bool) -> tuple[Tensor, Tensor]:
-    r"""One ACT step for the samples still active at iteration ``n``.
-
-    Args:
-        cum_h: (b,) :math:`\sum_{i<n} h_i`, the scores accumulated before this iteration.
-        h: (b,) :math:`h_n`, this iteration's scores; unused (may be None) when ``is_last``,
-            since :math:`h_{N_k} := 1`.
-        epsilon: halting threshold slack :math:`\epsilon`.
-        is_last: whether ``n == N_k``.
-
-    Returns:
-        ``(p, halt)``: (b,) weights :math:`p_n` of this iteration's states and the (b,) bool mask
-        of samples for which :math:`N = n`. For those, :math:`p_n = R = 1 - \sum_{i<n} h_i`.
-    """
-    # remainder R = 1 − (h_1 + … + h_{N−1}); p_n = h_n before the halting iteration, p_N = R
-    remainder = 1.0 - cum_h
-    if is_last:
-        return remainder, torch.ones_like(cum_h, dtype=torch.bool)
-    # N = min{n : h_1 + … + h_n ≥ 1 − ε}; the decision itself is not differentiated
-    halt = (cum_h + h).detach() >= 1.0 - epsilon
-    return torch.where(halt, remainder, h), halt

@@ -1,0 +1,48 @@
+"""The errors every layer may raise, and how each becomes one line for the user.
+
+A leaf: it imports nothing of iamnn, so the lowest layer (data, weights) and the highest (the CLI)
+can share these classes without importing each other. ``iamnn`` commands print an ``IamNNError``
+as ``iamnn <command>: error: <one line>`` with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class IamNNError(RuntimeError):
+    """An error the user can act on, reported as one line."""
+
+
+class CLIError(IamNNError):
+    """A command line that cannot be carried out (a missing folder, a bad option value, …)."""
+
+
+class WeightsError(IamNNError):
+    """A weights file that cannot be used: unreadable, unsafe, or for another architecture."""
+
+
+class DatasetError(IamNNError):
+    """A dataset is missing or malformed."""
+
+
+class DatasetNotFoundError(DatasetError):
+    """A dataset was not found in any of the places looked in."""
+
+
+def one_line(err: BaseException) -> str:
+    """The reason in ``err`` as one line.
+
+    jsonargparse explains a failed value over many lines (one per type it tried); the reason is the
+    first tried type that is not ``NoneType``. Other errors give their first line, followed by the
+    next ones while a line ends in ``:`` (it announces the next), or their type's name when they
+    carry no message.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
+    if reasons and "Union subtypes" in lines[0]:
+        return reasons[0]
+    end = 1  # a line ending in ":" announces the next: "Error downloading x:", "Tried …, got:", "<reason>"
+    while end < len(lines) and lines[end - 1].endswith(":"):
+        end += 1
+    return " ".join(lines[:end])[:400] if end > 1 else lines[0]

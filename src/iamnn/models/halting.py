@@ -1,0 +1,266 @@
+r"""Halting policies: how a stage turns its halting scores into iterations, weights and ponder cost.
+
+A stage runs iterations :math:`n = 1, 2, \dots` and after each asks its policy whether a sample
+stops; the policy answers with the weight :math:`p_n` of this iteration's state in the stage output
+:math:`y = \sum_n p_n s_n`, and at the stop with the sample's ponder cost :math:`\rho`. The
+PyTorch stage (batched and batch-1 paths) and the ONNX exporter both call :meth:`HaltingPolicy.step`,
+so a rule is written once; the loss term that trains it is :meth:`HaltingPolicy.loss`, beside it.
+
+Policies shipped here:
+
+- ``act`` (:class:`ACT`): adaptive computation time (Graves 2016; SACT, Figurnov et al. 2017), the
+  paper's rule. With scores :math:`h_1, h_2, \dots` and :math:`h_{N_k} := 1`:
+
+  .. math::
+      N = \min\{n : \textstyle\sum_{i \le n} h_i \ge 1 - \epsilon\}, \quad
+      R = 1 - \textstyle\sum_{i < N} h_i, \quad
+      p_n = h_n \ (n < N), \ p_N = R, \quad \rho = N + R.
+
+- ``full`` (:class:`Full`) and an int ``k`` (:class:`Fixed`): a fixed schedule, every iteration or
+  :math:`\min(k, N_k)`; :math:`p` is one-hot on the last state, :math:`\rho = N + 1`, and the stage
+  never calls its halting unit.
+
+A new policy is one subclass of :class:`HaltingPolicy` and one :func:`register_policy`; the model,
+its cost accounting, training, evaluation, benchmarks and export then take its name
+(``create_model(..., halting="mine")``, ``model(x, halting="mine")``). The README's architecture
+section shows a twenty-line example.
+
+The rule is written over "numbers" that may be (b,) tensors (a batch of active samples, or a
+traced ONNX ``Loop`` body) or float32 numpy scalars (the batch-1 path, which decides on the host):
+:func:`where` and :func:`detach` serve both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Number = Any  # a (b,) float tensor, or a numpy float32 scalar on the batch-1 path
+HaltingSpec = Any  # "act" | "full" | int k | a registered name | a HaltingPolicy | one of these per stage
+
+
+def where(condition: Number, a: Number, b: Number) -> Number:
+    """``torch.where`` for tensors, ``a if condition else b`` for scalars."""
+    return torch.where(condition, a, b) if isinstance(condition, Tensor) else (a if condition else b)
+
+
+def detach(x: Number) -> Number:
+    """The halting decision is not differentiated: tensors are detached, scalars pass."""
+    return x.detach() if isinstance(x, Tensor) else x
+
+
+class HaltingPolicy:
+    """The rule that turns a stage's halting scores into (N, p_n, ρ), and the loss that trains it.
+
+    Subclasses set :attr:`name` and :attr:`uses_scores` and override what differs. A policy is a
+    small immutable value: its parameters are fixed at construction.
+    """
+
+    name: ClassVar[str] = "policy"
+    #: False: a fixed schedule. The stage never calls its halting unit, and y is the last state.
+    uses_scores: ClassVar[bool] = True
+    #: the per-sample state before the first iteration (ACT: the sum of scores so far, 0)
+    initial_state: ClassVar[float] = 0.0
+
+    def limit(self, max_iterations: int) -> int:
+        """The most iterations a sample may run in a stage of ``max_iterations`` (N_k)."""
+        return max_iterations
+
+    def wants_score(self, i: int) -> bool:
+        """Whether the stage calls its halting unit after iteration ``i`` (0-based, not the last);
+        when it does not, :meth:`step` gets the score 0."""
+        return self.uses_scores
+
+    def step(self, state: Number, h: Number) -> tuple[Number, Number, Number]:
+        """One iteration for the samples still running: ``(p_n, halt, next state)``.
+
+        ``state`` is the policy's per-sample state before this iteration and ``h`` this iteration's
+        score; at the stage's last allowed iteration the stage passes :math:`h_{N_k} := 1`, and
+        every sample must halt there. ``halt`` marks the samples that stop now.
+        """
+        raise NotImplementedError
+
+    def ponder(self, p: Number, n: int | Tensor) -> Number:
+        """The ponder cost ρ of a sample that stops at iteration ``n`` (1-based) with weight ``p``."""
+        return p + n
+
+    def loss(self, ponder: Tensor, max_iterations: Sequence[int] | None = None) -> Tensor:
+        r"""The regulariser the training loss adds, times τ: :math:`\sum_k \mathrm{mean}_b(\rho_k)`.
+
+        ``ponder`` is (B, stages); with ``max_iterations`` each stage's ρ is divided by its N_k,
+        so that a long stage is not charged more per unit of its depth than a short one.
+        """
+        if max_iterations is not None:
+            ponder = ponder / ponder.new_tensor(list(max_iterations))
+        return ponder.mean(0).sum()
+
+    @property
+    def spec(self) -> str | int:
+        """What ``create_model(halting=...)`` and the saved config call this policy."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and vars(other) == vars(self)
+
+
+class ACT(HaltingPolicy):
+    """Adaptive computation time with slack ε: a sample stops once its scores sum to 1 − ε.
+
+    ``min_iterations`` (a training aid): no sample stops before that many iterations; the scores
+    before it count as 0, so those iterations carry no weight in y.
+    """
+
+    name = "act"
+
+    def __init__(self, epsilon: float = 0.01, min_iterations: int = 0) -> None:
+        self.epsilon = float(epsilon)
+        self.min_iterations = int(min_iterations)
+        # 1 − ε rounded to float32 once, so that tensors and numpy scalars compare alike
+        self.threshold = float(np.float32(1.0 - self.epsilon))
+
+    def wants_score(self, i: int) -> bool:
+        return i + 1 >= self.min_iterations
+
+    def step(self, state: Number, h: Number) -> tuple[Number, Number, Number]:
+        cum_h = state  # Σ_{i<n} h_i
+        # N = min{n : h_1 + … + h_n ≥ 1 − ε} (always at h_{N_k} := 1); the decision is not differentiated
+        halt = detach(cum_h + h) >= self.threshold
+        # p_n = h_n before the halting iteration, p_N = R = 1 − (h_1 + … + h_{N−1})
+        return where(halt, 1.0 - cum_h, h), halt, cum_h + h
+
+
+class Fixed(HaltingPolicy):
+    """A fixed number of iterations per stage, min(k, N_k); p is one-hot on the last state."""
+
+    name = "fixed"
+    uses_scores = False
+
+    def __init__(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"a fixed number of iterations must be an int k >= 1, got {k!r}")
+        self.k = k
+
+    def limit(self, max_iterations: int) -> int:
+        return min(self.k, max_iterations)
+
+    @property
+    def spec(self) -> int:
+        return self.k
+
+
+class Full(Fixed):
+    """Every iteration of every stage: the un-halted network."""
+
+    name = "full"
+
+    def __init__(self) -> None:
+        self.k = None  # type: ignore[assignment]
+
+    def limit(self, max_iterations: int) -> int:
+        return max_iterations
+
+    @property
+    def spec(self) -> str:
+        return self.name
+
+
+# -- the registry ---------------------------------------------------------------------------------
+P = TypeVar("P", bound=type[HaltingPolicy])
+_POLICIES: dict[str, Callable[[float], HaltingPolicy]] = {}
+
+
+def register_policy(name: str, build: Callable[[float], HaltingPolicy] | None = None) -> Callable[[P], P]:
+    """Register a policy class under ``name`` (a decorator), so that ``halting=name`` builds it.
+
+    ``build(epsilon)`` makes an instance from the model's ``epsilon`` (its one threshold knob,
+    which calibration moves); by default the class is called with no argument.
+    """
+
+    def decorate(cls: P) -> P:
+        _POLICIES[name] = build or (lambda epsilon: cls())
+        return cls
+
+    return decorate
+
+
+register_policy("act", lambda epsilon: ACT(epsilon))(ACT)
+register_policy("full")(Full)
+
+
+def threshold_policy_name(policy: HaltingPolicy) -> str:
+    """The policy whose threshold (ε) a sweep or a calibration moves for a model whose policy is
+    ``policy``: that policy when it uses halting scores, else ACT (a fixed-depth model's units)."""
+    return policy.name if policy.uses_scores else "act"
+
+
+def ponder_loss(
+    policies: Sequence[HaltingPolicy], ponder: Tensor, max_iterations: Sequence[int] | None = None
+) -> Tensor:
+    """The term the training loss adds, times τ: each stage's policy's :meth:`~HaltingPolicy.loss`,
+    summed over the stages. ``ponder`` is (B, stages)."""
+    if all(p == policies[0] for p in policies):  # one policy for every stage (the usual case)
+        return policies[0].loss(ponder, max_iterations)
+    per_stage = [
+        p.loss(ponder[:, k : k + 1], None if max_iterations is None else max_iterations[k : k + 1])
+        for k, p in enumerate(policies)
+    ]
+    return torch.stack(per_stage).sum()
+
+
+def policy_names() -> list[str]:
+    """The registered policy names (an int k, a fixed number of iterations, is always accepted too)."""
+    return sorted(_POLICIES)
+
+
+def normalize_halting(spec: HaltingSpec) -> Any:
+    """A halting spec in its canonical form: ``"2"`` (as a command line gives it) becomes 2, a
+    per-stage list a tuple; raises ValueError for anything that is not a policy."""
+    if isinstance(spec, HaltingPolicy):
+        return spec
+    if isinstance(spec, (list, tuple)):
+        return tuple(normalize_halting(s) for s in spec)
+    if isinstance(spec, str) and spec.strip().isdigit():
+        spec = int(spec)
+    if isinstance(spec, int) and not isinstance(spec, bool) and spec >= 1:
+        return spec
+    if isinstance(spec, str) and spec in _POLICIES:
+        return spec
+    names = ", ".join(repr(n) for n in policy_names())
+    raise ValueError(f"halting must be {names} or an int k >= 1, got {spec!r}")
+
+
+def halting_json(spec: HaltingSpec) -> str | int | list[str | int]:
+    """A spec as saved in a model config: a policy by its :attr:`~HaltingPolicy.spec`, one per
+    stage as a list, ``"2"`` as 2."""
+    spec = normalize_halting(spec)
+    if isinstance(spec, tuple):
+        return [halting_json(s) for s in spec]
+    return spec.spec if isinstance(spec, HaltingPolicy) else spec
+
+
+def halting_policy(spec: HaltingSpec, epsilon: float = 0.01) -> HaltingPolicy:
+    """The policy a single-stage spec names: a policy passes through, an int k is :class:`Fixed`,
+    a registered name is built with ``epsilon``."""
+    spec = normalize_halting(spec)
+    if isinstance(spec, HaltingPolicy):
+        return spec
+    if isinstance(spec, tuple):
+        raise ValueError(f"expected one halting mode, got one per stage: {spec!r}")
+    return Fixed(spec) if isinstance(spec, int) else _POLICIES[spec](epsilon)
+
+
+def stage_policies(spec: HaltingSpec, stages: int, epsilon: float = 0.01) -> tuple[HaltingPolicy, ...]:
+    """One policy per stage: a single spec applies to every stage, a sequence gives each its own."""
+    spec = normalize_halting(spec)
+    if isinstance(spec, tuple):
+        if len(spec) != stages:
+            raise ValueError(f"halting gives {len(spec)} modes for {stages} stages")
+        return tuple(halting_policy(s, epsilon) for s in spec)
+    return (halting_policy(spec, epsilon),) * stages

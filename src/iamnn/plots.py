@@ -1,0 +1,133 @@
+"""The figures: Figure 2 (iterations per stage), Figure 3 (easy to hard images), accuracy against
+MACs for a report's sweeps and for a frontier of trained models. matplotlib is imported when a
+figure is drawn (Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .evaluation import Evaluation
+from .files import atomic_write
+
+
+def pyplot_agg() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def macs_formatter() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _: f"{v / 1e9:g}G" if v >= 1e9 else f"{v / 1e6:g}M")
+
+
+def plot_iterations(ev: Evaluation, path: Path) -> None:
+    """Figure 2: histogram of the iterations each stage used, a vertical line at its maximum."""
+    plt = pyplot_agg()
+    stages = len(ev.max_iterations)
+    fig, axes = plt.subplots(1, stages, figsize=(3.2 * stages, 2.8), constrained_layout=True)
+    for k, ax in enumerate(axes):
+        n_max = ev.max_iterations[k]
+        counts = torch.bincount(ev.iterations[:, k], minlength=n_max + 1)[1:]
+        ax.bar(range(1, n_max + 1), counts.numpy(), color="tab:blue", width=0.8)
+        ax.axvline(n_max, color="tab:red", linestyle="--", label="max (ResNet units)")
+        ax.set_xlim(0.3, n_max + 0.7)
+        ax.set_title(f"stage {k + 1}: mean {ev.iterations[:, k].float().mean():.2f} / {n_max}")
+        ax.set_xlabel("iterations")
+        if k == 0:
+            ax.set_ylabel("test images")
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{ev.name}: iterations used per stage ({len(ev.label)} test images)")
+    save_figure(fig, path)
+
+
+def plot_easy_hard(ev: Evaluation, images: Any, class_names: list[str], path: Path, count: int = 12) -> None:
+    """Figure 3: test images from cheapest to most expensive, at evenly spaced quantiles.
+
+    Images are ranked by MACs, ties broken by the ponder cost Σ_k ρ_k (how close each stage came
+    to halting earlier), since many images share the same iteration counts.
+    """
+    plt = pyplot_agg()
+    order = torch.argsort(ev.ponder.double(), stable=True)
+    order = order[torch.argsort(ev.macs[order], stable=True)]
+    picks = order[torch.linspace(0, len(order) - 1, count).round().long()]
+    fig, axes = plt.subplots(1, count, figsize=(1.35 * count, 2.1), constrained_layout=True)
+    for ax, i in zip(axes, picks.tolist(), strict=True):
+        img, label = images[i]
+        img = img.permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy()
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ok = "" if bool(ev.correct1[i]) else " ✗"
+        ax.set_title(f"{ev.macs[i] / 1e6:.1f}M{ok}", fontsize=8)
+        ax.set_xlabel(class_names[int(label)], fontsize=6)
+    fig.suptitle(f"{ev.name}: easy (left, fewest MACs) → hard (right, most MACs)", fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_tradeoff(evaluations: list[Evaluation], path: Path) -> None:
+    """Accuracy against average MACs per image: each model, and each IamNN's inference sweep."""
+    plt = pyplot_agg()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    for i, ev in enumerate(evaluations):
+        color = f"C{i}"
+        s = ev.summary()
+        ax.scatter([s["macs_mean"]], [s["top1"]], color=color, marker="*", s=140, zorder=3, label=f"{ev.name}")
+        for regime, marker, label in (("act", "o-", "ACT, threshold 1−ε"), ("fixed", "s--", "fixed k")):
+            pts = sorted((p["macs_mean"], p["top1"]) for p in ev.sweep if p["regime"] == regime)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker, color=color, alpha=0.7, ms=4, label=f"{ev.name}: {label}")
+    accuracy_vs_macs_axes(ax, "accuracy vs compute (sweep points: BatchNorm re-estimated per regime)")
+    save_figure(fig, path)
+
+
+def accuracy_vs_macs_axes(ax: Any, title: str, legend_loc: str = "best") -> None:
+    """Log MACs on x (labelled 5M, 1G …), top-1 on y, grid, legend and title."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(macs_formatter())
+    ax.xaxis.set_minor_formatter(macs_formatter())
+    ax.tick_params(axis="x", which="minor", labelsize=6)
+    ax.set_xlabel("average MACs per image (log)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc=legend_loc)
+    ax.set_title(title, fontsize=9)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a figure as PNG through a temporary file (a failed write leaves no half image), then close it."""
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    pyplot_agg().close(fig)
+
+
+STYLE = {"act": ("o", "tab:blue"), "fixed": ("s", "tab:orange"), "full": ("D", "tab:red"), "resnet": ("*", "black")}
+
+
+def plot_frontier(records: list[dict[str, Any]], path: Path, front: list[str], title: str = "") -> None:
+    """Top-1 against average MACs of trained models (log x), each kind its marker, ``front`` joined."""
+    plt = pyplot_agg()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    kinds = [*STYLE, *sorted({r["kind"] for r in records} - set(STYLE))]  # other policies: triangles
+    for i, kind in enumerate(kinds):
+        marker, colour = STYLE.get(kind, ("^", f"C{4 + i}"))
+        rows = [r for r in records if r["kind"] == kind]
+        if rows:
+            size = 140 if marker == "*" else 45
+            ax.scatter([r["macs_mean"] for r in rows], [r["top1"] for r in rows], marker=marker, s=size,
+                       color=colour, label=kind if kind != "resnet" else "ResNet", zorder=3)  # fmt: skip
+    for r in records:
+        ax.annotate(r["name"], (r["macs_mean"], r["top1"]), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+    front = [r for r in sorted(records, key=lambda r: r["macs_mean"]) if r["name"] in front]
+    ax.plot([r["macs_mean"] for r in front], [r["top1"] for r in front], "--", color="grey", lw=1, label="Pareto front")
+    ax.margins(x=0.08, y=0.1)
+    title = title or "accuracy vs compute of trained models (test set, each evaluated as trained)"
+    accuracy_vs_macs_axes(ax, title)
+    save_figure(fig, path)

@@ -1,0 +1,89 @@
+"""Run folders: what ``iamnn fit`` leaves in ``runs/<name>/``, found and read back.
+
+A run folder holds ``config.yaml`` (the recipe, whose ``data`` section rebuilds the data set),
+``model.safetensors`` (the network and its config) and ``checkpoints/``. Run folders are shared and
+downloaded, so nothing in them is trusted: the data class must be one of iamnn's registered data
+modules, and weights are read without running pickled code (``weights.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data import ImageDataModule, datamodule_class
+from .errors import CLIError
+from .models import IamNN
+from .weights import load_model_with_config
+
+__all__ = ["find_run_dir", "find_weights", "load_datamodule", "load_iamnn_run", "read_recipe", "run_folders"]
+
+
+def read_recipe(run_dir: Path) -> dict[str, Any]:
+    """The run's saved recipe (``config.yaml``) as plain data."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml (is this a run directory of `iamnn fit`?)")
+    return yaml.safe_load(config_path.read_text()) or {}
+
+
+def load_datamodule(run_dir: Path, **overrides: Any) -> ImageDataModule:
+    """Rebuild the data module of a run from its saved recipe, set up for testing.
+
+    Only a registered ``iamnn.data`` module is built: a class path elsewhere is refused, not imported.
+    """
+    data = read_recipe(run_dir).get("data") or {}
+    module_name, _, class_name = str(data.get("class_path", "")).rpartition(".")
+    if module_name != "iamnn.data":
+        raise ValueError(
+            f"{run_dir / 'config.yaml'}: data class {data.get('class_path')!r} is not an iamnn data module"
+        )
+    dm = datamodule_class(class_name)(**{**(data.get("init_args") or {}), **overrides})
+    dm.setup("test")
+    return dm
+
+
+def find_weights(run_dir: Path) -> Path:
+    """The run's ``model.safetensors``, else its best (or last) checkpoint."""
+    if (run_dir / "model.safetensors").is_file():
+        return run_dir / "model.safetensors"
+    ckpts = sorted((run_dir / "checkpoints").glob("best*.ckpt")) or sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    if not ckpts:
+        raise FileNotFoundError(f"{run_dir}: no model.safetensors or checkpoints/*.ckpt")
+    return ckpts[-1]
+
+
+def find_run_dir(path: Path) -> Path:
+    """The run folder (holding ``config.yaml``) of a run folder or of a file inside it."""
+    for candidate in [path, *path.parents][:3]:
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: not inside a run folder of `iamnn fit` (no config.yaml found)")
+
+
+def run_folders(paths: list[str | Path]) -> list[Path]:
+    """Each path as a run folder, or the run folders directly inside it (``runs/frontier``)."""
+    missing = [str(p) for p in paths if not Path(p).is_dir()]
+    if missing:
+        raise CLIError(f"no such run directory: {', '.join(missing)}")
+    runs: list[Path] = []
+    for path in map(Path, paths):
+        inside = sorted(d for d in path.iterdir() if (d / "config.yaml").is_file())
+        runs += [path] if (path / "config.yaml").is_file() else inside
+    if not runs:
+        raise CLIError(f"no run folders (with a config.yaml) in {', '.join(map(str, paths))}")
+    return runs
+
+
+def load_iamnn_run(source: str | Path, test_subset: int | None = None) -> tuple[Path, IamNN, dict[str, Any], Any]:
+    """(weights file, IamNN, its config, the run's data module without augmentation) of a run
+    folder or of a weights file inside one."""
+    run_dir = find_run_dir(Path(source))
+    weights = Path(source) if Path(source).is_file() else find_weights(run_dir)
+    model, config = load_model_with_config(weights)
+    if not isinstance(model, IamNN):
+        raise ValueError(f"{weights}: {type(model).__name__} has no halting regimes (give an IamNN run)")
+    dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
+    return weights, model, config, dm

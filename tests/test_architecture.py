@@ -1,0 +1,53 @@
+"""The package's layout stays as the README's "Architecture" section draws it.
+
+The import contracts (layers that point one way, no cycles) live in pyproject.toml and are checked
+by import-linter, function-local imports included. Private names (a leading underscore) stay in the
+module that defines them: no ``from iamnn.x import _name`` in the package, the benchmarks or the
+tests (a test may reach into its own module only, and there is none such).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+from importlinter.cli import lint_imports
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_import_contracts_hold(capsys: pytest.CaptureFixture[str]) -> None:
+    os.chdir(REPO)  # import-linter reads the contracts from ./pyproject.toml
+    code = lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True, no_logo=True)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0 broken" in out and "No import cycles" in out
+
+
+def _private_imports(path: Path, root: Path = REPO) -> list[str]:
+    """``file:line name`` of every private name imported from iamnn (or relatively) in ``path``."""
+    where = path.relative_to(root)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("iamnn")):
+            found += [f"{where}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("_")]
+        if isinstance(node, ast.Import):
+            found += [f"{where}:{node.lineno} {a.name}" for a in node.names if "._" in a.name]
+    return found
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    files = [p for d in ("src", "benchmarks", "tests") for p in (REPO / d).rglob("*.py")]
+    assert len(files) > 30
+    private = [hit for path in files for hit in _private_imports(path) if "__future__" not in hit]
+    assert not private, private
+
+
+def test_private_import_detector_sees_one(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from iamnn.models.iamnn import _hidden\nfrom .x import _y\nimport iamnn._z\nfrom os import _exit\n"
+    )
+    assert [h.split()[-1] for h in _private_imports(probe, tmp_path)] == ["_hidden", "_y", "iamnn._z"]

@@ -1,0 +1,141 @@
+"""The halting-policy seam: a new policy is one class and one registration, and the model, its
+cost accounting, the batch-1 path, evaluation and the ONNX export all take it unchanged.
+
+``Confident`` below is the README's example, verbatim.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from helpers import spread_halting
+
+import iamnn
+from iamnn.calibrate import calibrate_threshold
+from iamnn.cost import measure_macs
+from iamnn.evaluation import evaluate, sweep_regimes
+from iamnn.models import ACT, Fixed, Full, halting_policy, policy_names
+from iamnn.models.halting import HaltingPolicy, halting_json, ponder_loss, register_policy, stage_policies, where
+
+
+# -- the README's example ------------------------------------------------------------------------
+@register_policy("confident", lambda epsilon: Confident(threshold=1.0 - epsilon))
+class Confident(HaltingPolicy):
+    """Stop at the first iteration whose own score reaches a threshold; the stage outputs that
+    iteration's state alone (p one-hot), not ACT's weighted sum. At the last iteration h = 1."""
+
+    name = "confident"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def step(self, state, h):  # noqa: ANN001, ANN201 - a (b,) tensor or a float32 scalar
+        halt = h >= self.threshold
+        return where(halt, 1.0, 0.0), halt, state  # (p_n, which samples stop now, next state)
+
+
+# ------------------------------------------------------------------------------------------------
+def _model() -> iamnn.IamNN:
+    """An r34 IamNN whose halting units give spread-out scores: samples stop at different iterations."""
+    torch.manual_seed(0)
+    model = iamnn.create_model("iamnn_r34", stem="cifar", width=0.0625, num_classes=10)
+    return spread_halting(model, _inputs()).eval()
+
+
+def _inputs(batch: int = 32) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(batch, 3, 16, 16) * torch.logspace(-1, 1, batch)[:, None, None, None]
+
+
+def test_registration_and_specs() -> None:
+    assert {"act", "full", "confident"} <= set(policy_names())
+    assert halting_policy("confident", epsilon=0.3) == Confident(threshold=0.7)
+    assert halting_policy("act", epsilon=0.2) == ACT(0.2) and halting_policy(3) == Fixed(3)
+    assert halting_policy("2") == Fixed(2) and halting_policy("full") == Full()
+    assert halting_json(("act", "3", Confident())) == ["act", 3, "confident"]
+    assert stage_policies([1, 2, "full", "act"], 4, 0.1) == (Fixed(1), Fixed(2), Full(), ACT(0.1))
+    for bad in ("sometimes", 0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="halting must be"):
+            halting_policy(bad)
+    with pytest.raises(ValueError, match="3 modes for 4 stages"):
+        stage_policies([1, 2, 3], 4)
+
+
+@torch.no_grad()
+def test_a_stage_under_the_new_policy_matches_a_dense_reference() -> None:
+    model, images = _model(), _inputs()
+    policy = Confident(0.5)
+    x = torch.relu(model.bn1(model.conv1(images)))  # the stem (cifar: no max-pool)
+    for stage in model.stages:
+        y, n, rho = stage(x, policy)
+        # dense: every sample runs every iteration; N = first n with h_n >= 0.5 (or the last), y = s_N
+        s, want_y, want_n = None, torch.zeros_like(y), torch.zeros_like(n)
+        context = stage.halting_unit.context(x)
+        for i in range(stage.max_iterations):
+            s, u = stage.block.step(x, s, i)
+            last = i == stage.max_iterations - 1
+            stop = (want_n == 0) & (
+                torch.ones(len(x), dtype=torch.bool) if last else stage.halting_unit(s, context, u) >= 0.5
+            )
+            want_y[stop], want_n[stop] = s[stop], i + 1
+        assert torch.equal(n, want_n)
+        assert len(n.unique()) > 1, "the test needs samples stopping at different iterations"
+        torch.testing.assert_close(y, want_y, atol=1e-5, rtol=0)
+        torch.testing.assert_close(rho, n.float() + 1.0)  # the default ponder cost: N + p_N
+        x = model.pool(y)
+
+
+@torch.no_grad()
+def test_the_model_counts_macs_exactly_and_batch_one_agrees() -> None:
+    model, x = _model(), _inputs()
+    logits, stats = model(x, return_stats=True, halting="confident")
+    assert stats.iterations.float().std() > 0
+    assert int(stats.macs.sum()) == measure_macs(lambda: model(x, halting="confident"))
+    for j in (0, 13, 31):  # the batch-1 path decides on the host: the same answer as the batch's row
+        one_logits, one = model(x[j : j + 1], return_stats=True, halting="confident")
+        assert torch.equal(one.iterations[0], stats.iterations[j])
+        torch.testing.assert_close(one_logits[0], logits[j], atol=1e-5, rtol=1e-5)
+    assert model.halting == "act"  # a call's policy leaves the model's default alone
+
+
+def test_training_loss_and_evaluation_take_the_policy() -> None:
+    model = _model().train()
+    logits, stats = model(_inputs(8), return_stats=True, halting="confident")
+    loss = logits.logsumexp(1).mean() + 0.01 * ponder_loss(model.policies("confident"), stats.ponder)
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    loader = [(_inputs(16), torch.arange(16) % 10)]
+    ev = evaluate(model, loader, halting="confident")
+    assert ev.iterations.shape == (16, 4) and 0 <= ev.top1 <= 100
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs the export extra")
+def test_the_onnx_export_runs_the_new_policy(tmp_path) -> None:  # noqa: ANN001
+    from iamnn.export import OnnxModel, export_onnx
+
+    model, x = _model(), _inputs(16)
+    path = export_onnx(model, tmp_path / "confident.onnx", input_size=(16, 16), halting="confident")
+    logits, iterations = OnnxModel(path, threads=1)(x)
+    with torch.no_grad():
+        want_logits, stats = model(x, return_stats=True, halting="confident")
+    assert (iterations == stats.iterations.numpy()).all()
+    torch.testing.assert_close(torch.from_numpy(logits), want_logits, atol=1e-4, rtol=0)
+
+
+def test_the_report_sweep_and_calibration_move_the_policys_threshold() -> None:
+    model = _model()
+    model.halting = "confident"
+    loader = [(_inputs(32), torch.arange(32) % 10)]
+    points = sweep_regimes(model, loader, None, recalibrate=False, epsilons=(0.05, 0.95), fixed_k=(1,))
+    regimes = [p["regime"] for p in points]
+    assert regimes == ["confident", "confident", "fixed", "full", "trained"]
+    assert points[0]["macs_mean"] > points[1]["macs_mean"]  # a lower threshold stops samples earlier
+    full, one = evaluate(model, loader, halting="full").macs_mean, evaluate(model, loader, halting=1).macs_mean
+    budget = (full + one) / 2
+    row = calibrate_threshold(model, loader, budget)
+    assert row["feasible"] and row["val_macs_mean"] <= budget
+    assert model.halting == "confident" and model.epsilon == pytest.approx(row["epsilon"])
+    assert evaluate(model, loader).macs_mean == pytest.approx(row["val_macs_mean"])
