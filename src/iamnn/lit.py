@@ -59,6 +59,15 @@ class Classifier(L.LightningModule):
             training no sample halts before ``min_iterations`` iterations (of each stage's maximum).
         ponder_norm: divide each stage's ponder cost by its maximum iteration count, so a long stage
             is not charged more per unit of its depth than a short one.
+        anytime: train every depth of an IamNN (the sandwich rule of slimmable networks): each step
+            runs ``full`` against the labels, and one iteration per stage plus ``anytime_random``
+            random per-stage depths against the detached soft targets of ``full`` (in-place
+            distillation, KL). The halting units get no gradient; train them afterwards with
+            ``freeze_backbone``. Validation runs the model's own ``halting``.
+        freeze_backbone: train only the halting units (the second phase of two-phase training:
+            the backbone's weights stay; its BatchNorm statistics follow the halting regime).
+        init_weights: start from the weights of this file (safetensors or ``.ckpt`` of the same
+            architecture), e.g. an anytime backbone for ``freeze_backbone``.
         optimizer: ``sgd`` (momentum, nesterov) or ``adamw``.
         lr, momentum, nesterov, weight_decay: optimiser settings (no decay on BN and biases).
         lr_schedule: ``cosine`` (with linear warm-up), ``onecycle``, ``multistep`` or ``constant``;
@@ -87,6 +96,10 @@ class Classifier(L.LightningModule):
         min_iterations: int = 0,
         min_iterations_epochs: float = 0.0,
         ponder_norm: bool = False,
+        anytime: bool = False,
+        anytime_random: int = 2,
+        freeze_backbone: bool = False,
+        init_weights: str | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -106,6 +119,13 @@ class Classifier(L.LightningModule):
         self.adaptive = isinstance(self.model, IamNN)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        if (anytime or freeze_backbone) and not self.adaptive:
+            raise ValueError(f"anytime and freeze_backbone train an IamNN's depths, not a {type(self.model).__name__}")
+        if init_weights:
+            load_weights(self.model, init_weights)
+        if freeze_backbone:
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(".halting_unit." in name)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top5 = min(5, num_classes)
         self.train_acc = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
@@ -122,11 +142,14 @@ class Classifier(L.LightningModule):
         x = x.contiguous(memory_format=self.memory_format)
         hp, train, n = self.hparams, split == "train", len(x)
         policies = self._policies(train)
-        logits, stats = self.model(x, return_stats=True, halting=policies)
-        ce = self.criterion(logits, y)
+        if train and hp.anytime:
+            logits, stats, ce = self._sandwich(x, y)
+        else:
+            logits, stats = self.model(x, return_stats=True, halting=policies)
+            ce = self.criterion(logits, y)
         # ponder cost: τ · Σ_k mean_batch(ρ_k), optionally ρ_k / N_k (the policies' own loss)
         ponder = logits.new_zeros(())
-        if self.adaptive:
+        if self.adaptive and not (train and hp.anytime):  # anytime: fixed depths, no ponder to learn
             ponder = ponder_loss(policies, stats.ponder, self.model.max_iterations if hp.ponder_norm else None)
         tau = hp.tau
         if train and hp.tau_warmup_epochs > 0:
@@ -149,6 +172,24 @@ class Classifier(L.LightningModule):
             self.log(f"{split}/acc1", acc, on_epoch=True, prog_bar=True)
             self.log(f"{split}/acc5", acc5, on_epoch=True)
         return loss
+
+    def _sandwich(self, x: Tensor, y: Tensor) -> tuple[Tensor, Any, Tensor]:
+        r"""Every depth in one step: ``full`` learns from the labels; one iteration per stage and
+        ``anytime_random`` random per-stage depths learn from its detached soft targets q:
+        :math:`\mathcal{L} = \mathrm{CE}(z_\mathrm{full}, y) + \sum_d \mathrm{KL}(q \,\|\, \mathrm{softmax}(z_d))`.
+
+        Returns the ``full`` logits and stats (what the step logs) and the loss.
+        """
+        logits, stats = self.model(x, return_stats=True, halting="full")
+        loss = self.criterion(logits, y)
+        target = logits.detach().float().softmax(1)
+        limits = self.model.max_iterations
+        depths = [[1] * len(limits)]  # the shallowest network, then random ones, a depth per stage
+        depths += [[int(torch.randint(1, n + 1, ())) for n in limits] for _ in range(self.hparams.anytime_random)]
+        for halting in depths:
+            student = self.model(x, halting=halting).float().log_softmax(1)
+            loss = loss + nn.functional.kl_div(student, target, reduction="batchmean")
+        return logits, stats, loss
 
     def _policies(self, train: bool) -> tuple[HaltingPolicy, ...] | None:
         """The model's halting policies for this step: during the first ``min_iterations_epochs``
@@ -184,7 +225,7 @@ class Classifier(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         decay, no_decay = [], []
-        for p in self.model.parameters():
+        for p in (p for p in self.model.parameters() if p.requires_grad):
             (no_decay if p.ndim <= 1 else decay).append(p)  # BN and bias parameters are not decayed
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if hp.optimizer == "sgd":

@@ -1,0 +1,85 @@
+"""Anytime training (every depth in each step) and the second phase that trains the halting units
+with the backbone frozen: tiny models, one step each, and one short digits run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from iamnn.lit import Classifier
+from iamnn.weights import load_model
+
+
+def _classifier(**options: object) -> Classifier:
+    torch.manual_seed(0)
+    return Classifier(model="iamnn_r34", num_classes=10, in_chans=1, stem="cifar", width=0.0625, **options)
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+def test_an_anytime_step_trains_every_depth() -> None:
+    module = _classifier(anytime=True, anytime_random=2).train()
+    x, y = _batch()
+    logits, stats, loss = module._sandwich(x, y)
+    assert stats.iterations.tolist() == [[3, 4, 6, 3]] * 16  # the logged forward is the deepest
+    assert loss > module.criterion(logits, y)  # the shallower networks' distillation terms are in
+    loss.backward()
+    model = module.model
+    for k, stage in enumerate(model.stages):  # every iteration's BatchNorm of every stage learns
+        for i, norms in enumerate(stage.block.norms):
+            for bn in norms:
+                assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0, f"stage {k + 1} iteration {i + 1}"
+        assert all(p.grad is None for p in stage.halting_unit.parameters())  # fixed depths: no halting
+
+
+def test_the_shallow_networks_learn_from_the_deepest() -> None:
+    """With the deepest network's output as its own target, only the students' KL terms remain:
+    their gradient reaches iteration 1 but not a BatchNorm that only the deepest network runs."""
+    module = _classifier(anytime=True, anytime_random=0).train()  # full + one iteration per stage
+    x, y = _batch()
+    _, _, loss = module._sandwich(x, y)
+    logits = module.model(x, halting="full")
+    (loss - module.criterion(logits, y)).backward()  # the KL of k = 1 to the detached full output
+    norms = module.model.stages[2].block.norms
+    assert norms[0][0].weight.grad.abs().sum() > 0
+    assert norms[5][0].weight.grad is None or norms[5][0].weight.grad.abs().sum() == 0
+
+
+def test_freeze_backbone_trains_only_the_halting_units() -> None:
+    module = _classifier(freeze_backbone=True, halting="act", tau=0.01)
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all(".halting_unit." in n for n in trainable)
+    assert len(trainable) == 4 * 6  # fc1..fc3, weight and bias, per stage
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    opt = torch.optim.SGD([p for p in module.model.parameters() if p.requires_grad], lr=0.1)
+    x, y = _batch()
+    logits, stats = module.model.train()(x, return_stats=True)
+    (module.criterion(logits, y) + 0.01 * stats.ponder.mean(0).sum()).backward()
+    opt.step()
+    for n, p in module.model.named_parameters():
+        assert torch.equal(p, before[n]) != (n in trainable), n
+
+
+def test_anytime_needs_an_iamnn() -> None:
+    with pytest.raises(ValueError, match="anytime and freeze_backbone"):
+        Classifier(model="resnet18", anytime=True)
+
+
+def test_anytime_then_frozen_backbone_on_digits(tmp_path: Path, fit_digits) -> None:
+    backbone = fit_digits(tmp_path, "anytime", "--model.anytime=true", "--model.halting=full", "--trainer.max_epochs=2")
+    model = load_model(backbone / "model.safetensors")
+    assert model.halting == "full"
+    weights = backbone / "model.safetensors"
+    policy = fit_digits(
+        tmp_path, "policy", "--model.freeze_backbone=true", "--model.halting=act", "--trainer.max_epochs=1",
+        f"--model.init_weights={weights}",
+    )  # fmt: skip
+    trained = load_model(policy / "model.safetensors")
+    assert trained.halting == "act"
+    for (name, p), q in zip(trained.named_parameters(), model.parameters(), strict=True):
+        assert torch.equal(p, q) != (".halting_unit." in name), name  # only the halting units moved
