@@ -7,18 +7,10 @@ from .weights import create_model, load_model
 
 __version__ = "0.1.0"
 __all__ = [
-    "ACT",
-    "Fixed",
-    "Full",
-    "HaltingPolicy",
-    "IamNN",
-    "IamNNStats",
-    "ResNet",
-    "create_model",
-    "list_models",
-    "load_model",
-    "register_model",
-    "register_policy",
-    "count_params",
-    "measure_macs",
-]
+    # building and loading models
+    "create_model", "list_models", "load_model", "register_model", "IamNN", "IamNNStats", "ResNet",
+    # halting policies
+    "HaltingPolicy", "ACT", "Fixed", "Full", "register_policy",
+    # cost
+    "count_params", "measure_macs",
+]  # fmt: skip
