@@ -364,6 +364,7 @@ class IamNN(nn.Module):
         BatchNorm makes samples independent, so the result is the same, and smaller state maps
         stay in cache (measured on 2 CPU cores, folded model at batch 256: chunks of 128 beat 64 and 256).
         """
+        halting = self.policies(halting)  # resolved once: the stages and the MAC count use them
         chunk = self.inference_chunk
         if not self.training and chunk and x.shape[0] > chunk:
             parts = [self.forward(part, return_stats=True, halting=halting) for part in x.split(chunk)]
