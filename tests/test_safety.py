@@ -128,3 +128,22 @@ def test_bad_recipe_is_one_line_error_and_writes_nothing(overrides: list[str], m
     assert len(err) == 1 and err[0].startswith("iamnn fit: error:") and match in err[0], err[-3:]
     assert not any("Traceback" in line for line in err), err
     assert not runs.exists() or not any(runs.rglob("*")), "a failed start leaves no run folder behind"
+
+
+@pytest.mark.parametrize(
+    "class_path",
+    ["iamnn.files.write_text_atomic", "os.system", "iamnn.data.base.TensorImageDataset", "iamnn.data.NoSuchModule"],
+)
+def test_a_run_folder_names_only_registered_data_modules(class_path: str, tmp_path: Path) -> None:
+    """A downloaded run folder's config.yaml is data: its data class must be a registered iamnn data
+    module, so it cannot make `iamnn report` call another function (here: write a file)."""
+    from iamnn.errors import DatasetError
+    from iamnn.runs import load_datamodule
+
+    target = tmp_path / "written.txt"
+    (tmp_path / "config.yaml").write_text(
+        f"data:\n  class_path: {class_path}\n  init_args: {{path: {target}, text: owned}}\n"
+    )
+    with pytest.raises((ValueError, DatasetError), match="not an iamnn data module|unknown data module"):
+        load_datamodule(tmp_path)
+    assert not target.exists()
