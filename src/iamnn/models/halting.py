@@ -155,20 +155,11 @@ class Fixed(HaltingPolicy):
         return self.k
 
 
-class Full(Fixed):
-    """Every iteration of every stage: the un-halted network."""
+class Full(HaltingPolicy):
+    """Every iteration of every stage, p one-hot on the last state: the un-halted network."""
 
     name = "full"
-
-    def __init__(self) -> None:
-        self.k = None  # type: ignore[assignment]
-
-    def limit(self, max_iterations: int) -> int:
-        return max_iterations
-
-    @property
-    def spec(self) -> str:
-        return self.name
+    uses_scores = False
 
 
 # -- the registry ---------------------------------------------------------------------------------
