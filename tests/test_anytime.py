@@ -83,3 +83,17 @@ def test_anytime_then_frozen_backbone_on_digits(tmp_path: Path, fit_digits) -> N
     assert trained.halting == "act"
     for (name, p), q in zip(trained.named_parameters(), model.parameters(), strict=True):
         assert torch.equal(p, q) != (".halting_unit." in name), name  # only the halting units moved
+    # the frontier gives the two-phase model its kind and a calibrated curve, each budget met on validation
+    from iamnn.frontier import frontier_records
+
+    records = frontier_records(policy, budgets=5)
+    assert [r["kind"] for r in records] == ["adaptive"] * 6 and records[0]["name"] == "policy"
+    curve = records[1:]
+    budgets = [r["budget_macs"] for r in curve]
+    assert budgets == sorted(budgets) and len(set(budgets)) == 5
+    one, most = trained.max_macs((16, 16), halting=1), trained.max_macs((16, 16), halting="act")
+    assert one < budgets[0] < budgets[-1] <= most  # ACT at one iteration per stage still runs its units
+    for r in curve:
+        assert r["name"] == f"policy@{r['budget_macs'] / 1e6:.2f}M" and r["feasible"]
+        assert r["val_macs_mean"] <= r["budget_macs"] and r["macs_min"] <= r["macs_mean"] <= r["macs_max"]
+        assert r["train_samples"] > 1000 and r["epochs"] == 1 and 0 <= r["top1"] <= 100

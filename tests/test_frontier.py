@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from iamnn.calibrate import calibrate_threshold, parse_macs
+from iamnn.calibrate import parse_macs
 from iamnn.cli import main
 from iamnn.data import DigitsDataModule
-from iamnn.evaluation import evaluate, recalibrate_batchnorm
+from iamnn.evaluation import calibrate_threshold, evaluate, recalibrate_batchnorm
 from iamnn.frontier import pareto_front
 from iamnn.weights import load_model
 

@@ -13,10 +13,9 @@ import torch
 from helpers import spread_halting
 
 import iamnn
-from iamnn.calibrate import calibrate_threshold
 from iamnn.cost import measure_macs
-from iamnn.evaluation import evaluate, sweep_regimes
-from iamnn.models import ACT, Fixed, Full, halting_policy, policy_names
+from iamnn.evaluation import calibrate_threshold, evaluate, sweep_regimes
+from iamnn.models import ACT, Fixed, Full, PonderNet, halting_policy, policy_names
 from iamnn.models.halting import HaltingPolicy, halting_json, ponder_loss, register_policy, stage_policies, where
 
 
@@ -87,55 +86,111 @@ def test_a_stage_under_the_new_policy_matches_a_dense_reference() -> None:
         x = model.pool(y)
 
 
+POLICIES = ["confident", "pondernet"]  # the README's example, and a vector-state policy shipped in iamnn
+
+
 @torch.no_grad()
-def test_the_model_counts_macs_exactly_and_batch_one_agrees() -> None:
+@pytest.mark.parametrize("name", POLICIES)
+def test_the_model_counts_macs_exactly_and_batch_one_agrees(name: str) -> None:
     model, x = _model(), _inputs()
-    logits, stats = model(x, return_stats=True, halting="confident")
+    logits, stats = model(x, return_stats=True, halting=name)
     assert stats.iterations.float().std() > 0
-    assert int(stats.macs.sum()) == measure_macs(lambda: model(x, halting="confident"))
+    assert int(stats.macs.sum()) == measure_macs(lambda: model(x, halting=name))
     for j in (0, 13, 31):  # the batch-1 path decides on the host: the same answer as the batch's row
-        one_logits, one = model(x[j : j + 1], return_stats=True, halting="confident")
+        one_logits, one = model(x[j : j + 1], return_stats=True, halting=name)
         assert torch.equal(one.iterations[0], stats.iterations[j])
         torch.testing.assert_close(one_logits[0], logits[j], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(one.ponder[0], stats.ponder[j], atol=1e-4, rtol=1e-4)
     assert model.halting == "act"  # a call's policy leaves the model's default alone
 
 
-def test_training_loss_and_evaluation_take_the_policy() -> None:
+@pytest.mark.parametrize("name", POLICIES)
+def test_training_loss_and_evaluation_take_the_policy(name: str) -> None:
     model = _model().train()
-    logits, stats = model(_inputs(8), return_stats=True, halting="confident")
-    loss = logits.logsumexp(1).mean() + 0.01 * ponder_loss(model.policies("confident"), stats.ponder)
+    logits, stats = model(_inputs(8), return_stats=True, halting=name)
+    loss = logits.logsumexp(1).mean() + 0.01 * ponder_loss(model.policies(name), stats.ponder)
     loss.backward()
     assert torch.isfinite(loss)
     model.eval()
     loader = [(_inputs(16), torch.arange(16) % 10)]
-    ev = evaluate(model, loader, halting="confident")
+    ev = evaluate(model, loader, halting=name)
     assert ev.iterations.shape == (16, 4) and 0 <= ev.top1 <= 100
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs the export extra")
-def test_the_onnx_export_runs_the_new_policy(tmp_path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("name", POLICIES)
+def test_the_onnx_export_runs_the_new_policy(tmp_path, name: str) -> None:  # noqa: ANN001
     from iamnn.export import OnnxModel, export_onnx
 
     model, x = _model(), _inputs(16)
-    path = export_onnx(model, tmp_path / "confident.onnx", input_size=(16, 16), halting="confident")
+    path = export_onnx(model, tmp_path / f"{name}.onnx", input_size=(16, 16), halting=name)
     logits, iterations = OnnxModel(path, threads=1)(x)
     with torch.no_grad():
-        want_logits, stats = model(x, return_stats=True, halting="confident")
+        want_logits, stats = model(x, return_stats=True, halting=name)
     assert (iterations == stats.iterations.numpy()).all()
     torch.testing.assert_close(torch.from_numpy(logits), want_logits, atol=1e-4, rtol=0)
 
 
-def test_the_report_sweep_and_calibration_move_the_policys_threshold() -> None:
+@pytest.mark.parametrize("name", POLICIES)
+def test_the_report_sweep_and_calibration_move_the_policys_threshold(name: str) -> None:
     model = _model()
-    model.halting = "confident"
+    model.halting = name
     loader = [(_inputs(32), torch.arange(32) % 10)]
     points = sweep_regimes(model, loader, None, recalibrate=False, epsilons=(0.05, 0.95), fixed_k=(1,))
     regimes = [p["regime"] for p in points]
-    assert regimes == ["confident", "confident", "fixed", "full", "trained"]
-    assert points[0]["macs_mean"] > points[1]["macs_mean"]  # a lower threshold stops samples earlier
+    assert regimes == [name, name, "fixed", "full", "trained"]
+    assert points[0]["macs_mean"] > points[1]["macs_mean"]  # a larger slack stops samples earlier
     full, one = evaluate(model, loader, halting="full").macs_mean, evaluate(model, loader, halting=1).macs_mean
     budget = (full + one) / 2
     row = calibrate_threshold(model, loader, budget)
     assert row["feasible"] and row["val_macs_mean"] <= budget
-    assert model.halting == "confident" and model.epsilon == pytest.approx(row["epsilon"])
+    assert model.halting == name and model.epsilon == pytest.approx(row["epsilon"])
     assert evaluate(model, loader).macs_mean == pytest.approx(row["val_macs_mean"])
+
+
+# -- PonderNet-style halting ---------------------------------------------------------------------
+@torch.no_grad()
+def test_pondernet_stage_matches_a_dense_reference() -> None:
+    model, images = _model(), _inputs()
+    policy = PonderNet(epsilon=0.1, prior=0.3)
+    x = torch.relu(model.bn1(model.conv1(images)))
+    for stage in model.stages:
+        y, n, rho = stage(x, policy)
+        # dense: every sample runs every iteration; λ_n = h_n (λ_{N_k} := 1), p_n = λ_n Π_{j<n} (1 − λ_j)
+        states, lambdas, s = [], [], None
+        context = stage.halting_unit.context(x)
+        for i in range(stage.max_iterations):
+            s, u = stage.block.step(x, s, i)
+            last = i == stage.max_iterations - 1
+            states.append(s)
+            lambdas.append(torch.ones(len(x)) if last else stage.halting_unit(s, context, u).double())
+        lam = torch.stack(lambdas, 1).double()  # (B, N_k)
+        left = torch.cumprod(1 - lam, 1)  # mass not halted after n
+        reached = torch.cat([torch.ones(len(x), 1, dtype=lam.dtype), left[:, :-1]], 1)  # Π_{j<n}
+        # N = first n whose mass left is <= ε; p_N takes all that was left before it
+        want_n = (left <= 0.1).double().argmax(1) + 1
+        steps = torch.arange(1, stage.max_iterations + 1)[None]
+        p = torch.where(steps < want_n[:, None], lam * reached, 0.0)
+        p = torch.where(steps == want_n[:, None], reached, p)
+        assert torch.allclose(p.sum(1), torch.ones(len(x), dtype=p.dtype))
+        want_y = sum(p[:, i, None, None, None].float() * states[i] for i in range(stage.max_iterations))
+        # ρ = KL(p || Geometric(0.3)) without the truncation constant: Σ p log p − Σ p log g
+        log_g = torch.log(torch.tensor(0.3, dtype=p.dtype)) + (steps - 1) * torch.log1p(torch.tensor(-0.3))
+        want_rho = (torch.special.xlogy(p, p) - p * log_g).sum(1)
+        assert torch.equal(n, want_n)
+        assert len(n.unique()) > 1, "the test needs samples stopping at different iterations"
+        torch.testing.assert_close(y, want_y, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rho.double(), want_rho, atol=1e-4, rtol=1e-4)
+        x = model.pool(y)
+
+
+def test_the_pondernet_regulariser_reaches_every_halting_unit() -> None:
+    model = _model().train()
+    _, stats = model(_inputs(8), return_stats=True, halting=PonderNet(epsilon=0.0))
+    ponder_loss(model.policies(PonderNet(epsilon=0.0)), stats.ponder).backward()
+    for k, stage in enumerate(model.stages):
+        grad = stage.halting_unit.fc3.weight.grad
+        assert grad is not None and grad.abs().sum() > 0, f"stage {k + 1}"
+    assert halting_policy("pondernet", epsilon=0.2) == PonderNet(0.2)
+    with pytest.raises(ValueError, match="prior"):
+        PonderNet(prior=1.0)

@@ -245,13 +245,17 @@ def test_baseline_is_torchvision_resnet() -> None:
 def test_registered_model_forward_backward(name: str, stem: str, batch: int) -> None:
     model = iamnn.create_model(name, stem=stem, num_classes=4, width=SMALL, in_chans=1)
     model.train()
-    x = torch.randn(batch, 1, INPUT[stem], INPUT[stem])
+    size = INPUT[stem] * (2 if isinstance(model, iamnn.MobileNet) else 1)  # a MobileNet downsamples 16x or 32x
+    x = torch.randn(batch, 1, size, size)
     logits, stats = model(x, return_stats=True)
     assert logits.shape == (batch, 4) and torch.isfinite(logits).all()
-    assert stats.iterations.shape == (batch, 4) and stats.macs.shape == (batch,)
+    stages = len(model.max_iterations)  # 4, or 0 for a MobileNet (no stages that iterate)
+    assert stats.iterations.shape == (batch, stages) and stats.macs.shape == (batch,)
     assert (stats.iterations >= 1).all() and (stats.iterations <= torch.tensor(model.max_iterations)).all()
     (nn.functional.cross_entropy(logits, torch.arange(batch) % 4) + 0.01 * stats.ponder.sum()).backward()
-    assert model.conv1.weight.grad is not None and model.fc.weight.grad.abs().sum() > 0
+    params = list(model.parameters())
+    assert params[0].grad is not None and params[0].grad.abs().sum() > 0  # the stem's convolution
+    assert params[-1].grad.abs().sum() > 0  # the classifier's bias
 
 
 def test_registry_api() -> None:

@@ -6,57 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .evaluation import evaluate, recalibrate_batchnorm
-from .models import IamNN, halting_policy
-from .models.halting import HaltingSpec, halting_json, threshold_policy_name
+from .evaluation import calibrate_threshold, evaluate, recalibrate_batchnorm
+from .models.halting import HaltingSpec, halting_json
 from .runs import load_iamnn_run
 from .weights import save_weights
-
-
-@torch.no_grad()
-def calibrate_threshold(
-    model: IamNN,
-    val_loader: Any,
-    budget_macs: float,
-    train_loader: Any | None = None,
-    steps: int = 14,
-) -> dict[str, Any]:
-    """The halting slack ε (threshold 1 − ε) whose average MACs on ``val_loader`` come closest to
-    ``budget_macs`` from below, by bisection: a larger ε never makes a sample halt later, so the
-    average MACs fall as ε grows. With ``train_loader`` each candidate has its BatchNorm
-    statistics re-estimated for its regime first, as the report's sweep does.
-
-    Leaves the model at the chosen ε (and its re-estimated statistics). ``feasible`` is False when
-    even ε → 1 (one iteration per stage) costs more than the budget.
-    """
-    name = threshold_policy_name(model.policies()[0])
-    trained = {k: v.clone() for k, v in model.state_dict().items()}
-
-    def measure(eps: float) -> float:
-        model.load_state_dict(trained)
-        halting = halting_policy(name, eps)
-        if train_loader is not None:
-            recalibrate_batchnorm(model, train_loader, halting=halting)
-        return evaluate(model, val_loader, halting=halting).macs_mean
-
-    lo, hi = 0.0, 0.999  # ε: most and fewest MACs
-    macs_lo, macs_hi = measure(lo), measure(hi)
-    best = (lo, macs_lo) if macs_lo <= budget_macs else (hi, macs_hi) if macs_hi <= budget_macs else None
-    if best is not None and best[0] == hi:
-        for _ in range(steps):  # invariant: macs(lo) > budget >= macs(hi)
-            mid = (lo + hi) / 2
-            macs = measure(mid)
-            if macs <= budget_macs:
-                hi, best = mid, (mid, macs)
-            else:
-                lo = mid
-    eps, macs = best if best is not None else (0.999, macs_hi)
-    measure(eps)  # leave the model in the chosen regime: its statistics, and its default policy
-    model.halting, model.epsilon = name, eps
-    return {"budget_macs": budget_macs, "epsilon": eps, "val_macs_mean": macs, "feasible": best is not None,
-            "recalibrated": train_loader is not None, "val_macs_range": [macs_hi, macs_lo]}  # fmt: skip
 
 
 def calibrate_run(

@@ -108,17 +108,19 @@ def _report(args: argparse.Namespace) -> None:
 
 # -- frontier and calibrate ---------------------------------------------------------------------
 def _frontier(args: argparse.Namespace) -> None:
-    from .frontier import build_frontier, pareto_front
+    from .frontier import build_frontier, iterations_text, pareto_front
     from .runs import run_folders
 
-    result = build_frontier(run_folders(args.runs), args.output, test_subset=args.test_subset, json_path=args.json)
+    result = build_frontier(
+        run_folders(args.runs), args.output, test_subset=args.test_subset, json_path=args.json, budgets=args.budgets
+    )
     records = sorted(result["models"], key=lambda r: r["macs_mean"])
     front = set(pareto_front(records))
     table = Table(title="Accuracy vs average MACs (test set, each model as trained)")
     for col in ("model", "kind", "params", "avg MACs", "min–max MACs", "mean iterations per stage", "top-1", "Pareto"):
         table.add_column(col, justify="left" if col in ("model", "kind") else "right")
     for r in records:
-        its = " / ".join(f"{v:.2f}" for v in r["iterations_mean"])
+        its = iterations_text(r)
         table.add_row(
             r["name"], r["kind"], human(r["params"]), human(r["macs_mean"]),
             f"{human(r['macs_min'])} – {human(r['macs_max'])}", its, f"{r['top1']:.2f}",
@@ -375,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="report/frontier", help="output folder (default: report/frontier)")
     p.add_argument("--json", default=None, help="also write the JSON here (e.g. benchmarks/results/frontier.json)")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    p.add_argument(
+        "--budgets", type=int, default=6, metavar="N",
+        help="calibrate each adaptive run (halting units on a frozen anytime backbone) to N average-MACs budgets "
+        "from its k = 1 to its full cost, each a point of its curve (default 6; 0: as trained only)",
+    )  # fmt: skip
     p.set_defaults(run=_frontier)
 
     p = sub.add_parser("calibrate", help="choose the halting threshold that meets an average-MACs budget")

@@ -31,7 +31,7 @@ from torch._higher_order_ops import while_loop
 from torch.nn import functional as F
 
 from .models.fold import FoldedProcessingBlock, fold_batchnorm
-from .models.halting import HaltingPolicy, HaltingSpec, halting_json
+from .models.halting import HaltingPolicy, HaltingSpec, halting_json, initial_states
 from .models.iamnn import IamNN, IterativeStage
 from .weights import CONFIG_KEY
 
@@ -96,7 +96,7 @@ class ExportableStage(nn.Module):
         # the policy's step after the first iteration
         context = self.halting_unit.context(x0)  # the halting unit's view of x0, once per stage
         h = self.halting_unit(s, context, u)
-        p, halt, state = policy.step(x0.new_full((batch,), policy.initial_state), h)
+        p, halt, state = policy.step(initial_states(policy, x0), h)
         y = p[:, None, None, None] * s
         active = ~halt
         last = self.iterations - 1
@@ -113,7 +113,7 @@ class ExportableStage(nn.Module):
             p, halt, next_state = policy.step(state, torch.where(i == last, 1.0, h))
             y = torch.where(active[:, None, None, None], y + p[:, None, None, None] * s, y)
             n = torch.where(active, n + 1, n)
-            state = torch.where(active, next_state, state)
+            state = torch.where(active.view(-1, *[1] * (state.ndim - 1)), next_state, state)
             return i + 1, s, y, state, n, active & ~halt
 
         _, _, y, _, n, _ = while_loop(cond, body, (i1, s, y, state, n, active))

@@ -3,6 +3,13 @@
 ``iamnn frontier runs/... -o DIR`` evaluates every run on its test set and writes ``frontier.json``
 (one record per model), ``frontier.md`` and ``frontier.png`` (top-1 against average MACs, log x,
 the Pareto front drawn).
+
+A record's ``kind`` says what the point is: ``fixed`` (k iterations per stage), ``full``, ``act``
+(paper-style ACT trained end to end, or another halting policy by its name), ``adaptive`` (halting
+units trained on a frozen anytime backbone: one model, any budget), ``resnet`` or ``mobilenet``.
+An adaptive run is also calibrated to ``budgets`` average-MACs budgets between its k = 1 and
+``full`` costs (threshold chosen on the validation split, BatchNorm re-estimated for each), each
+budget a record of its own: the model's accuracy-vs-MACs curve.
 """
 
 from __future__ import annotations
@@ -13,41 +20,79 @@ from typing import Any
 
 import yaml
 
-from .evaluation import evaluate
+from .evaluation import calibrate_threshold, evaluate
 from .files import write_text_atomic
-from .models import halting_policy
+from .models import IamNN, MobileNet, ResNet, halting_policy
 from .plots import plot_frontier
 from .runs import find_weights, load_datamodule, read_recipe
 from .weights import load_model_with_config
 
 
-def run_kind(config: dict[str, Any]) -> str:
-    """``resnet``, or the name of an IamNN's halting policy (``act``, ``full``, ``fixed``…), from its config."""
-    if not config["model"].startswith("iamnn"):
+def run_kind(model: Any, config: dict[str, Any], hparams: dict[str, Any] | None = None) -> str:
+    """What a trained network is, for the frontier: ``resnet``, ``mobilenet``, ``adaptive`` (halting
+    units trained on a frozen backbone), or the name of an IamNN's halting policy (``act``, ``full``,
+    ``fixed``…)."""
+    if isinstance(model, ResNet):
         return "resnet"
-    return halting_policy(config["kwargs"].get("halting", "act")).name
+    if isinstance(model, MobileNet):
+        return "mobilenet"
+    policy = halting_policy(config["kwargs"].get("halting", "act"))
+    return "adaptive" if policy.uses_scores and (hparams or {}).get("freeze_backbone") else policy.name
 
 
-def frontier_record(run_dir: str | Path, test_subset: int | None = None) -> dict[str, Any]:
-    """Evaluate one run (as trained) on its test set: params, avg/min/max MACs, iterations, top-1."""
+def frontier_records(run_dir: str | Path, test_subset: int | None = None, budgets: int = 0) -> list[dict[str, Any]]:
+    """Evaluate one run (as trained) on its test set: params, avg/min/max MACs, iterations, top-1;
+    and for an ``adaptive`` run, one more record per calibrated budget (``budgets`` of them)."""
     run_dir = Path(run_dir)
     model, config = load_model_with_config(find_weights(run_dir))
-    dm = load_datamodule(run_dir, **({"test_subset": test_subset} if test_subset else {}))
+    dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
     ev = evaluate(model, dm.test_dataloader(), run_dir.name)
     hparams_path = run_dir / "hparams.yaml"
     hparams = yaml.safe_load(hparams_path.read_text()) if hparams_path.is_file() else {}
-    options = ("tau", "tau_warmup_epochs", "min_iterations", "min_iterations_epochs", "ponder_norm", "halting_bias")
-    return {
+    options = ("tau", "tau_warmup_epochs", "min_iterations", "min_iterations_epochs", "ponder_norm", "halting_bias",
+               "anytime", "freeze_backbone", "init_weights")  # fmt: skip
+    record = {
         "name": run_dir.name,
         "run": str(run_dir),
         "model": config["model"],
-        "kind": run_kind(config),
+        "kind": run_kind(model, config, hparams),
         "halting": config["kwargs"].get("halting"),
         "width": config["kwargs"].get("width"),
         "recipe": {k: hparams[k] for k in options if k in hparams},
+        "train_samples": len(dm.train_set) if dm.train_set is not None else None,
         "epochs": _epochs(run_dir),
         **{k: v for k, v in ev.summary().items() if k != "network"},
     }
+    if record["kind"] != "adaptive" or budgets <= 0:
+        return [record]
+    return [record, *budget_records(record, model, dm, budgets)]
+
+
+def budget_records(record: dict[str, Any], model: IamNN, dm: Any, budgets: int) -> list[dict[str, Any]]:
+    """The adaptive model calibrated to ``budgets`` average-MACs budgets, geometrically spaced over
+    what its policy can reach on the validation split: from just above one iteration per stage
+    (ε → 1; the k = 1 cost plus the halting units') to its threshold at ε = 0 (at most ``full``).
+    Each threshold is chosen on the validation split with BatchNorm re-estimated
+    (``calibrate_threshold``), then tested."""
+    if dm.val_set is None:
+        raise ValueError(f"{record['run']}: no validation split (val_size: 0) to calibrate the adaptive model on")
+    val, train = dm.val_dataloader(), dm.train_dataloader()
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    cheapest, dearest = calibrate_threshold(model, val, float("inf"), train)["val_macs_range"]
+    low, high = 1.01 * cheapest, dearest
+    records = []
+    for i in range(budgets):
+        budget = low * (high / low) ** (i / max(1, budgets - 1))
+        model.load_state_dict(trained)
+        row = calibrate_threshold(model, val, budget, train)
+        ev = evaluate(model, dm.test_dataloader(), record["name"])
+        records.append({
+            **record, "name": f"{record['name']}@{budget / 1e6:.2f}M", "budget_macs": budget,
+            "epsilon": row["epsilon"], "val_macs_mean": row["val_macs_mean"], "feasible": row["feasible"],
+            **{k: v for k, v in ev.summary().items() if k != "network"},
+        })  # fmt: skip
+    model.load_state_dict(trained)
+    return records
 
 
 def _epochs(run_dir: Path) -> int | None:
@@ -64,6 +109,14 @@ def pareto_front(records: list[dict[str, Any]]) -> list[str]:
     return front
 
 
+def iterations_text(record: dict[str, Any]) -> str:
+    """Mean iterations per stage and their maxima, or "—" for a network without iterative stages."""
+    if record["kind"] in ("resnet", "mobilenet"):
+        return "—"
+    maxima = "/".join(map(str, record["max_iterations"]))
+    return " / ".join(f"{v:.2f}" for v in record["iterations_mean"]) + f" (max {maxima})"
+
+
 def markdown_frontier(records: list[dict[str, Any]]) -> str:
     front = set(pareto_front(records))
     lines = [
@@ -71,7 +124,7 @@ def markdown_frontier(records: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: r["macs_mean"]):
-        its = " / ".join(f"{v:.2f}" for v in r["iterations_mean"]) + f" (max {'/'.join(map(str, r['max_iterations']))})"
+        its = iterations_text(r)
         lines.append(
             f"| {r['name']} | {r['kind']} | {r['params'] / 1e6:.3f} M | {r['macs_mean'] / 1e6:.2f} M | "
             f"{r['macs_min'] / 1e6:.2f}–{r['macs_max'] / 1e6:.2f} M | {its} | {r['top1']:.2f} | "
@@ -81,12 +134,17 @@ def markdown_frontier(records: list[dict[str, Any]]) -> str:
 
 
 def build_frontier(
-    run_dirs: list[str | Path], out_dir: str | Path, test_subset: int | None = None, json_path: str | Path | None = None
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    test_subset: int | None = None,
+    json_path: str | Path | None = None,
+    budgets: int = 6,
 ) -> dict[str, Any]:
-    """Evaluate every run and write ``frontier.json``, ``frontier.md`` and ``frontier.png`` to ``out_dir``."""
+    """Evaluate every run (each adaptive one also at ``budgets`` calibrated budgets) and write
+    ``frontier.json``, ``frontier.md`` and ``frontier.png`` to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records = [frontier_record(r, test_subset) for r in run_dirs]
+    records = [rec for r in run_dirs for rec in frontier_records(r, test_subset, budgets)]
     result = {"models": records, "pareto_front": pareto_front(records)}
     plot_frontier(records, out / "frontier.png", result["pareto_front"])
     write_text_atomic(out / "frontier.md", markdown_frontier(records) + "\n")

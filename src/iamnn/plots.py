@@ -108,26 +108,39 @@ def save_figure(fig, path: Path) -> None:
     pyplot_agg().close(fig)
 
 
-STYLE = {"act": ("o", "tab:blue"), "fixed": ("s", "tab:orange"), "full": ("D", "tab:red"), "resnet": ("*", "black")}
+STYLE = {
+    "act": ("o", "tab:blue"), "fixed": ("s", "tab:orange"), "full": ("D", "tab:red"), "adaptive": ("P", "tab:green"),
+    "resnet": ("*", "black"), "mobilenet": ("X", "tab:purple"),
+}  # fmt: skip
 
 
 def plot_frontier(records: list[dict[str, Any]], path: Path, front: list[str], title: str = "") -> None:
-    """Top-1 against average MACs of trained models (log x), each kind its marker, ``front`` joined."""
+    """Top-1 against average MACs of trained models (log x), each kind its marker, ``front`` joined.
+
+    The calibrated budgets of an adaptive model (records with ``budget_macs``) are one line, labelled
+    once; every other record is a point with its name.
+    """
     plt = pyplot_agg()
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-    kinds = [*STYLE, *sorted({r["kind"] for r in records} - set(STYLE))]  # other policies: triangles
+    points = [r for r in records if "budget_macs" not in r]
+    kinds = [*STYLE, *sorted({r["kind"] for r in points} - set(STYLE))]  # other policies: triangles
     for i, kind in enumerate(kinds):
         marker, colour = STYLE.get(kind, ("^", f"C{4 + i}"))
-        rows = [r for r in records if r["kind"] == kind]
+        rows = [r for r in points if r["kind"] == kind]
         if rows:
             size = 140 if marker == "*" else 45
             ax.scatter([r["macs_mean"] for r in rows], [r["top1"] for r in rows], marker=marker, s=size,
                        color=colour, label=kind if kind != "resnet" else "ResNet", zorder=3)  # fmt: skip
-    for r in records:
+    for r in points:
         ax.annotate(r["name"], (r["macs_mean"], r["top1"]), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+    for run in sorted({r["run"] for r in records if "budget_macs" in r}):
+        curve = sorted((r for r in records if r.get("run") == run and "budget_macs" in r), key=lambda r: r["macs_mean"])
+        name = curve[0]["name"].rsplit("@", 1)[0]
+        ax.plot([r["macs_mean"] for r in curve], [r["top1"] for r in curve], "-", marker=".", color="tab:green",
+                lw=1.5, label=f"{name}, calibrated budgets", zorder=4)  # fmt: skip
     front = [r for r in sorted(records, key=lambda r: r["macs_mean"]) if r["name"] in front]
     ax.plot([r["macs_mean"] for r in front], [r["top1"] for r in front], "--", color="grey", lw=1, label="Pareto front")
     ax.margins(x=0.08, y=0.1)
-    title = title or "accuracy vs compute of trained models (test set, each evaluated as trained)"
+    title = title or "accuracy vs compute of trained models (test set)"
     accuracy_vs_macs_axes(ax, title)
     save_figure(fig, path)

@@ -3,8 +3,8 @@ per preset (presets are data: iterations per stage, or block and units)."""
 
 from __future__ import annotations
 
-from .baselines import RESNETS, ResNet
-from .halting import ACT, Fixed, Full, HaltingPolicy, halting_policy, policy_names, register_policy
+from .baselines import MOBILENETS, RESNETS, MobileNet, ResNet
+from .halting import ACT, Fixed, Full, HaltingPolicy, PonderNet, halting_policy, policy_names, register_policy
 from .iamnn import PRESETS, IamNN, IamNNStats, IterativeStage, ProcessingBlock, upgrade_state_dict
 from .registry import build_model, list_models, pretrained_file, register_model, register_pretrained
 
@@ -16,8 +16,11 @@ __all__ = [
     "IamNN",
     "IamNNStats",
     "IterativeStage",
+    "MobileNet",
+    "PonderNet",
     "ProcessingBlock",
     "ResNet",
+    "MOBILENETS",
     "PRESETS",
     "RESNETS",
     "build_model",
@@ -94,6 +97,24 @@ def resnet101(**kwargs) -> ResNet:
 @register_model
 def resnet152(**kwargs) -> ResNet:
     return _resnet("resnet152", **kwargs)
+
+
+@register_model
+def mobilenet_v2(**kwargs) -> MobileNet:
+    """torchvision's MobileNetV2 (``width`` is its ``width_mult``)."""
+    return MobileNet("mobilenet_v2", **kwargs)
+
+
+@register_model
+def mobilenet_v3_small(**kwargs) -> MobileNet:
+    """torchvision's MobileNetV3-Small (``width`` is its ``width_mult``)."""
+    return MobileNet("mobilenet_v3_small", **kwargs)
+
+
+@register_model
+def mobilenet_v3_large(**kwargs) -> MobileNet:
+    """torchvision's MobileNetV3-Large (``width`` is its ``width_mult``)."""
+    return MobileNet("mobilenet_v3_large", **kwargs)
 
 
 # -- trained weights shipped with the package (iamnn/weights/, see README "Shipped weights") --------

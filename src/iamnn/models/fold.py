@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
-from .baselines import ResNet
+from .baselines import MobileNet, ResNet
 from .halting_unit import HaltingUnit, global_avg_pool
 from .iamnn import IamNN, ProcessingBlock
 
@@ -170,16 +170,19 @@ def _stack(tensors: list[Tensor], memory_format: torch.memory_format) -> Tensor:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: IamNN | ResNet, channels_last: bool = True) -> IamNN | ResNet:
+def fold_batchnorm(model: IamNN | ResNet | MobileNet, channels_last: bool = True) -> IamNN | ResNet | MobileNet:
     """An eval-only copy of ``model`` with every BatchNorm folded into its convolution.
 
     Outputs and iteration counts equal the eval-mode forward of ``model`` (to float rounding);
     ``stats.macs`` are unchanged (bias additions are not MACs). ``channels_last``: an IamNN copy
     keeps its weights in NHWC and converts its input to NHWC (the outputs do not change). A ResNet
-    baseline gets torch's conv-BN fusion, so that both sides of a comparison get the same treatment.
+    or MobileNet baseline gets torch's conv-BN fusion, so that both sides of a comparison get the
+    same treatment.
     """
     if isinstance(model, ResNet):
         return _fold_resnet(model)
+    if isinstance(model, MobileNet):
+        return _fold_sequential(model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     folded = copy.deepcopy(model).eval()
     w, b = _fold(folded.conv1.weight, folded.bn1)
@@ -209,6 +212,19 @@ def _fold_resnet(model: ResNet) -> ResNet:
                 setattr(module, bn, nn.Identity())
         if isinstance(getattr(module, "downsample", None), nn.Sequential):
             module.downsample = fuse_conv_bn_eval(module.downsample[0], module.downsample[1])
+    return folded
+
+
+def _fold_sequential(model: nn.Module) -> nn.Module:
+    """Every (conv, BatchNorm) pair inside an ``nn.Sequential`` (torchvision's
+    ``Conv2dNormActivation``, the MobileNets' projections) fused with ``fuse_conv_bn_eval``."""
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                module[i], module[i + 1] = fuse_conv_bn_eval(module[i], module[i + 1]), nn.Identity()
     return folded
 
 

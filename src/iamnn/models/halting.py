@@ -53,6 +53,24 @@ def detach(x: Number) -> Number:
     return x.detach() if isinstance(x, Tensor) else x
 
 
+def log(x: Number) -> Number:
+    """``torch.log`` for tensors, ``np.log`` for scalars."""
+    return torch.log(x) if isinstance(x, Tensor) else np.log(x)
+
+
+def stack(*parts: Number) -> Number:
+    """A vector state from its parts: (b, d) for (b,) tensors, a float32 (d,) array for scalars."""
+    if any(isinstance(x, Tensor) for x in parts):
+        like = next(x for x in parts if isinstance(x, Tensor))
+        return torch.stack([x if isinstance(x, Tensor) else like.new_full(like.shape, float(x)) for x in parts], -1)
+    return np.array(parts, dtype=np.float32)
+
+
+def initial_states(policy: HaltingPolicy, like: Tensor) -> Tensor:
+    """The policy's :attr:`~HaltingPolicy.initial_state` for each of ``like``'s samples: (b,), or (b, d)."""
+    return like.new_tensor(policy.initial_state).expand(like.shape[0], *np.shape(policy.initial_state)).clone()
+
+
 class HaltingPolicy:
     """The rule that turns a stage's halting scores into (N, p_n, ρ), and the loss that trains it.
 
@@ -63,8 +81,9 @@ class HaltingPolicy:
     name: ClassVar[str] = "policy"
     #: False: a fixed schedule. The stage never calls its halting unit, and y is the last state.
     uses_scores: ClassVar[bool] = True
-    #: the per-sample state before the first iteration (ACT: the sum of scores so far, 0)
-    initial_state: ClassVar[float] = 0.0
+    #: the per-sample state before the first iteration (ACT: the sum of scores so far, 0); a tuple
+    #: makes it a vector, indexed ``state[..., j]`` in :meth:`step` (tensors and arrays alike)
+    initial_state: ClassVar[float | tuple[float, ...]] = 0.0
 
     def limit(self, max_iterations: int) -> int:
         """The most iterations a sample may run in a stage of ``max_iterations`` (N_k)."""
@@ -84,8 +103,9 @@ class HaltingPolicy:
         """
         raise NotImplementedError
 
-    def ponder(self, p: Number, n: int | Tensor) -> Number:
-        """The ponder cost ρ of a sample that stops at iteration ``n`` (1-based) with weight ``p``."""
+    def ponder(self, p: Number, n: int | Tensor, state: Number = None) -> Number:
+        """The ponder cost ρ of a sample that stops at iteration ``n`` (1-based) with weight ``p``
+        and policy state ``state`` (after that iteration; None for a fixed schedule)."""
         return p + n
 
     def loss(self, ponder: Tensor, max_iterations: Sequence[int] | None = None) -> Tensor:
@@ -162,6 +182,52 @@ class Full(HaltingPolicy):
     uses_scores = False
 
 
+class PonderNet(HaltingPolicy):
+    r"""PonderNet-style halting (Banino et al. 2021) within a stage: the score :math:`\lambda_n = h_n`
+    is the probability of halting at iteration n given that the sample got there.
+
+    .. math::
+        p_n = \lambda_n \prod_{j<n} (1 - \lambda_j), \quad
+        N = \min\{n : \textstyle\prod_{j \le n} (1 - \lambda_j) \le \epsilon\}, \quad
+        p_N = \textstyle\prod_{j<N} (1 - \lambda_j)
+
+    (the mass left after N goes to the last state, as ACT's remainder; :math:`\lambda_{N_k} := 1`).
+    The stage outputs :math:`y = \sum_n p_n s_n`, the expected state, since one classifier at the
+    end of the network sees only the stage outputs (PonderNet proper takes the expected loss of a
+    prediction at every step). Its regulariser is :math:`\rho = \mathrm{KL}(p \,\|\,
+    \mathrm{Geometric}(\lambda_p))` per sample, up to the constant :math:`\log Z` of truncating the
+    geometric prior at :math:`N_k` (which does not change the gradient); note the order, p first:
+    the labml implementation has them the other way round.
+
+    State: the mass left :math:`r = \prod_{j<n}(1 - \lambda_j)`, the iterations done n − 1,
+    :math:`\sum p \log p` and :math:`\sum_n (n - 1) p_n`, so that ρ is known at the stop:
+    :math:`\mathrm{KL} = \sum p \log p - \log \lambda_p - \sum_n (n - 1) p_n \log(1 - \lambda_p)`.
+    """
+
+    name = "pondernet"
+    initial_state = (1.0, 0.0, 0.0, 0.0)
+
+    def __init__(self, epsilon: float = 0.01, prior: float = 0.5) -> None:
+        if not 0.0 < prior < 1.0:
+            raise ValueError(f"the geometric prior's λ_p must be in (0, 1), got {prior!r}")
+        self.epsilon, self.prior = float(epsilon), float(prior)
+        self.threshold = float(np.float32(self.epsilon))
+
+    def step(self, state: Number, h: Number) -> tuple[Number, Number, Number]:
+        r, k, plogp, kp = state[..., 0], state[..., 1], state[..., 2], state[..., 3]
+        left = r * (1.0 - h)  # mass not yet halted after this iteration
+        halt = detach(left) <= self.threshold  # at h_{N_k} := 1 nothing is left
+        p = where(halt, r, r * h)
+        plogp = plogp + p * log(p + 1e-12)  # p log p → 0 as p → 0
+        return p, halt, stack(left, k + 1.0, plogp, kp + k * p)
+
+    def ponder(self, p: Number, n: int | Tensor, state: Number = None) -> Number:
+        if state is None:  # never reached: the stage calls a fixed schedule's ponder only
+            return p + n
+        plogp, kp = state[..., 2], state[..., 3]
+        return plogp - float(np.log(self.prior)) - kp * float(np.log1p(-self.prior))
+
+
 # -- the registry ---------------------------------------------------------------------------------
 P = TypeVar("P", bound=type[HaltingPolicy])
 _POLICIES: dict[str, Callable[[float], HaltingPolicy]] = {}
@@ -183,6 +249,7 @@ def register_policy(name: str, build: Callable[[float], HaltingPolicy] | None = 
 
 register_policy("act", lambda epsilon: ACT(epsilon))(ACT)
 register_policy("full")(Full)
+register_policy("pondernet", lambda epsilon: PonderNet(epsilon))(PonderNet)
 
 
 def threshold_policy_name(policy: HaltingPolicy) -> str:

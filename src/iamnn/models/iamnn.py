@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
-from .halting import HaltingPolicy, HaltingSpec, normalize_halting, stage_policies
+from .halting import HaltingPolicy, HaltingSpec, initial_states, normalize_halting, stage_policies
 from .halting_unit import HaltingUnit
 
 Stem = Literal["imagenet", "cifar"]
@@ -142,7 +142,7 @@ class IterativeStage(nn.Module):
         batch, limit = x0.shape[0], policy.limit(self.max_iterations)
         s: Tensor | None = None  # s_0 = 0
         rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
-        state = x0.new_full((batch,), policy.initial_state)  # the policy's per-sample state (ACT: Σ_{i<n} h_i)
+        state = initial_states(policy, x0)  # the policy's per-sample state (ACT: Σ_{i<n} h_i)
         y_active: Tensor | None = None  # Σ_{j≤i} p_j · s_j of the active samples
         context = self.halting_unit.context(x0)  # the halting unit's view of x0, the same at every iteration
         done: list[tuple[Tensor | None, Tensor, Tensor, Tensor]] = []  # per halting event: rows, y, N, ρ
@@ -151,7 +151,7 @@ class IterativeStage(nn.Module):
             wants = not is_last and policy.wants_score(i)
             s, u = self.block.step(x0, s, i, need_u=wants)
             # h_{N_k} := 1 at the last iteration (no halting call); 0 where the policy wants no score
-            h = self.halting_unit(s, context, u) if wants else state.new_full((len(state),), float(is_last))
+            h = self.halting_unit(s, context, u) if wants else x0.new_full((len(x0),), float(is_last))
             p, halt, next_state = policy.step(state, h)
             # y = Σ_n p_n · s_n, accumulated while the sample is active (one fused pass per iteration)
             p_map = p[:, None, None, None]
@@ -166,11 +166,13 @@ class IterativeStage(nn.Module):
                 state = next_state
                 continue
             if n_halt == len(halt):  # everyone left stops now
-                done.append((rows, y_active, torch.full_like(p, i + 1, dtype=torch.long), policy.ponder(p, i + 1)))
+                rho = policy.ponder(p, i + 1, next_state)
+                done.append((rows, y_active, torch.full_like(p, i + 1, dtype=torch.long), rho))
                 break
             gone, keep = halt.nonzero().squeeze(1), (~halt).nonzero().squeeze(1)
             n_gone = torch.full_like(gone, i + 1)
-            done.append((gone if rows is None else rows[gone], y_active[gone], n_gone, policy.ponder(p[gone], i + 1)))
+            rho = policy.ponder(p[gone], i + 1, next_state[gone])
+            done.append((gone if rows is None else rows[gone], y_active[gone], n_gone, rho))
             # compaction: the next iteration computes on the active samples only
             rows = keep if rows is None else rows[keep]
             x0, context, s, y_active, state = x0[keep], context[keep], s[keep], y_active[keep], next_state[keep]
@@ -190,7 +192,7 @@ class IterativeStage(nn.Module):
         s: Tensor | None = None
         y: Tensor | None = None
         context = self.halting_unit.context(x0)
-        state = np.float32(policy.initial_state)
+        state = np.asarray(policy.initial_state, dtype=np.float32)[()]  # a float32 scalar, or a vector
         limit = policy.limit(self.max_iterations)
         for i in range(limit):
             is_last = i == limit - 1
@@ -201,8 +203,8 @@ class IterativeStage(nn.Module):
             y = s * float(p) if y is None else y.add_(s, alpha=float(p))  # y = Σ_n p_n · s_n
             if halt or is_last:
                 n = torch.full((1,), i + 1, dtype=torch.long, device=x0.device)
-                rho = torch.full((1,), float(policy.ponder(p, np.float32(i + 1))), dtype=x0.dtype, device=x0.device)
-                return y, n, rho
+                rho = float(policy.ponder(p, np.float32(i + 1), state))
+                return y, n, torch.full((1,), rho, dtype=x0.dtype, device=x0.device)
         raise AssertionError("unreachable: the last iteration always halts")
 
     def iteration_macs(self, hw: tuple[int, int]) -> tuple[int, int, int]:

@@ -1,0 +1,96 @@
+"""Write the recipes of the full-data study (``recipes/fashion_mnist/study/*.yaml``).
+
+Every point shares the shipped model's recipe: IamNN-r34 preset (at most 3/4/6/3 iterations) at
+width 1/8, the cifar stem, Fashion-MNIST with 55 000 training images, a 5 000-image validation split
+and the full 10 000-image test set; 12 epochs of SGD one-cycle (0.1, nesterov, weight decay 5e-4),
+batch 128, bf16 autocast. A point changes only what it is about. Run from the repository root:
+``python benchmarks/study_recipes.py``; then ``iamnn fit --config recipes/fashion_mnist/study/<point>.yaml``
+(resume after a kill: add ``--ckpt_path last``). ``benchmarks/run_study.sh`` runs them in order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+OUT = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist" / "study"
+EPOCHS = 12
+BACKBONE = "runs/study/anytime_backbone/checkpoints/last.ckpt"
+
+# point name -> (comment, model overrides, trainer overrides)
+POINTS: dict[str, tuple[str, dict, dict]] = {
+    "fixed_k1": ("every stage runs 1 iteration", {"halting": 1, "tau": 0.0}, {}),
+    "fixed_k2": ("every stage runs 2 iterations", {"halting": 2, "tau": 0.0}, {}),
+    "fixed_k3": ("every stage runs 3 iterations", {"halting": 3, "tau": 0.0}, {}),
+    "fixed_full": ("every stage runs all its iterations (3/4/6/3), no halting", {"halting": "full", "tau": 0.0}, {}),
+    "resnet34": ("basic-block ResNet-34 of the same width (the paper's baseline)", {"model": "resnet34"}, {}),
+    "mobilenet_v3_small": (
+        "torchvision's MobileNetV3-Small at width 1 (4.93 M MACs with the stride-1 stem), what a user "
+        "would otherwise pick for cheap inference",
+        {"model": "mobilenet_v3_small", "width": 1.0},
+        {},
+    ),
+    "act_tau0.003": ("paper-style ACT trained end to end, ponder cost 0.003 (the shipped model)", {"tau": 0.003}, {}),
+    "act_tau0.01": ("paper-style ACT trained end to end, ponder cost 0.01", {"tau": 0.01}, {}),
+    "act_tau0.03": ("paper-style ACT trained end to end, ponder cost 0.03", {"tau": 0.03}, {}),
+    "anytime_backbone": (
+        "phase 1 of two-phase training: every depth trained (full on the labels; one iteration per "
+        "stage and 2 random per-stage depths on full's detached soft targets), halting units untouched",
+        {"halting": "full", "tau": 0.0, "anytime": True, "anytime_random": 2},
+        {},
+    ),
+    "anytime_act": (
+        "phase 2: ACT halting units trained on the frozen anytime backbone (CE + 0.01 ponder); "
+        "needs anytime_backbone's last checkpoint",
+        {
+            "halting": "act", "tau": 0.01, "freeze_backbone": True, "init_weights": BACKBONE,
+            "lr_schedule": "cosine", "weight_decay": 0.0,
+        },
+        {"max_epochs": 3},
+    ),
+    "anytime_pondernet": (
+        "phase 2: PonderNet-style halting units trained on the frozen anytime backbone (CE + 0.01 "
+        "KL to a Geometric(0.5) prior); needs anytime_backbone's last checkpoint",
+        {
+            "halting": "pondernet", "tau": 0.01, "freeze_backbone": True, "init_weights": BACKBONE,
+            "lr_schedule": "cosine", "weight_decay": 0.0,
+        },
+        {"max_epochs": 3},
+    ),
+}  # fmt: skip
+
+BASE_MODEL = {
+    "model": "iamnn_r34", "stem": "cifar", "width": 0.125, "tau": 0.003,
+    "lr": 0.1, "lr_schedule": "onecycle", "weight_decay": 5.0e-4,
+}  # fmt: skip
+
+
+def recipe(name: str, model: dict, trainer: dict) -> dict:
+    logger = {"save_dir": "runs/study", "name": name, "version": ""}
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": EPOCHS, "accelerator": "auto", "precision": "bf16-mixed", "enable_model_summary": False,
+            "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger}],
+            **trainer,
+        },
+        "model": {**BASE_MODEL, **model},
+        "data": {
+            "class_path": "iamnn.data.FashionMNISTDataModule",
+            "init_args": {"batch_size": 128, "eval_batch_size": 500, "val_size": 5000},
+        },
+    }  # fmt: skip
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, (comment, model, trainer) in POINTS.items():
+        text = yaml.safe_dump(recipe(name, model, trainer), sort_keys=False, width=100)
+        header = f"# Full-data study point '{name}': {comment}.\n# Written by benchmarks/study_recipes.py.\n"
+        (OUT / f"{name}.yaml").write_text(header + text)
+    print(f"wrote {len(POINTS)} recipes to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
