@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import random
 from pathlib import Path
 
@@ -25,6 +26,26 @@ def test_sigkilled_training_resumes_with_bitwise_identical_weights(tmp_path: Pat
     assert not list((run_dir / "checkpoints").glob("*.tmp")), "a finished run leaves no temporary files"
     differing = kr.differences(reference, kr.final_state(run_dir))
     assert not differing, f"after kills {kills} these tensors differ: {differing[:5]}"
+    # the training history survives the kills: every epoch's validation row, once, as in the reference
+    want, got = (_validation_epochs(d / "metrics.csv") for d in (tmp_path / "reference", run_dir))
+    assert got == want == list(range(kr.EPOCHS)), (got, want)
+
+
+def _validation_epochs(metrics: Path) -> list[int]:
+    rows = csv.DictReader(metrics.open())
+    return [int(r["epoch"]) for r in rows if r.get("val/acc1")]
+
+
+def test_test_and_validate_keep_the_training_runs_files(tmp_path: Path, fit_digits) -> None:
+    from iamnn.cli import main
+
+    run = fit_digits(tmp_path, "kept", "--trainer.max_epochs=1")
+    before = {name: (run / name).read_bytes() for name in ("metrics.csv", "config.yaml")}
+    for command in ("test", "validate"):
+        main([command, "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+              "--trainer.enable_progress_bar=false"])  # fmt: skip
+        assert (run / command / "metrics.csv").is_file() and (run / command / "config.yaml").is_file()
+    assert {name: (run / name).read_bytes() for name in before} == before
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:

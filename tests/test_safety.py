@@ -147,3 +147,25 @@ def test_a_run_folder_names_only_registered_data_modules(class_path: str, tmp_pa
     with pytest.raises((ValueError, DatasetError), match="not an iamnn data module|unknown data module"):
         load_datamodule(tmp_path)
     assert not target.exists()
+
+
+def test_a_diverging_training_stops_with_one_line_and_writes_no_weights(tmp_path: Path, capsys) -> None:
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "iamnn_r18.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe), "--runs_dir", str(tmp_path), "--name", "nan", "--model.lr=1e6",
+              "--trainer.enable_progress_bar=false"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("iamnn")]
+    assert len(err) == 1 and "training diverged: the loss is nan" in err[0], err
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_weights_are_never_written_over_by_their_sidecar_nor_saved_non_finite(tmp_path: Path) -> None:
+    model = iamnn.create_model("iamnn_r18", width=1 / 16, num_classes=3)
+    with pytest.raises(WeightsError, match="must end in .safetensors"):
+        iamnn.weights.save_weights(model, tmp_path / "w.json")
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    with pytest.raises(WeightsError, match="1 of .* tensors hold NaN or Inf"):
+        iamnn.weights.save_weights(model, tmp_path / "w.safetensors")
+    assert not list(tmp_path.iterdir())

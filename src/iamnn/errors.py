@@ -20,6 +20,10 @@ class WeightsError(IamNNError):
     """A weights file that cannot be used: unreadable, unsafe, or for another architecture."""
 
 
+class TrainingDivergedError(IamNNError):
+    """The training loss became NaN or infinite: training stops, and no weights are written."""
+
+
 class DatasetError(IamNNError):
     """A dataset is missing or malformed."""
 

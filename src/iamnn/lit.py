@@ -7,6 +7,8 @@ plain values, so checkpoints load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import os
@@ -23,10 +25,11 @@ import torchmetrics
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
 from .data import ImageDataModule
-from .errors import CLIError, one_line
+from .errors import CLIError, TrainingDivergedError, one_line
 from .files import atomic_write
 from .models import ACT, IamNN, upgrade_state_dict
 from .models.halting import HaltingPolicy, ponder_loss
@@ -203,7 +206,13 @@ class Classifier(L.LightningModule):
         return policies
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if not bool(torch.isfinite(loss)):  # one host sync per step; a NaN never reaches the weights
+            raise TrainingDivergedError(
+                f"training diverged: the loss is {float(loss.detach())} at epoch {self.current_epoch}, "
+                f"step {self.global_step} (lr {self.hparams.lr}); training stopped and no weights were exported"
+            )
+        return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -317,6 +326,54 @@ class EpochSeed(Callback):
         torch.manual_seed(seed)
 
 
+RESUME_HISTORY = ".metrics.csv.resume"  # a resumed run's metrics.csv, kept while Lightning starts
+
+
+class KeepTrainingHistory(Callback):
+    """A resumed run keeps the metrics it logged before the kill.
+
+    Lightning's CSV logger deletes the ``metrics.csv`` it finds in its folder when it starts, so
+    ``fit --ckpt_path …`` would lose every epoch logged before the kill. ``IamNNCLI`` copies the
+    file to ``.metrics.csv.resume`` before Lightning starts; once the checkpoint is restored, this
+    writes back its rows from before the restored step (the interrupted epoch's rows go: the
+    resume runs that epoch again) and removes the copy; new rows are appended after them.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":  # a resume of a finished run never starts training
+            self._restore(trainer)
+
+    @staticmethod
+    def _restore(trainer: L.Trainer) -> None:
+        for logger in trainer.loggers:
+            backup = Path(logger.log_dir) / RESUME_HISTORY if isinstance(logger, CSVLogger) else None
+            if backup is None or not backup.is_file():
+                continue
+            rows = list(csv.DictReader(io.StringIO(backup.read_text())))
+            if rows:
+                header = list(rows[0])
+                kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) < trainer.global_step]
+                writer = logger.experiment
+                with atomic_write(Path(writer.metrics_file_path), "w") as f:
+                    out = csv.DictWriter(f, fieldnames=header)
+                    out.writeheader()
+                    out.writerows(kept)
+                writer.metrics_keys = sorted(header)  # later rows append; new columns rewrite the header
+            backup.unlink()
+
+    @staticmethod
+    def keep(log_dir: Path) -> None:
+        """Before a resume starts: copy ``log_dir``'s metrics.csv aside (once: a copy left by a run
+        killed before it restored its history is the one to keep)."""
+        metrics, backup = log_dir / "metrics.csv", log_dir / RESUME_HISTORY
+        if metrics.is_file() and not backup.is_file():
+            with atomic_write(backup, "w") as f:
+                f.write(metrics.read_text())
+
+
 class IamNNCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -356,6 +413,13 @@ class IamNNCLI(LightningCLI):
                 args.name, args.version = config.name, ""
             if config.runs_dir:
                 args.save_dir = config.runs_dir
+            if getattr(args, "version", None) != "":
+                continue  # Lightning's own version_N folders: a new folder each run
+            if self.subcommand in ("validate", "test"):
+                # runs/<name>/test/: the training run's metrics.csv and config.yaml stay as they are
+                args.version = self.subcommand
+            elif self.subcommand == "fit" and config.ckpt_path and str(logger.class_path).endswith("CSVLogger"):
+                KeepTrainingHistory.keep(Path(args.save_dir) / args.name)
 
 
 def _drop_tip(record: logging.LogRecord) -> bool:
@@ -396,7 +460,8 @@ def run_lightning_cli(args: list[str]) -> IamNNCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "callbacks": [best, last, ExportWeights(), EpochSeed()],  # best first: trainer.checkpoint_callback
+            # best first: it is trainer.checkpoint_callback
+            "callbacks": [best, last, ExportWeights(), EpochSeed(), KeepTrainingHistory()],
             "plugins": [{"class_path": "iamnn.lit.SafeCheckpointIO"}],
             "logger": [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},

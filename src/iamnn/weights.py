@@ -107,8 +107,14 @@ def save_weights(
     sidecar only.
     """
     path = Path(path)
+    if path.suffix != ".safetensors":  # the JSON sidecar is path.with_suffix(".json"): never the weights
+        raise WeightsError(f"{path}: a weights file must end in .safetensors (its JSON sidecar is written beside it)")
     config = {**model_config(model), **({"data": data} if data else {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        count = f"{len(broken)} of {len(state)} tensors"
+        raise WeightsError(f"{path}: not written: {count} hold NaN or Inf (first: {broken[0]})")
     with atomic_write(path) as f:
         f.write(safetensors_bytes(state, metadata={CONFIG_KEY: json.dumps(config)}))
     write_text_atomic(path.with_suffix(".json"), json.dumps({**config, **(extra or {})}, indent=2) + "\n")
