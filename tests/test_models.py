@@ -398,3 +398,20 @@ def test_channels_last_input_keeps_its_layout() -> None:
             net(x)
     assert seen[0].is_contiguous(memory_format=torch.channels_last)
     assert seen[1].is_contiguous() and not seen[1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_create_model_takes_the_architecture_from_the_weights_file(tmp_path) -> None:  # noqa: ANN001
+    from iamnn.weights import WeightsError, pretrained_path, save_weights
+
+    shipped = iamnn.create_model("iamnn_r34_fmnist", pretrained=True)
+    x = torch.randn(2, 1, 28, 28)
+    # a plain preset name and the file: width, stem, in_chans and classes come from the file
+    model = iamnn.create_model("iamnn_r34", checkpoint_path=pretrained_path("iamnn_r34_fmnist")).eval()
+    torch.testing.assert_close(model(x), shipped(x))
+    assert iamnn.create_model("iamnn_r34_fmnist", pretrained=True, halting=2).halting == 2  # a regime may change
+    with pytest.raises(WeightsError, match="width=0.25 contradicts the file's width=0.125"):
+        iamnn.create_model("iamnn_r34", checkpoint_path=pretrained_path("iamnn_r34_fmnist"), width=0.25)
+    small = iamnn.create_model("resnet18", width=SMALL, num_classes=3, in_chans=1, stem="cifar")
+    save_weights(small, tmp_path / "r18.safetensors")
+    again = iamnn.create_model("resnet18", checkpoint_path=tmp_path / "r18.safetensors")
+    assert again.fc.out_features == 3 and again.in_chans == 1

@@ -55,15 +55,27 @@ def create_model(
     """Build a registered model, and load weights into it (timm's factory).
 
     ``pretrained=True`` loads the weights shipped with the package (no network);
-    ``checkpoint_path`` loads a safetensors or Lightning checkpoint file. ``None`` kwargs are
-    dropped so the builder's defaults survive.
+    ``checkpoint_path`` loads a safetensors or Lightning checkpoint file. Either way the model is
+    built with the architecture stored in the file (width, stem, classes…), so nothing needs
+    repeating; ``kwargs`` may set the regime (``halting``, ``epsilon``), and any other kwarg must
+    agree with the file. ``None`` kwargs are dropped so the builder's (or the file's) values survive.
     """
-    if pretrained:
-        return load_pretrained(name, **{k: v for k, v in kwargs.items() if v is not None})
-    model = build_model(name, **kwargs)
-    if checkpoint_path is not None:
-        load_weights(model, checkpoint_path)
-    return model
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if not pretrained and checkpoint_path is None:
+        return build_model(name, **kwargs)
+    path = pretrained_path(name) if pretrained else Path(checkpoint_path)
+    checkpoint = read_checkpoint(path) if path.suffix == ".ckpt" else None
+    stored = read_config(path, checkpoint).get("kwargs", {})
+    clash = {k: (v, stored[k]) for k, v in kwargs.items() if k not in REGIME_KWARGS and k in stored and stored[k] != v}
+    if clash:
+        key, (given, saved) = next(iter(clash.items()))
+        raise WeightsError(f"{path}: {key}={given!r} contradicts the file's {key}={saved!r} (leave it out)")
+    model = build_model(name, **{**stored, **kwargs})
+    model = _load_into(model, load_state_dict(path, checkpoint), path)
+    return model.eval() if pretrained else model
+
+
+REGIME_KWARGS = frozenset({"halting", "epsilon"})  # how a model runs, not what its weights are
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
@@ -234,8 +246,8 @@ def pretrained_path(name: str) -> Path:
 
 
 def load_pretrained(name: str, **overrides: Any) -> nn.Module:
-    """The registered model ``name`` with the weights shipped for it."""
-    return load_model(pretrained_path(name), **overrides)
+    """The registered model ``name`` with the weights shipped for it (``create_model(name, pretrained=True)``)."""
+    return create_model(name, pretrained=True, **overrides)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
