@@ -415,3 +415,18 @@ def test_create_model_takes_the_architecture_from_the_weights_file(tmp_path) -> 
     save_weights(small, tmp_path / "r18.safetensors")
     again = iamnn.create_model("resnet18", checkpoint_path=tmp_path / "r18.safetensors")
     assert again.fc.out_features == 3 and again.in_chans == 1
+
+
+def test_models_command_lists_every_registered_model(capsys) -> None:  # noqa: ANN001
+    import json
+
+    from iamnn.cli import main
+
+    main(["models", "--json"])
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(iamnn.list_models())
+    assert rows["iamnn_r34_fmnist"]["pretrained"] and rows["iamnn_r34_fmnist"]["params"] == 205_062
+    assert rows["iamnn_r101"]["max_iterations"] == [3, 4, 23, 3] and rows["resnet18"]["kind"] == "ResNet"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("iamnn ")

@@ -14,6 +14,7 @@ import json
 import shutil
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 from rich.console import Console
@@ -44,6 +45,32 @@ def _console() -> Console:
 
 
 # -- profile -------------------------------------------------------------------------------------
+def _models(args: argparse.Namespace) -> None:
+    import torch
+
+    from .models import list_models
+    from .weights import create_model
+
+    rows = []
+    for name in list_models(args.pattern):
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            model = create_model(name)
+        rows.append({
+            "name": name, "kind": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
+            "max_iterations": list(model.max_iterations), "pretrained": name in list_models(pretrained=True),
+        })  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Registered models (default config: 1000 classes, 3 channels; create_model(name, ...))")
+    for col in ("name", "kind", "params", "max iterations per stage", "shipped weights"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for r in rows:
+        its = "/".join(map(str, r["max_iterations"])) if r["kind"] == "IamNN" else "—"
+        table.add_row(r["name"], r["kind"], human(r["params"]), its, "yes" if r["pretrained"] else "")
+    _console().print(table)
+
+
 def _profile(args: argparse.Namespace) -> None:
     from .profile import profile_table1
 
@@ -355,9 +382,15 @@ def _demo(args: argparse.Namespace) -> None:
 # -- entry point ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iamnn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"iamnn {version('iamnn')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (see `iamnn {name} --help`)", add_help=False)
+
+    p = sub.add_parser("models", help="the registered models: kind, parameters, iterations, shipped weights")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'iamnn_*' (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_models)
 
     p = sub.add_parser("profile", help="params and MACs of every Table-1 model, ours beside the paper's")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier of the IamNN rows (default 1)")
