@@ -295,3 +295,14 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> Non
     assert (tmp_path / "ddp" / "model.safetensors").is_file()  # exported once, by rank 0
     hparams = yaml.safe_load((tmp_path / "ddp" / "hparams.yaml").read_text())
     assert hparams["model"] == "iamnn_r18"
+
+
+def test_integer_batch_limits_stay_integers(tmp_path: Path) -> None:
+    """jsonargparse reads `--trainer.limit_train_batches 1` as 1.0 (every batch); an int means batches."""
+    from iamnn.lit import given_batch_counts
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("trainer:\n  limit_val_batches: 3\n  limit_test_batches: 0.5\n")
+    args = ["fit", "--config", str(recipe), "--trainer.limit_train_batches", "1", "--trainer.overfit_batches=0.1"]
+    assert given_batch_counts(args) == {"limit_train_batches": 1, "limit_val_batches": 3}
+    assert given_batch_counts([*args, "--trainer.limit_val_batches=1.0"]) == {"limit_train_batches": 1}

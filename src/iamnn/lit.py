@@ -22,6 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 import torchmetrics
+import yaml
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -374,7 +375,37 @@ class KeepTrainingHistory(Callback):
                 f.write(metrics.read_text())
 
 
+# Trainer flags that mean a number of batches when given an int and a fraction when given a float.
+# jsonargparse turns `--trainer.limit_train_batches 1` into 1.0 (every batch); ints are kept ints.
+BATCH_COUNT_FLAGS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                     "val_check_interval", "overfit_batches")  # fmt: skip
+
+
+def given_batch_counts(args: Sequence[str]) -> dict[str, int]:
+    """The :data:`BATCH_COUNT_FLAGS` written as integers (``1``, not ``1.0``) in a command line or
+    its ``--config`` recipes, the last one given winning."""
+    given: dict[str, Any] = {}
+    args = list(args)
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if not value and i + 1 < len(args):
+            value = args[i + 1]
+        if flag == "--config" and Path(value).is_file():
+            try:
+                trainer = (yaml.safe_load(Path(value).read_text()) or {}).get("trainer") or {}
+            except (yaml.YAMLError, AttributeError):
+                continue  # LightningCLI reports a broken recipe itself
+            given.update({k: trainer[k] for k in BATCH_COUNT_FLAGS if k in trainer})
+        elif flag.removeprefix("--trainer.") in BATCH_COUNT_FLAGS:
+            given[flag.removeprefix("--trainer.")] = int(value) if value.strip().isdigit() else value
+    return {k: v for k, v in given.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 class IamNNCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._args = list(kwargs.get("args") or [])
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
@@ -382,6 +413,9 @@ class IamNNCLI(LightningCLI):
             "--name", type=str | None, default=None, help="run name: every logger writes to runs/<name>"
         )
         parser.add_argument("--runs_dir", type=str | None, default=None, help="folder of the runs (default: runs)")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
+        return super()._instantiate_trainer({**config, **given_batch_counts(self._args)}, callbacks)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyper-parameters with a bare torch.load, whose refusal
@@ -400,8 +434,8 @@ class IamNNCLI(LightningCLI):
             raise CLIError(f"the recipe does not build: {one_line(err)}") from err
 
     def before_instantiate_classes(self) -> None:
-        # one run name for all the recipe's loggers (a list is awkward to override item by item)
         config = self.config[self.subcommand] if self.subcommand else self.config
+        # one run name for all the recipe's loggers (a list is awkward to override item by item)
         loggers = config.trainer.logger
         if not isinstance(loggers, list):
             return
