@@ -169,3 +169,34 @@ def test_weights_are_never_written_over_by_their_sidecar_nor_saved_non_finite(tm
     with pytest.raises(WeightsError, match="1 of .* tensors hold NaN or Inf"):
         iamnn.weights.save_weights(model, tmp_path / "w.safetensors")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"model": "iamnn_r18", "kwargs": {"width": 0.0625, "num_classes": 10**9}}, "shape mismatches"),
+        ([1, 2], "names no model"),
+        (None, "names no model"),
+        ({"model": "no_such_net", "kwargs": {}}, "unknown model"),
+        ({"model": "iamnn_r18", "kwargs": {"bogus": 1}}, "unexpected keyword argument 'bogus'"),
+        ({"model": "iamnn_r18", "kwargs": {"width": 0.0625, "stem": "weird"}}, "stem must be"),
+        ({"model": "iamnn_r18", "kwargs": [1]}, "kwargs are not a mapping"),
+        ({"model": "iamnn_r18", "kwargs": {"width": 0.0625, "num_classes": 10}, "data": 3}, "data section"),
+        ("{not json", "not JSON"),
+    ],
+)
+def test_crafted_weights_metadata_is_refused_before_anything_is_allocated(config, match: str, tmp_path: Path) -> None:
+    """The model is built on the meta device and checked against the file's tensor shapes first:
+    a small file whose config asks for 10⁹ classes costs nothing and fails in one line."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from iamnn.weights import CONFIG_KEY
+
+    model = iamnn.create_model("iamnn_r18", width=0.0625, num_classes=10)
+    text = config if isinstance(config, str) else json.dumps(config)
+    path = tmp_path / "crafted.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={CONFIG_KEY: text})
+    with pytest.raises(WeightsError, match=match):
+        load_model(path)

@@ -70,7 +70,7 @@ def create_model(
     if clash:
         key, (given, saved) = next(iter(clash.items()))
         raise WeightsError(f"{path}: {key}={given!r} contradicts the file's {key}={saved!r} (leave it out)")
-    model = build_model(name, **{**stored, **kwargs})
+    model = build_for_file(name, {**stored, **kwargs}, path, checkpoint)
     model = _load_into(model, load_state_dict(path, checkpoint), path)
     return model.eval() if pretrained else model
 
@@ -153,11 +153,14 @@ def read_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> d
     path = Path(path)
     if path.suffix == ".ckpt":
         checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
-        hparams = checkpoint.get("hyper_parameters", {})
-        if "model" not in hparams:
+        hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else None
+        if not isinstance(hparams, dict) or not isinstance(hparams.get("model"), str):
             raise WeightsError(f"{path}: checkpoint has no iamnn model hyper-parameters")
+        if not isinstance(hparams.get("model_kwargs") or {}, dict):
+            raise WeightsError(f"{path}: the checkpoint's model_kwargs are not a mapping")
         config = config_from_hparams(hparams)
-        return {**config, "data": checkpoint["iamnn_data"]} if "iamnn_data" in checkpoint else config
+        config = {**config, "data": checkpoint["iamnn_data"]} if "iamnn_data" in checkpoint else config
+        return checked_config(config, path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -165,7 +168,47 @@ def read_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> d
         raise WeightsError(f"{path}: not a readable safetensors file ({one_line(err)})") from None
     if CONFIG_KEY not in metadata:
         raise WeightsError(f"{path}: safetensors file has no {CONFIG_KEY!r} metadata; pass the model name instead")
-    return json.loads(metadata[CONFIG_KEY])
+    try:
+        return checked_config(json.loads(metadata[CONFIG_KEY]), path)
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{path}: its {CONFIG_KEY!r} metadata is not JSON ({err.msg})") from None
+
+
+def checked_config(config: Any, path: str | Path) -> dict[str, Any]:
+    """A stored model config, checked to be ``{"model": str, "kwargs": {str: value}, ...}``."""
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+        raise WeightsError(f"{path}: the stored config names no model (got {type(config).__name__})")
+    kwargs = config.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise WeightsError(f"{path}: the stored config's kwargs are not a mapping of names to values")
+    if config.get("data") is not None and not isinstance(config["data"], dict):
+        raise WeightsError(f"{path}: the stored config's data section is not a mapping")
+    return config
+
+
+def file_shapes(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a weights file holds, read from its header: no tensor is loaded."""
+    if checkpoint is not None:
+        return {k: tuple(v.shape) for k, v in load_state_dict(path, checkpoint).items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(err)})") from None
+    return upgrade_state_dict(shapes)  # legacy key names, as load_state_dict renames them
+
+
+def build_for_file(name: str, kwargs: dict[str, Any], path: str | Path, checkpoint: dict[str, Any] | None) -> nn.Module:
+    """Build ``name`` for the weights in ``path``, checked first on the meta device: a config that
+    does not build, or whose tensors differ from the file's, fails in one line before anything is
+    allocated (a crafted ``num_classes = 5e9`` costs nothing)."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(name, **kwargs)
+    except (TypeError, ValueError, OverflowError, RuntimeError) as err:
+        raise WeightsError(f"{path}: the stored config does not build a model: {one_line(err)}") from None
+    check_fits(skeleton, file_shapes(path, checkpoint), path)
+    return build_model(name, **kwargs)
 
 
 def load_state_dict(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
@@ -197,15 +240,15 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pat
     return model
 
 
-def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Raise a one-line ``WeightsError`` naming the first mismatch when ``state`` is not ``model``'s."""
-    own = model.state_dict()
+def check_fits(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """Raise a one-line ``WeightsError`` naming the first mismatch when ``state`` (tensors, or
+    their shapes) is not ``model``'s."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in state.items()}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(own.keys() & state.keys())
-        if state[k].shape != own[k].shape
+        f"{k}: file {state[k]} vs model {own[k]}" for k in sorted(own.keys() & state.keys()) if state[k] != own[k]
     ]
     if missing or unexpected or shapes:
         parts = []
@@ -228,7 +271,7 @@ def load_model_with_config(path: str | Path, **overrides: Any) -> tuple[nn.Modul
     path = Path(path)
     checkpoint = read_checkpoint(path) if path.suffix == ".ckpt" else None
     config = read_config(path, checkpoint)
-    model = build_model(config["model"], **{**config.get("kwargs", {}), **overrides})
+    model = build_for_file(config["model"], {**config.get("kwargs", {}), **overrides}, path, checkpoint)
     return _load_into(model, load_state_dict(path, checkpoint), path).eval(), config
 
 
