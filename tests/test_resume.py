@@ -59,6 +59,20 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file, orphan included
 
 
+def test_atomic_write_leaves_another_live_writers_temporary_file(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, live = tmp_path / f".w.json.{gone.stdout.strip()}.a.tmp", tmp_path / f".w.json.{os.getppid()}.b.tmp"
+    for tmp in (dead, live):
+        tmp.write_text("in flight")
+    with atomic_write(tmp_path / "w.json", "w") as f:
+        f.write("{}")
+    assert not dead.exists() and live.exists()  # a dead writer's orphan goes; a live one's write is left alone
+
+
 def test_checkpoint_io_never_leaves_a_truncated_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     io, path = SafeCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"w": torch.ones(3)}, path)

@@ -200,3 +200,17 @@ def test_crafted_weights_metadata_is_refused_before_anything_is_allocated(config
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={CONFIG_KEY: text})
     with pytest.raises(WeightsError, match=match):
         load_model(path)
+
+
+def test_a_second_fit_into_a_locked_run_folder_stops_in_one_line(tmp_path: Path, capsys) -> None:
+    from filelock import FileLock
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "iamnn_r18.yaml"
+    (tmp_path / "busy").mkdir()
+    with FileLock(tmp_path / "busy" / ".lock"):  # another `iamnn fit --name busy` holds it
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(recipe), "--runs_dir", str(tmp_path), "--name", "busy"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is being written by another `iamnn fit`" in err[0], err
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == [".lock"]  # nothing of the second run

@@ -16,14 +16,16 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
 
     The rename is atomic on POSIX file systems, and the directory is fsynced after it so that the
     new name survives a power cut. If the body raises (or the process dies), ``path`` is untouched;
-    the temporary file is removed on an exception, and one orphaned by a SIGKILL (``.<name>.*.tmp``)
-    is ignored by every reader and removed by the next write of ``path``.
+    the temporary file is removed on an exception, and one orphaned by a SIGKILL
+    (``.<name>.<pid>.*.tmp``) is ignored by every reader and removed by the next write of ``path``
+    once its process is gone; another process's write in progress is left alone.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if not _writer_alive(stale, path.name):
+            stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -41,6 +43,20 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+def _writer_alive(tmp: Path, name: str) -> bool:
+    """Whether the process that named the temporary file ``.<name>.<pid>.*.tmp`` still runs here."""
+    pid = tmp.name[len(name) + 2 :].split(".", 1)[0]
+    if not pid.isdigit():
+        return False  # an older temporary file without a pid: an orphan
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _umask() -> int:

@@ -7,6 +7,7 @@ plain values, so checkpoints load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torchmetrics
 import yaml
+from filelock import FileLock, Timeout
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -431,7 +433,11 @@ class IamNNCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as err:  # e.g. an unknown model name or halting mode in the recipe
+            self._unlock_run_folders()
             raise CLIError(f"the recipe does not build: {one_line(err)}") from err
+        except BaseException:
+            self._unlock_run_folders()
+            raise
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -452,8 +458,35 @@ class IamNNCLI(LightningCLI):
             if self.subcommand in ("validate", "test"):
                 # runs/<name>/test/: the training run's metrics.csv and config.yaml stay as they are
                 args.version = self.subcommand
-            elif self.subcommand == "fit" and config.ckpt_path and str(logger.class_path).endswith("CSVLogger"):
-                KeepTrainingHistory.keep(Path(args.save_dir) / args.name)
+            elif self.subcommand == "fit":
+                self._lock_run_folder(Path(args.save_dir) / args.name)
+                if config.ckpt_path and str(logger.class_path).endswith("CSVLogger"):
+                    KeepTrainingHistory.keep(Path(args.save_dir) / args.name)
+
+    def _lock_run_folder(self, run_dir: Path) -> None:
+        """Hold ``run_dir/.lock`` for the life of this process: a second ``fit`` writing the same run
+        folder (the same ``--name``) stops at once with one line instead of mixing two runs' files."""
+        locks = self.__dict__.setdefault("_locks", {})
+        if run_dir in locks:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(run_dir / ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise CLIError(
+                f"{run_dir} is being written by another `iamnn fit` (it holds {run_dir / '.lock'}); "
+                "wait for it, or give this run another --name"
+            ) from None
+        locks[run_dir] = lock
+
+    def _unlock_run_folders(self) -> None:
+        """A run that failed to start leaves no run folder behind (nor a lock in an older one)."""
+        for run_dir, lock in self.__dict__.pop("_locks", {}).items():
+            lock.release()
+            (run_dir / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only if the lock was all that was in it
 
 
 def _drop_tip(record: logging.LogRecord) -> bool:
