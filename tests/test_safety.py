@@ -214,3 +214,15 @@ def test_a_second_fit_into_a_locked_run_folder_stops_in_one_line(tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is being written by another `iamnn fit`" in err[0], err
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == [".lock"]  # nothing of the second run
+
+
+def test_a_closed_pipe_ends_a_command_quietly() -> None:
+    """`iamnn profile --json | head`: no BrokenPipeError traceback when the reader leaves early."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "iamnn.cli", "profile", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -494,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except argparse.ArgumentError as err:  # a bad recipe key or flag value (LightningCLI)
         print(f"iamnn {command}: error: {one_line(err)} (see: iamnn {command} --help)", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # `iamnn profile --json | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail
+        sys.exit(1)
 
 
 if __name__ == "__main__":
