@@ -110,11 +110,30 @@ def test_predict_on_png(digits_run: Path, tmp_path: Path, capsys: pytest.Capture
     assert all(name in out.err for name in bad) and "Traceback" not in out.err
 
 
+def test_python_predict_api_matches_the_cli_on_the_sample_images(tmp_path: Path, capsys) -> None:
+    samples = Path(__file__).resolve().parents[1] / "docs" / "samples"
+    predictions = iamnn.predict(samples)  # the shipped model, preprocessing from its weights file
+    assert [p.label.lower().replace("/", "-").replace(" ", "-") for p in predictions] == [
+        f.stem.split("_", 1)[1] for f in sorted(samples.glob("*.png"))
+    ]  # each file is named after its true class
+    main(["predict", "--pretrained", "--model", "iamnn_r34_fmnist", "--json", str(samples)])
+    cli = json.loads(capsys.readouterr().out)["predictions"]
+    assert [vars(p) for p in predictions] == cli
+    image = Image.open(sorted(samples.glob("*.png"))[0])
+    (one,) = iamnn.predict(image, iamnn.create_model("iamnn_r34_fmnist", pretrained=True), halting="full")
+    assert one.label == predictions[0].label and one.iterations == [3, 4, 6, 3]
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="notes.png: not a readable image"):
+        iamnn.predict([samples, tmp_path / "notes.png"])
+
+
 def test_weights_refuse_other_architecture(digits_run: Path, tmp_path: Path) -> None:
     other = iamnn.create_model("iamnn_r18", stem="cifar", in_chans=1, num_classes=3, width=0.125)
-    with pytest.raises(WeightsError, match="do not fit this model.*fc"):
+    with pytest.raises(WeightsError, match="num_classes=3 contradicts the file's num_classes=10"):
         iamnn.create_model("iamnn_r18", stem="cifar", in_chans=1, num_classes=3, width=0.125,
                            checkpoint_path=digits_run / "model.safetensors")  # fmt: skip
+    with pytest.raises(WeightsError, match="do not fit this model.*fc"):
+        iamnn.weights.load_weights(other, digits_run / "model.safetensors")
     path = save_weights(other, tmp_path / "w.safetensors")
     path.write_bytes(path.read_bytes()[:100])  # truncated
     with pytest.raises(WeightsError, match="not a readable safetensors file"):

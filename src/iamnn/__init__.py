@@ -15,6 +15,7 @@ from .models import (
     register_model,
 )
 from .models.halting import register_policy
+from .predict import Prediction, predict  # noqa: E402 - after the modules it uses; shadows the submodule's name
 from .weights import create_model, load_model
 
 __version__ = "0.1.0"
@@ -24,6 +25,8 @@ __all__ = [
     "MobileNet",
     # halting policies
     "HaltingPolicy", "ACT", "Fixed", "Full", "PonderNet", "register_policy",
+    # inference
+    "predict", "Prediction",
     # cost
     "count_params", "measure_macs",
 ]  # fmt: skip

@@ -1,4 +1,8 @@
-"""Classify image files with a trained model (``iamnn predict``): class, confidence, iterations, MACs."""
+"""Classify images with a trained model: class, confidence, iterations, MACs.
+
+``iamnn.predict(images, "iamnn_r34_fmnist")`` in Python; ``iamnn predict`` on the command line.
+The preprocessing (grey or RGB, size, mean, std) and the class names come from the weights file.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from torch import Tensor, nn
 from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
 from .export import OnnxModel
-from .models import IamNN, build_model
+from .models import IamNN, build_model, pretrained_file
 from .models.fold import fold_batchnorm
+from .models.halting import HaltingSpec
+from .weights import create_model, load_model_with_config
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -47,13 +53,17 @@ def expand_paths(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, s
     return out, empty
 
 
-def load_image(path: Path, data: dict[str, Any]) -> Tensor:
-    """An image file as the model's normalised (C, H, W) input; ValueError if it is not an image."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if data["in_chans"] == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"not a readable image ({type(err).__name__})") from None
+def load_image(path: Path | Image.Image, data: dict[str, Any]) -> Tensor:
+    """An image file (or a PIL image) as the model's normalised (C, H, W) input; ValueError if it
+    is not an image."""
+    if isinstance(path, Image.Image):
+        img = path.convert("L" if data["in_chans"] == 1 else "RGB")
+    else:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if data["in_chans"] == 1 else "RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"not a readable image ({type(err).__name__})") from None
     x = pil_to_tensor(img).float().div(255)
     h, w = data["input_size"]
     if tuple(x.shape[1:]) != (h, w):
@@ -66,13 +76,13 @@ def load_image(path: Path, data: dict[str, Any]) -> Tensor:
 Runner = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]  # images -> logits, iterations, macs
 
 
-def torch_runner(model: nn.Module) -> Runner:
-    """The model's eval forward; an IamNN runs BatchNorm-folded, channels-last (``fold.py``):
-    the same predictions, faster."""
+def torch_runner(model: nn.Module, halting: HaltingSpec | None = None) -> Runner:
+    """The model's eval forward under ``halting`` (default: its own); an IamNN runs
+    BatchNorm-folded, channels-last (``fold.py``): the same predictions, faster."""
     model = fold_batchnorm(model) if isinstance(model, IamNN) else model.eval()
 
     def run(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        logits, stats = model(x, return_stats=True)
+        logits, stats = model(x, return_stats=True, halting=halting)
         return logits, stats.iterations, stats.macs
 
     return run
@@ -126,3 +136,58 @@ def predict_files(
                 )  # fmt: skip
             )
     return results, bad
+
+
+def predict(
+    images: str | Path | Image.Image | list[str | Path | Image.Image],
+    model: str | Path | nn.Module = "iamnn_r34_fmnist",
+    halting: HaltingSpec | None = None,
+    batch_size: int = 64,
+) -> list[Prediction]:
+    """Classify images with a trained model, preprocessed as it was trained.
+
+    Args:
+        images: image files, folders of them, or PIL images (one or a list).
+        model: a registered name with shipped weights (``"iamnn_r34_fmnist"``), a weights file
+            (safetensors or Lightning ``.ckpt``), or a model loaded from one (``load_model``,
+            ``create_model(..., pretrained=True)``), which carries its preprocessing.
+        halting: the halting policy to run (default: the model's own), e.g. ``"full"`` or ``2``.
+
+    Returns one :class:`Prediction` per image (class name, index, confidence, iterations per
+    stage, MACs), in order; an unreadable file raises ``ValueError`` naming it.
+    """
+    if isinstance(model, nn.Module):
+        net = model
+    elif isinstance(model, str) and pretrained_file(model) is not None and not Path(model).exists():
+        net = create_model(model, pretrained=True)
+    else:
+        net = load_model_with_config(model)[0]
+    data = getattr(net, "data_config", None)
+    if not data:
+        raise ValueError("the model carries no preprocessing (input size, mean, std): load it from a weights file")
+    inputs: list[tuple[str, Tensor]] = []
+    for item in images if isinstance(images, list) else [images]:
+        if isinstance(item, Image.Image):
+            inputs.append(("<PIL image>", load_image(item, data)))
+            continue
+        files, empty = expand_paths([item])
+        if empty:
+            raise ValueError(f"{empty[0][0]}: {empty[0][1]}")
+        for path in files:
+            try:
+                inputs.append((str(path), load_image(path, data)))
+            except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+                raise ValueError(f"{path}: {type(err).__name__}") from None
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
+    run, names, out = torch_runner(net, halting), data.get("class_names") or [], []
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch_size):
+            chunk = inputs[i : i + batch_size]
+            logits, iterations, macs = run(torch.stack([x for _, x in chunk]))
+            conf, index = logits.softmax(1).max(1)
+            for j, (name, _) in enumerate(chunk):
+                k = int(index[j])
+                label = names[k] if k < len(names) else str(k)
+                out.append(Prediction(name, label, k, float(conf[j]), iterations[j].tolist(), int(macs[j])))
+    return out

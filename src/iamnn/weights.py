@@ -72,6 +72,7 @@ def create_model(
         raise WeightsError(f"{path}: {key}={given!r} contradicts the file's {key}={saved!r} (leave it out)")
     model = build_for_file(name, {**stored, **kwargs}, path, checkpoint)
     model = _load_into(model, load_state_dict(path, checkpoint), path)
+    model.data_config = read_config(path, checkpoint).get("data")  # preprocessing, for iamnn.predict
     return model.eval() if pretrained else model
 
 
@@ -272,6 +273,7 @@ def load_model_with_config(path: str | Path, **overrides: Any) -> tuple[nn.Modul
     checkpoint = read_checkpoint(path) if path.suffix == ".ckpt" else None
     config = read_config(path, checkpoint)
     model = build_for_file(config["model"], {**config.get("kwargs", {}), **overrides}, path, checkpoint)
+    model.data_config = config.get("data")  # the preprocessing it was trained with, for iamnn.predict
     return _load_into(model, load_state_dict(path, checkpoint), path).eval(), config
 
 
