@@ -165,7 +165,8 @@ class Classifier(L.LightningModule):
         self.log(f"{split}/ponder", ponder, on_step=False, on_epoch=True, batch_size=n)
         for k, iterations in enumerate(stats.iterations.float().mean(0)):
             self.log(f"{split}/iterations_stage{k + 1}", iterations, on_step=False, on_epoch=True, batch_size=n)
-        macs = stats.macs.float()
+        # float64: float32 sums of ~10⁷-MAC counts round (a mean above the max); MPS has no float64
+        macs = stats.macs.float() if stats.macs.device.type == "mps" else stats.macs.double()
         self.log(f"{split}/macs_mean", macs.mean(), on_step=False, on_epoch=True, batch_size=n, prog_bar=not train)
         self.log(f"{split}/macs_max", macs.max(), on_step=False, on_epoch=True, reduce_fx="max", batch_size=n)
         if train:
