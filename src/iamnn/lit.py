@@ -270,7 +270,9 @@ class ExportWeights(Callback):
     """At the end of ``fit``, save the best checkpoint's network as ``<log_dir>/model.safetensors``.
 
     The file carries its config (``iamnn.weights``), so ``iamnn report``, ``iamnn predict`` and
-    ``create_model(..., checkpoint_path=...)`` use it without pickle or the training code.
+    ``create_model(..., checkpoint_path=...)`` use it without pickle or the training code. An
+    anytime run saves its final weights instead: its validation runs ``full`` with BatchNorm
+    statistics blended over every depth, which says little about the best epoch.
     """
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -278,6 +280,8 @@ class ExportWeights(Callback):
         if not trainer.is_global_zero or log_dir is None:
             return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if pl_module.hparams.get("anytime"):
+            best = ""
         model = pl_module.model
         if best:
             model = create_model(model.model_config["model"], **model.model_config["kwargs"])
