@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
+from .errors import one_line
 from .export import OnnxModel
 from .models import IamNN, build_model, pretrained_file
 from .models.fold import fold_batchnorm
@@ -53,6 +54,15 @@ def expand_paths(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, s
     return out, empty
 
 
+def skip_reason(err: Exception) -> str:
+    """Why a file is not classified, in words: "no such file", "permission denied", …"""
+    if isinstance(err, ValueError):
+        return str(err)
+    words = {FileNotFoundError: "no such file", IsADirectoryError: "a directory, not an image file",
+             PermissionError: "permission denied"}  # fmt: skip
+    return words.get(type(err), getattr(err, "strerror", None) or type(err).__name__)
+
+
 def load_image(path: Path | Image.Image, data: dict[str, Any]) -> Tensor:
     """An image file (or a PIL image) as the model's normalised (C, H, W) input; ValueError if it
     is not an image."""
@@ -62,8 +72,11 @@ def load_image(path: Path | Image.Image, data: dict[str, Any]) -> Tensor:
         try:
             with Image.open(path) as img:
                 img = img.convert("L" if data["in_chans"] == 1 else "RGB")
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise  # the caller says which (skip_reason)
         except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"not a readable image ({type(err).__name__})") from None
+            reason = "not an image format Pillow reads" if isinstance(err, UnidentifiedImageError) else one_line(err)
+            raise ValueError(f"not a readable image ({reason})") from None
     x = pil_to_tensor(img).float().div(255)
     h, w = data["input_size"]
     if tuple(x.shape[1:]) != (h, w):
@@ -115,8 +128,8 @@ def predict_files(
     for path in files:
         try:
             good.append((path, load_image(path, data)))
-        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
-            bad.append((str(path), str(err) if isinstance(err, ValueError) else type(err).__name__))
+        except (ValueError, OSError) as err:
+            bad.append((str(path), skip_reason(err)))
     results = []
     names = data.get("class_names") or []
     for i in range(0, len(good), batch_size):
@@ -176,10 +189,8 @@ def predict(
         for path in files:
             try:
                 inputs.append((str(path), load_image(path, data)))
-            except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
-                raise ValueError(f"{path}: {type(err).__name__}") from None
-            except ValueError as err:
-                raise ValueError(f"{path}: {err}") from None
+            except (ValueError, OSError) as err:
+                raise ValueError(f"{path}: {skip_reason(err)}") from None
     run, names, out = torch_runner(net, halting), data.get("class_names") or [], []
     with torch.no_grad():
         for i in range(0, len(inputs), batch_size):
