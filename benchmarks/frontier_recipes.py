@@ -3,7 +3,7 @@
 Every point shares one recipe (IamNN-r101 preset at width 1/8; Fashion-MNIST with 12 000 training
 images, a 2 000-image validation split and the full 10 000-image test set; 6 epochs of SGD one-cycle,
 bf16 autocast: minutes per model on 2 CPU cores) and changes only what the point is about. Run from the repository root:
-``python benchmarks/frontier_recipes.py``; then ``iamnn fit --config recipes/fashion_mnist/frontier/<point>.yaml``.
+``python -m benchmarks.frontier_recipes``; then ``iamnn fit --config recipes/fashion_mnist/frontier/<point>.yaml``.
 """
 
 from __future__ import annotations
@@ -47,30 +47,38 @@ BASE_MODEL = {
 }  # fmt: skip
 
 
-def recipe(name: str, model: dict, trainer: dict) -> dict:
-    logger = {"save_dir": "runs/frontier", "name": name, "version": ""}
+DATA = {"batch_size": 128, "eval_batch_size": 500, "val_size": 2000, "train_subset": 12000}
+
+
+def recipe(
+    name: str, model: dict, trainer: dict, base_model: dict = BASE_MODEL, data: dict = DATA,
+    epochs: int = EPOCHS, save_dir: str = "runs/frontier",
+) -> dict:  # fmt: skip
+    """One study point: the shared recipe with the point's model and trainer overrides."""
+    logger = {"save_dir": save_dir, "name": name, "version": ""}
     return {
         "seed_everything": 0,
         "trainer": {
-            "max_epochs": EPOCHS, "accelerator": "auto", "precision": "bf16-mixed", "enable_model_summary": False,
+            "max_epochs": epochs, "accelerator": "auto", "precision": "bf16-mixed", "enable_model_summary": False,
             "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger}],
             **trainer,
         },
-        "model": {**BASE_MODEL, **model},
-        "data": {
-            "class_path": "iamnn.data.FashionMNISTDataModule",
-            "init_args": {"batch_size": 128, "eval_batch_size": 500, "val_size": 2000, "train_subset": 12000},
-        },
+        "model": {**base_model, **model},
+        "data": {"class_path": "iamnn.data.FashionMNISTDataModule", "init_args": data},
     }  # fmt: skip
 
 
+def write_recipes(out: Path, points: dict[str, tuple[str, dict, dict]], title: str, writer: str, **shared) -> None:
+    """``out/<point>.yaml`` for every point, each headed by what it is about."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (comment, model, trainer) in points.items():
+        text = yaml.safe_dump(recipe(name, model, trainer, **shared), sort_keys=False, width=100)
+        (out / f"{name}.yaml").write_text(f"# {title} point '{name}': {comment}.\n# Written by {writer}.\n" + text)
+    print(f"wrote {len(points)} recipes to {out}")
+
+
 def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, (comment, model, trainer) in POINTS.items():
-        text = yaml.safe_dump(recipe(name, model, trainer), sort_keys=False)
-        header = f"# Frontier study point '{name}': {comment}.\n# Written by benchmarks/frontier_recipes.py.\n"
-        (OUT / f"{name}.yaml").write_text(header + text)
-    print(f"wrote {len(POINTS)} recipes to {OUT}")
+    write_recipes(OUT, POINTS, "Frontier study", "benchmarks/frontier_recipes.py")
 
 
 if __name__ == "__main__":

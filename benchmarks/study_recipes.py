@@ -4,7 +4,7 @@ Every point shares the shipped model's recipe: IamNN-r34 preset (at most 3/4/6/3
 width 1/8, the cifar stem, Fashion-MNIST with 55 000 training images, a 5 000-image validation split
 and the full 10 000-image test set; 12 epochs of SGD one-cycle (0.1, nesterov, weight decay 5e-4),
 batch 128, bf16 autocast. A point changes only what it is about. Run from the repository root:
-``python benchmarks/study_recipes.py``; then ``iamnn fit --config recipes/fashion_mnist/study/<point>.yaml``
+``python -m benchmarks.study_recipes``; then ``iamnn fit --config recipes/fashion_mnist/study/<point>.yaml``
 (resume after a kill: add ``--ckpt_path last``). ``benchmarks/run_study.sh`` runs them in order.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
+from benchmarks.frontier_recipes import write_recipes
 
 OUT = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist" / "study"
 EPOCHS = 12
@@ -66,30 +66,12 @@ BASE_MODEL = {
 }  # fmt: skip
 
 
-def recipe(name: str, model: dict, trainer: dict) -> dict:
-    logger = {"save_dir": "runs/study", "name": name, "version": ""}
-    return {
-        "seed_everything": 0,
-        "trainer": {
-            "max_epochs": EPOCHS, "accelerator": "auto", "precision": "bf16-mixed", "enable_model_summary": False,
-            "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger}],
-            **trainer,
-        },
-        "model": {**BASE_MODEL, **model},
-        "data": {
-            "class_path": "iamnn.data.FashionMNISTDataModule",
-            "init_args": {"batch_size": 128, "eval_batch_size": 500, "val_size": 5000},
-        },
-    }  # fmt: skip
+DATA = {"batch_size": 128, "eval_batch_size": 500, "val_size": 5000}
 
 
 def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, (comment, model, trainer) in POINTS.items():
-        text = yaml.safe_dump(recipe(name, model, trainer), sort_keys=False, width=100)
-        header = f"# Full-data study point '{name}': {comment}.\n# Written by benchmarks/study_recipes.py.\n"
-        (OUT / f"{name}.yaml").write_text(header + text)
-    print(f"wrote {len(POINTS)} recipes to {OUT}")
+    write_recipes(OUT, POINTS, "Full-data study", "benchmarks/study_recipes.py", base_model=BASE_MODEL, data=DATA,
+                  epochs=EPOCHS, save_dir="runs/study")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -133,11 +133,12 @@ def plot_frontier(records: list[dict[str, Any]], path: Path, front: list[str], t
                        color=colour, label=kind if kind != "resnet" else "ResNet", zorder=3)  # fmt: skip
     for r in points:
         ax.annotate(r["name"], (r["macs_mean"], r["top1"]), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
-    for run in sorted({r["run"] for r in records if "budget_macs" in r}):
+    for j, run in enumerate(sorted({r["run"] for r in records if "budget_macs" in r})):
         curve = sorted((r for r in records if r.get("run") == run and "budget_macs" in r), key=lambda r: r["macs_mean"])
         name = curve[0]["name"].rsplit("@", 1)[0]
-        ax.plot([r["macs_mean"] for r in curve], [r["top1"] for r in curve], "-", marker=".", color="tab:green",
-                lw=1.5, label=f"{name}, calibrated budgets", zorder=4)  # fmt: skip
+        ax.plot([r["macs_mean"] for r in curve], [r["top1"] for r in curve], "-", marker=".",
+                color=("tab:green", "tab:olive", "tab:cyan", "tab:pink")[j % 4], lw=1.5,
+                label=f"{name}, calibrated budgets", zorder=4)  # fmt: skip
     front = [r for r in sorted(records, key=lambda r: r["macs_mean"]) if r["name"] in front]
     ax.plot([r["macs_mean"] for r in front], [r["top1"] for r in front], "--", color="grey", lw=1, label="Pareto front")
     ax.margins(x=0.08, y=0.1)

@@ -130,24 +130,7 @@ def predict_files(
             good.append((path, load_image(path, data)))
         except (ValueError, OSError) as err:
             bad.append((str(path), skip_reason(err)))
-    results = []
-    names = data.get("class_names") or []
-    for i in range(0, len(good), batch_size):
-        chunk = good[i : i + batch_size]
-        logits, iterations, macs = run(torch.stack([x for _, x in chunk]))
-        conf, index = logits.softmax(1).max(1)
-        for j, (path, _) in enumerate(chunk):
-            k = int(index[j])
-            results.append(
-                Prediction(
-                    str(path),
-                    names[k] if k < len(names) else str(k),
-                    k,
-                    float(conf[j]),
-                    iterations[j].tolist(),
-                    int(macs[j]),
-                )  # fmt: skip
-            )
+    results = classify(run, [(str(path), x) for path, x in good], data.get("class_names") or [], batch_size)
     return results, bad
 
 
@@ -191,14 +174,19 @@ def predict(
                 inputs.append((str(path), load_image(path, data)))
             except (ValueError, OSError) as err:
                 raise ValueError(f"{path}: {skip_reason(err)}") from None
-    run, names, out = torch_runner(net, halting), data.get("class_names") or [], []
-    with torch.no_grad():
-        for i in range(0, len(inputs), batch_size):
-            chunk = inputs[i : i + batch_size]
-            logits, iterations, macs = run(torch.stack([x for _, x in chunk]))
-            conf, index = logits.softmax(1).max(1)
-            for j, (name, _) in enumerate(chunk):
-                k = int(index[j])
-                label = names[k] if k < len(names) else str(k)
-                out.append(Prediction(name, label, k, float(conf[j]), iterations[j].tolist(), int(macs[j])))
+    return classify(torch_runner(net, halting), inputs, data.get("class_names") or [], batch_size)
+
+
+@torch.no_grad()
+def classify(run: Runner, inputs: list[tuple[str, Tensor]], names: list[str], batch_size: int = 64) -> list[Prediction]:
+    """One :class:`Prediction` per ``(name, preprocessed image)``, in batches of ``batch_size``."""
+    out = []
+    for i in range(0, len(inputs), batch_size):
+        chunk = inputs[i : i + batch_size]
+        logits, iterations, macs = run(torch.stack([x for _, x in chunk]))
+        conf, index = logits.softmax(1).max(1)
+        for j, (name, _) in enumerate(chunk):
+            k = int(index[j])
+            label = names[k] if k < len(names) else str(k)
+            out.append(Prediction(name, label, k, float(conf[j]), iterations[j].tolist(), int(macs[j])))
     return out
