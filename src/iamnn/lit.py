@@ -472,7 +472,9 @@ class IamNNCLI(LightningCLI):
         """Hold ``run_dir/.lock`` for the life of this process: a second ``fit`` writing the same run
         folder (the same ``--name``) stops at once with one line instead of mixing two runs' files."""
         locks = self.__dict__.setdefault("_locks", {})
-        if run_dir in locks:
+        # one lock per run: only the first process of a DDP job takes it (the others write nothing)
+        rank = next((os.environ[v] for v in ("RANK", "SLURM_PROCID", "LOCAL_RANK") if os.environ.get(v)), "0")
+        if run_dir in locks or rank != "0":
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(run_dir / ".lock")
