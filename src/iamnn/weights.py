@@ -65,14 +65,15 @@ def create_model(
         return build_model(name, **kwargs)
     path = pretrained_path(name) if pretrained else Path(checkpoint_path)
     checkpoint = read_checkpoint(path) if path.suffix == ".ckpt" else None
-    stored = read_config(path, checkpoint).get("kwargs", {})
+    config = read_config(path, checkpoint)
+    stored = config.get("kwargs", {})
     clash = {k: (v, stored[k]) for k, v in kwargs.items() if k not in REGIME_KWARGS and k in stored and stored[k] != v}
     if clash:
         key, (given, saved) = next(iter(clash.items()))
         raise WeightsError(f"{path}: {key}={given!r} contradicts the file's {key}={saved!r} (leave it out)")
     model = build_for_file(name, {**stored, **kwargs}, path, checkpoint)
     model = _load_into(model, load_state_dict(path, checkpoint), path)
-    model.data_config = read_config(path, checkpoint).get("data")  # preprocessing, for iamnn.predict
+    model.data_config = config.get("data")  # preprocessing, for iamnn.predict
     return model.eval() if pretrained else model
 
 
