@@ -71,9 +71,7 @@ def create_model(
     if clash:
         key, (given, saved) = next(iter(clash.items()))
         raise WeightsError(f"{path}: {key}={given!r} contradicts the file's {key}={saved!r} (leave it out)")
-    model = build_for_file(name, {**stored, **kwargs}, path, checkpoint)
-    model = _load_into(model, load_state_dict(path, checkpoint), path)
-    model.data_config = config.get("data")  # preprocessing, for iamnn.predict
+    model = load_from_file(name, {**stored, **kwargs}, path, checkpoint, config)
     return model.eval() if pretrained else model
 
 
@@ -273,9 +271,18 @@ def load_model_with_config(path: str | Path, **overrides: Any) -> tuple[nn.Modul
     path = Path(path)
     checkpoint = read_checkpoint(path) if path.suffix == ".ckpt" else None
     config = read_config(path, checkpoint)
-    model = build_for_file(config["model"], {**config.get("kwargs", {}), **overrides}, path, checkpoint)
+    model = load_from_file(config["model"], {**config.get("kwargs", {}), **overrides}, path, checkpoint, config)
+    return model.eval(), config
+
+
+def load_from_file(
+    name: str, kwargs: dict[str, Any], path: Path, checkpoint: dict[str, Any] | None, config: dict[str, Any]
+) -> nn.Module:
+    """``name`` built with ``kwargs`` for the weights in ``path`` (checked first on the meta
+    device), the weights loaded, and the file's preprocessing kept as ``model.data_config``."""
+    model = build_for_file(name, kwargs, path, checkpoint)
     model.data_config = config.get("data")  # the preprocessing it was trained with, for iamnn.predict
-    return _load_into(model, load_state_dict(path, checkpoint), path).eval(), config
+    return _load_into(model, load_state_dict(path, checkpoint), path)
 
 
 def pretrained_path(name: str) -> Path:
