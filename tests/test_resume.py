@@ -100,3 +100,21 @@ def test_epoch_shuffle_depends_only_on_seed_and_epoch() -> None:
     a.set_epoch(3)
     assert list(a) != b_epoch2
     assert list(EpochShuffleSampler(data, seed=4)) != list(EpochShuffleSampler(data, seed=3))
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_a_resume_with_more_epochs_continues_on_a_schedule_for_the_new_length(
+    tmp_path: Path, fit_digits, schedule: str
+) -> None:
+    first = fit_digits(tmp_path, schedule, "--trainer.max_epochs=1", f"--model.lr_schedule={schedule}")
+    steps_per_epoch = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    run = fit_digits(tmp_path, schedule, "--trainer.max_epochs=2", f"--model.lr_schedule={schedule}",
+                     "--ckpt_path", "last")  # fmt: skip
+    assert run == first
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 2 * steps_per_epoch
+    scheduler = state["lr_schedulers"][0]
+    assert scheduler["last_epoch"] == 2 * steps_per_epoch
+    if schedule == "onecycle":
+        assert scheduler["total_steps"] == 2 * steps_per_epoch
+    assert _validation_epochs(run / "metrics.csv") == [0, 1]

@@ -249,7 +249,7 @@ class Classifier(L.LightningModule):
         epochs = max(1, self.trainer.max_epochs or 1)
         per_epoch = max(1, total // epochs)
         if hp.lr_schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=total, pct_start=0.25)
+            sched = ResumableOneCycleLR(opt, max_lr=hp.lr, total_steps=total, pct_start=0.25)
         else:
             warmup = int(hp.warmup_epochs * per_epoch)
 
@@ -264,6 +264,22 @@ class Classifier(L.LightningModule):
 
             sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ResumableOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
+    """One-cycle schedule that a resume with another ``max_epochs`` rebuilds for the new length.
+
+    The stock scheduler restores its saved ``total_steps`` with its step count, so a resume with more
+    epochs fails with "Tried to step N times". Here the length (and the phase boundaries derived from
+    it) stays the one computed for this fit; the step count comes from the checkpoint, so training
+    continues at the same step of a one-cycle curve stretched to the new length. (The other schedules
+    are closures over this fit's length and rebuild the same way on their own.)
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        this_fit = {key: getattr(self, key) for key in ("total_steps", "_schedule_phases")}
+        super().load_state_dict(state_dict)
+        self.__dict__.update(this_fit)
 
 
 class ExportWeights(Callback):
@@ -486,6 +502,13 @@ class IamNNCLI(LightningCLI):
                 "wait for it, or give this run another --name"
             ) from None
         locks[run_dir] = lock
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:  # the run folder is free once fit returns (a script may resume it in the same process)
+            for lock in self.__dict__.pop("_locks", {}).values():
+                lock.release()
 
     def _unlock_run_folders(self) -> None:
         """A run that failed to start leaves no run folder behind (nor a lock in an older one)."""
