@@ -194,3 +194,25 @@ def test_the_pondernet_regulariser_reaches_every_halting_unit() -> None:
     assert halting_policy("pondernet", epsilon=0.2) == PonderNet(0.2)
     with pytest.raises(ValueError, match="prior"):
         PonderNet(prior=1.0)
+
+
+def test_a_long_evaluation_shows_nested_progress_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from iamnn import progress
+
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "enabled", lambda: True)
+    monkeypatch.setattr(progress, "console", lambda: Console(file=screen, force_terminal=True, width=120))
+    model, loader = _model(), [(_inputs(8), torch.arange(8) % 10)] * 3
+    budget = (evaluate(model, loader, halting="full").macs_mean + evaluate(model, loader, halting=1).macs_mean) / 2
+    calibrate_threshold(model, loader, budget, train_loader=loader, steps=2)
+    drawn = screen.getvalue()
+    for line in ("calibrating act to", "re-estimating BatchNorm", "evaluating model (act ε="):
+        assert line in drawn, line
+    assert progress._display is None and progress._open_tasks == 0  # torn down with its last task
+    # not a terminal: nothing is drawn
+    monkeypatch.undo()
+    assert not progress.enabled()

@@ -24,6 +24,7 @@ from .export import OnnxModel, export_onnx
 from .models import IamNN
 from .models.fold import fold_batchnorm
 from .models.halting import HaltingSpec, ponder_loss
+from .progress import track
 from .weights import create_model
 
 BASELINE_OF = {"r18": "resnet18", "r34": "resnet34", "r50": "resnet50", "r101": "resnet101", "r152": "resnet152"}
@@ -85,7 +86,7 @@ def latencies(runners: list[Any], images: Tensor, warmup: int) -> list[list[floa
         for i in range(warmup):
             run(images[i : i + 1])
     times: list[list[float]] = [[] for _ in runners]
-    for i in range(len(images)):
+    for i in track(range(len(images)), f"timing batch 1 ({len(runners)} runners)"):
         for r, run in enumerate(runners):
             times[r].append(_timed(run, images[i : i + 1]))
     return times
@@ -102,7 +103,7 @@ def throughputs(runners: list[Any], images: Tensor, batch: int, total: int, warm
         for b in batches[: max(1, warmup // 2)]:
             run(b)
     seconds = [0.0] * len(runners)
-    for b in batches:
+    for b in track(batches, f"timing batch {batch} ({len(runners)} runners)"):
         for r, run in enumerate(runners):
             seconds[r] += _timed(run, b)
     return [n_batches * batch / t for t in seconds]

@@ -9,6 +9,7 @@ model's own default is never flipped and restored.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,8 @@ from torch.utils.data import DataLoader
 
 from .cost import count_params
 from .models import IamNN, halting_policy
-from .models.halting import HaltingSpec, threshold_policy_name
+from .models.halting import HaltingPolicy, HaltingSpec, halting_json, threshold_policy_name
+from .progress import task, track
 
 # inference regimes of the accuracy-vs-MACs curve: halting thresholds 1 − ε, and fixed k
 EPSILONS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
@@ -74,7 +76,8 @@ def evaluate(
     keeping each sample's cost and correctness."""
     model.eval()
     out: dict[str, list[Tensor]] = {k: [] for k in ("macs", "iterations", "ponder", "c1", "c5", "conf", "pred", "y")}
-    for x, y in loader:
+    regime = "" if halting is None else f" ({_regime_text(halting)})"
+    for x, y in track(loader, f"evaluating {name}{regime}"):
         logits, stats = model(x, return_stats=True, halting=halting)
         prob = logits.softmax(1)
         conf, pred = prob.max(1)
@@ -112,9 +115,8 @@ def recalibrate_batchnorm(
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     model.train()
-    for i, (x, _) in enumerate(loader):
-        if i >= num_batches:
-            break
+    total = min(num_batches, len(loader)) if hasattr(loader, "__len__") else num_batches
+    for x, _ in track(itertools.islice(loader, num_batches), "re-estimating BatchNorm", total):
         model(x, halting=halting)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
@@ -147,13 +149,22 @@ def calibrate_threshold(
             recalibrate_batchnorm(model, train_loader, halting=halting)
         return evaluate(model, val_loader, halting=halting).macs_mean
 
+    with task(f"calibrating {name} to {budget_macs / 1e6:.2f} M MACs", steps + 3) as advance:
+        return _bisect(model, name, measure, advance, budget_macs, steps, train_loader is not None)
+
+
+def _bisect(
+    model: IamNN, name: str, measure: Any, advance: Any, budget_macs: float, steps: int, recalibrated: bool
+) -> dict[str, Any]:
     lo, hi = 0.0, 0.999  # ε: most and fewest MACs
     macs_lo, macs_hi = measure(lo), measure(hi)
+    advance(2)
     best = (lo, macs_lo) if macs_lo <= budget_macs else (hi, macs_hi) if macs_hi <= budget_macs else None
     if best is not None and best[0] == hi:
         for _ in range(steps):  # invariant: macs(lo) > budget >= macs(hi)
             mid = (lo + hi) / 2
             macs = measure(mid)
+            advance(1)
             if macs <= budget_macs:
                 hi, best = mid, (mid, macs)
             else:
@@ -162,7 +173,7 @@ def calibrate_threshold(
     measure(eps)  # leave the model in the chosen regime: its statistics, and its default policy
     model.halting, model.epsilon = name, eps
     return {"budget_macs": budget_macs, "epsilon": eps, "val_macs_mean": macs, "feasible": best is not None,
-            "recalibrated": train_loader is not None, "val_macs_range": [macs_hi, macs_lo]}  # fmt: skip
+            "recalibrated": recalibrated, "val_macs_range": [macs_hi, macs_lo]}  # fmt: skip
 
 
 def sweep_regimes(
@@ -188,7 +199,7 @@ def sweep_regimes(
     recalibrated = bool(recalibrate and train_loader is not None)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     points = []
-    for regime, eps, halting in regimes:
+    for regime, eps, halting in track(regimes, "sweeping regimes"):
         if recalibrated:
             recalibrate_batchnorm(model, train_loader, halting=halting)
         ev = evaluate(model, test_loader, halting=halting)
@@ -203,3 +214,10 @@ def sweep_regimes(
 def _point(regime: str, eps: float | None, k: int | None, ev: Evaluation, recalibrated: bool) -> dict[str, Any]:
     return {"regime": regime, "epsilon": eps, "k": k, "macs_mean": ev.macs_mean, "top1": ev.top1,
             "recalibrated": recalibrated}  # fmt: skip
+
+
+def _regime_text(halting: HaltingSpec) -> str:
+    if isinstance(halting, HaltingPolicy) and hasattr(halting, "epsilon"):
+        return f"{halting.spec} ε={halting.epsilon:g}"
+    spec = halting_json(halting)
+    return "/".join(map(str, spec)) if isinstance(spec, list) else str(spec)

@@ -15,15 +15,18 @@ budget a record of its own: the model's accuracy-vs-MACs curve.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .errors import IamNNError, one_line
 from .evaluation import calibrate_threshold, evaluate
 from .files import write_text_atomic
 from .models import IamNN, MobileNet, ResNet, halting_policy
 from .plots import plot_frontier
+from .progress import track
 from .runs import find_weights, load_datamodule, read_recipe
 from .weights import load_model_with_config
 
@@ -81,7 +84,7 @@ def budget_records(record: dict[str, Any], model: IamNN, dm: Any, budgets: int) 
     cheapest, dearest = calibrate_threshold(model, val, float("inf"), train)["val_macs_range"]
     low, high = 1.01 * cheapest, dearest
     records = []
-    for i in range(budgets):
+    for i in track(range(budgets), f"calibrating {record['name']} to {budgets} budgets"):
         budget = low * (high / low) ** (i / max(1, budgets - 1))
         model.load_state_dict(trained)
         row = calibrate_threshold(model, val, budget, train)
@@ -144,8 +147,16 @@ def build_frontier(
     ``frontier.json``, ``frontier.md`` and ``frontier.png`` to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records = [rec for r in run_dirs for rec in frontier_records(r, test_subset, budgets)]
-    result = {"models": records, "pareto_front": pareto_front(records)}
+    records, skipped = [], []
+    for run in track(run_dirs, "evaluating run folders"):
+        try:
+            records += frontier_records(run, test_subset, budgets)
+        except (IamNNError, ValueError, OSError, KeyError, TypeError) as err:  # one bad folder spoils no other
+            skipped.append({"run": str(run), "reason": one_line(err)})
+            print(f"iamnn frontier: skipped {run}: {one_line(err)}", file=sys.stderr)
+    if not records:
+        raise IamNNError("no run folder could be evaluated" + (f" ({skipped[0]['reason']})" if skipped else ""))
+    result = {"models": records, "pareto_front": pareto_front(records), **({"skipped": skipped} if skipped else {})}
     plot_frontier(records, out / "frontier.png", result["pareto_front"])
     write_text_atomic(out / "frontier.md", markdown_frontier(records) + "\n")
     text = json.dumps(result, indent=2) + "\n"

@@ -14,6 +14,7 @@ from .evaluation import EPSILONS, FIXED_K, QUICK_EPSILONS, QUICK_FIXED_K, Evalua
 from .files import write_text_atomic
 from .models import IamNN
 from .plots import plot_easy_hard, plot_iterations, plot_tradeoff
+from .progress import track
 from .runs import find_weights, load_datamodule
 from .weights import load_model
 
@@ -59,7 +60,7 @@ def build_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     evaluations, figures = [], []
-    for run in run_dirs:
+    for run in track(run_dirs, "evaluating run folders"):
         ev, dm = evaluate_run(run, sweep=sweep, test_subset=test_subset, quick=quick)
         evaluations.append(ev)
         if ev.iterations.float().std() > 0 or ev.sweep:  # adaptive: its own figures
