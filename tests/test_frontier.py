@@ -98,6 +98,24 @@ def test_calibrate_command(runs: dict[str, Path], tmp_path: Path, capsys) -> Non
     assert exit_info.value.code == 2 and "not a MACs budget" in capsys.readouterr().err
 
 
+def test_bare_json_prints_the_result_instead_of_the_table(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    main(["calibrate", "--ckpt", str(runs["act"]), "--budget-macs", "100M", "--json"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["budgets"][0]["budget_macs"] == 1e8
+    main(["recalibrate", "--ckpt", str(runs["k1"]), "--halting", "2", "--json"])
+    assert json.loads(capsys.readouterr().out)["halting"] == 2
+    # one broken run folder is skipped with a line; the others are still evaluated
+    broken = tmp_path / "runs" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "config.yaml").write_bytes((runs["k1"] / "config.yaml").read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    main(["frontier", str(runs["k1"]), str(broken), "-o", str(tmp_path / "f"), "--budgets", "0", "--json"])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert [r["name"] for r in result["models"]] == ["k1"] and result["skipped"][0]["run"] == str(broken)
+    assert f"skipped {broken}" in captured.err and "wrote" in captured.err
+
+
 def test_pareto_front_and_budget_parsing() -> None:
     records = [{"name": n, "macs_mean": m, "top1": a} for n, m, a in
                [("a", 1, 80.0), ("b", 2, 79.0), ("c", 3, 85.0), ("d", 3, 84.0), ("e", 9, 85.0)]]  # fmt: skip

@@ -45,6 +45,32 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
+def _add_json(p: argparse.ArgumentParser, example: str = "") -> None:
+    p.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="PATH",
+        help="print the result as JSON on stdout instead of the table; with PATH, write it there as well"
+        + (f" (e.g. {example})" if example else ""),
+    )  # fmt: skip
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """A 'wrote …' line: on stdout beside a table, on stderr when stdout carries JSON."""
+    print(text, file=sys.stderr if getattr(args, "json", None) == "-" else sys.stdout)
+
+
+def _json_out(args: argparse.Namespace, result: object) -> bool:
+    """``--json``: print ``result`` and return True (the caller skips its table); ``--json PATH``:
+    write it there."""
+    text = json.dumps(result, indent=2) + "\n"
+    if args.json == "-":
+        sys.stdout.write(text)
+        return True
+    if args.json:
+        write_text_atomic(args.json, text)
+        print(f"wrote {args.json}")
+    return False
+
+
 # -- profile -------------------------------------------------------------------------------------
 def _models(args: argparse.Namespace) -> None:
     import torch
@@ -101,7 +127,11 @@ def _profile(args: argparse.Namespace) -> None:
 
 
 # -- report ------------------------------------------------------------------------------------
-def _print_report(result: dict, out_dir: str) -> None:
+def _print_report(result: dict, out_dir: str, args: argparse.Namespace | None = None) -> None:
+    if args is not None and args.json == "-":
+        _json_out(args, result)
+        _say(args, f"report: {out_dir}/report.md, {out_dir}/report.json, " + ", ".join(result["figures"]))
+        return
     console = _console()
     table = Table(title="Table 1 (this run's test set)")
     for col in ("network", "params", "avg MACs", "min–max MACs", "top-1", "top-5", "mean iterations per stage"):
@@ -118,6 +148,8 @@ def _print_report(result: dict, out_dir: str) -> None:
     print(f"report: {out_dir}/report.md, {out_dir}/report.json; figures:")
     for name in result["figures"]:
         print(f"  {out_dir}/{name}")
+    if args is not None:
+        _json_out(args, result)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -131,7 +163,7 @@ def _report(args: argparse.Namespace) -> None:
         test_subset=args.test_subset,
         quick=args.quick_sweep,
     )
-    _print_report(result, args.output)
+    _print_report(result, args.output, args)
 
 
 # -- frontier and calibrate ---------------------------------------------------------------------
@@ -139,9 +171,11 @@ def _frontier(args: argparse.Namespace) -> None:
     from .frontier import build_frontier, iterations_text, pareto_front
     from .runs import run_folders
 
-    result = build_frontier(
-        run_folders(args.runs), args.output, test_subset=args.test_subset, json_path=args.json, budgets=args.budgets
-    )
+    result = build_frontier(run_folders(args.runs), args.output, test_subset=args.test_subset, budgets=args.budgets)
+    written = ", ".join(f"{args.output}/frontier.{ext}" for ext in ("png", "md", "json"))
+    if _json_out(args, result):
+        _say(args, f"wrote {written}")
+        return
     records = sorted(result["models"], key=lambda r: r["macs_mean"])
     front = set(pareto_front(records))
     table = Table(title="Accuracy vs average MACs (test set, each model as trained)")
@@ -155,8 +189,8 @@ def _frontier(args: argparse.Namespace) -> None:
             "*" if r["name"] in front else "",
         )  # fmt: skip
     _console().print(table)
-    written = [f"{args.output}/frontier.{ext}" for ext in ("png", "md", "json")] + ([args.json] if args.json else [])
-    print("wrote " + ", ".join(written))
+    print(f"wrote {written}")
+    _json_out(args, result)
 
 
 def _calibrate(args: argparse.Namespace) -> None:
@@ -167,6 +201,11 @@ def _calibrate(args: argparse.Namespace) -> None:
         result = calibrate_run(args.ckpt, budgets, not args.no_recalibrate, args.test_subset, save=args.save)
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
+    saved = f"wrote {result['saved']} (loads at ε = {result['budgets'][0]['epsilon']:.4f}, BatchNorm re-estimated)"
+    if _json_out(args, result):
+        if result["saved"]:
+            _say(args, saved)
+        return
     table = Table(title=f"Halting thresholds for MACs budgets: {result['weights']}")
     for col in ("budget", "ε", "val avg MACs", "test avg MACs", "test top-1", "mean iterations per stage", "note"):
         table.add_column(col, justify="right")
@@ -178,10 +217,8 @@ def _calibrate(args: argparse.Namespace) -> None:
         )  # fmt: skip
     _console().print(table)
     if result["saved"]:
-        print(f"wrote {result['saved']} (loads at ε = {result['budgets'][0]['epsilon']:.4f}, BatchNorm re-estimated)")
-    if args.json:
-        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(saved)
+    _json_out(args, result)
 
 
 def _recalibrate(args: argparse.Namespace) -> None:
@@ -191,11 +228,16 @@ def _recalibrate(args: argparse.Namespace) -> None:
         r = recalibrate_run(args.ckpt, args.halting, save=args.output, test_subset=args.test_subset)
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
+    if _json_out(args, r):
+        if r["saved"]:
+            _say(args, f"wrote {r['saved']} (loads in that regime)")
+        return
     print(f"halting {r['halting']!r}: {human(r['test_macs_mean'])} MACs; test top-1 "
           f"{r['test_top1_trained_statistics']:.2f} % with the trained BatchNorm statistics, "
           f"{r['test_top1_reestimated']:.2f} % re-estimated")  # fmt: skip
     if r["saved"]:
         print(f"wrote {r['saved']} (loads in that regime)")
+    _json_out(args, r)
 
 
 # -- predict -----------------------------------------------------------------------------------
@@ -322,10 +364,15 @@ def _bench(args: argparse.Namespace) -> None:
         model=args.model if not args.weights else str(args.weights), inputs=source,
         input_size=list(images.shape[1:]), folded_batchnorm=config.fold, torch=torch.__version__,
     )  # fmt: skip
+    # one results file per runtime: an onnxruntime run does not overwrite the torch run's figures
+    default = Path("benchmarks/results") / ("bench.json" if args.runtime == "torch" else f"bench.{args.runtime}.json")
+    if args.json == "-":
+        _json_out(args, result)
+        return
     _print_bench(result, sizes)
-    if args.json:
-        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    path = args.json or str(default)
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
@@ -404,12 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sweep", action="store_true", help="skip the accuracy-vs-MACs sweep of inference regimes")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--quick-sweep", action="store_true", help="8 sweep points instead of ~20")
+    _add_json(p)
     p.set_defaults(run=_report)
 
     p = sub.add_parser("frontier", help="accuracy vs average MACs of trained runs: Pareto plot, table, JSON")
     p.add_argument("runs", nargs="+", help="run folders written by `iamnn fit`, or folders of them (runs/frontier)")
     p.add_argument("-o", "--output", default="report/frontier", help="output folder (default: report/frontier)")
-    p.add_argument("--json", default=None, help="also write the JSON here (e.g. benchmarks/results/frontier.json)")
+    _add_json(p, "benchmarks/results/frontier.json")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument(
         "--budgets", type=int, default=6, metavar="N",
@@ -423,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-macs", required=True, nargs="+", help="average MACs per image, e.g. 20M 1.5G")
     p.add_argument("--no-recalibrate", action="store_true", help="keep the trained BatchNorm statistics")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
-    p.add_argument("--json", default=None, help="write the result as JSON here")
+    _add_json(p)
     p.add_argument("--save", default=None, help="write the calibrated model (one budget) as safetensors here")
     p.set_defaults(run=_calibrate)
 
@@ -432,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--halting", required=True, help="the regime: act, full or a fixed number of iterations k")
     p.add_argument("-o", "--output", default=None, help="write the re-estimated model as safetensors here")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    _add_json(p)
     p.set_defaults(run=_recalibrate)
 
     p = sub.add_parser("predict", help="classify image files with trained weights")
@@ -465,7 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm unfolded at inference")
     p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
     p.add_argument("--onnx", help="with --runtime onnxruntime: an `iamnn export` file, timed as the act row")
-    p.add_argument("--json", default="benchmarks/results/bench.json", help="where to write the JSON")
+    p.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="PATH",
+        help="where to write the JSON (default: benchmarks/results/bench.json, or bench.onnxruntime.json with "
+        "--runtime onnxruntime); bare --json prints it on stdout instead of the table",
+    )  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="tiny measurement, for tests")
     p.set_defaults(run=_bench)
 
