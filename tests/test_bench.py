@@ -44,3 +44,21 @@ def test_bench_onnxruntime_smoke(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert result["runtime"] == "onnxruntime" and len(result["rows"]) == 4
     assert all(r["images_per_s@2"] > 0 for r in result["rows"])
     assert "onnxruntime" in capsys.readouterr().out
+
+
+def test_the_bench_notices_another_process_on_its_cores() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from iamnn.bench import Disturbance
+
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        with Disturbance() as busy:
+            time.sleep(1.0)
+    finally:
+        hog.kill()
+    assert busy.other_cores is not None and busy.other_cores > 0.6, busy.summary()
+    assert not busy.summary()["trustworthy"] and busy.summary()["wall_s"] >= 1.0

@@ -8,6 +8,7 @@ divided by its MAC ratio: 1.0 means every MAC saved became time saved.
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -199,6 +200,48 @@ def _time_per_mac(full: dict[str, Any], base: dict[str, Any], key: str, batch_si
         )
 
 
+def machine_cpu_seconds() -> float | None:
+    """CPU seconds spent so far by every process on the machine (Linux ``/proc/stat``, first line:
+    user, nice, system, idle, iowait, irq, softirq, steal; steal counts as a neighbour's use);
+    None where there is no ``/proc/stat``."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks + [0] * (8 - len(ticks))
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class Disturbance:
+    """How many cores other processes kept busy while the block ran: the machine's CPU time minus
+    this process's, over the wall time. A benchmark that shares its cores is off by any factor
+    (20x has been seen), so the result says so instead of passing for a measurement."""
+
+    LIMIT = 0.25  # cores: above this on average, the figures are not trustworthy
+
+    def __enter__(self) -> Disturbance:
+        self._start = (machine_cpu_seconds(), _own_cpu_seconds(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        machine, own, wall = machine_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+        machine0, own0, wall0 = self._start
+        self.wall_s = wall - wall0
+        self.other_cores = (
+            None if machine is None or machine0 is None
+            else max(0.0, (machine - machine0) - (own - own0)) / max(self.wall_s, 1e-9)
+        )  # fmt: skip
+
+    def summary(self) -> dict[str, Any]:
+        return {"other_processes_cores": self.other_cores, "cores": os.cpu_count(), "wall_s": self.wall_s,
+                "trustworthy": self.other_cores is None or self.other_cores <= self.LIMIT}  # fmt: skip
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def run_bench(
     model: IamNN,
     images: Tensor,
@@ -242,11 +285,12 @@ def run_bench(
         else:
             runners = [resnet or run_in(infer, mode) for resnet, mode in zip(resnets, modes, strict=True)]
         rows = []
-        seconds = latencies(runners, images[: config.latency_images], config.warmup)
-        speeds = {
-            b: throughputs(runners, images, b, max(config.throughput_images, 2 * b), config.warmup)
-            for b in config.batch_sizes
-        }
+        with Disturbance() as disturbance:
+            seconds = latencies(runners, images[: config.latency_images], config.warmup)
+            speeds = {
+                b: throughputs(runners, images, b, max(config.throughput_images, 2 * b), config.warmup)
+                for b in config.batch_sizes
+            }
         for r, (name, resnet, avg_macs) in enumerate(zip(names, resnets, macs, strict=True)):
             lat = seconds[r]
             row = {
@@ -275,10 +319,13 @@ def run_bench(
             _time_per_mac(full, base, key, config.batch_sizes)
     result: dict[str, Any] = {
         "rows": rows, "runtime": runtime, "threads": torch.get_num_threads(), "device": str(images.device),
+        "disturbance": disturbance.summary(),
     }  # fmt: skip
     if config.train_batch and labels is not None:
         batch = min(config.train_batch, len(images))
-        steps = train_step_times(model, images[:batch], labels[:batch])
+        with Disturbance() as disturbance:
+            steps = train_step_times(model, images[:batch], labels[:batch])
+        result["train_step_disturbance"] = disturbance.summary()
         steps["speedup"] = steps["full"] / steps["act"]
         steps["mac_ratio"] = steps["full_macs"] / steps["act_macs"]
         steps["speedup_over_mac_ratio"] = steps["speedup"] / steps["mac_ratio"]

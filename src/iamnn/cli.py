@@ -366,6 +366,7 @@ def _bench(args: argparse.Namespace) -> None:
     )  # fmt: skip
     # one results file per runtime: an onnxruntime run does not overwrite the torch run's figures
     default = Path("benchmarks/results") / ("bench.json" if args.runtime == "torch" else f"bench.{args.runtime}.json")
+    _warn_if_disturbed(result)
     if args.json == "-":
         _json_out(args, result)
         return
@@ -373,6 +374,15 @@ def _bench(args: argparse.Namespace) -> None:
     path = args.json or str(default)
     write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def _warn_if_disturbed(result: dict) -> None:
+    for key, what in (("disturbance", "inference timings"), ("train_step_disturbance", "training-step timings")):
+        d = result.get(key)
+        if d and not d["trustworthy"]:
+            print(f"iamnn bench: warning: other processes kept {d['other_processes_cores']:.2f} of {d['cores']} cores "
+                  f"busy during the {what}; their figures are not trustworthy (run on a quiet machine)",
+                  file=sys.stderr)  # fmt: skip
 
 
 def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
