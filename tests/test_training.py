@@ -325,3 +325,14 @@ def test_integer_batch_limits_stay_integers(tmp_path: Path) -> None:
     args = ["fit", "--config", str(recipe), "--trainer.limit_train_batches", "1", "--trainer.overfit_batches=0.1"]
     assert given_batch_counts(args) == {"limit_train_batches": 1, "limit_val_batches": 3}
     assert given_batch_counts([*args, "--trainer.limit_val_batches=1.0"]) == {"limit_train_batches": 1}
+
+
+def test_the_model_summary_gives_macs_not_lightnings_zero_flops(tmp_path: Path, fit_digits, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        fit_digits(tmp_path, "summary", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+                   "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=true")  # fmt: skip
+    text = caplog.text
+    assert "Total params" in text and "MACs per image at 16x16 (1 iteration per stage to all)" in text
+    assert "Flops" not in text and "FLOPs" not in text and "already configured" not in text

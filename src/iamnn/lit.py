@@ -26,7 +26,7 @@ import torchmetrics
 import yaml
 from filelock import FileLock, Timeout
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
@@ -266,6 +266,41 @@ class Classifier(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class MACsSummary(ModelSummary):
+    """Lightning's model summary with MACs per image instead of its FLOPs.
+
+    Lightning counts FLOPs only from an ``example_input_array`` and prints "Total FLOPs: 0"
+    without one; an IamNN's cost depends on its regime, so the summary gives the range from one
+    iteration per stage to every iteration, computed for the data module's input size.
+    """
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        hw = tuple(dm.input_size) if dm is not None else None
+        model = pl_module.model
+        if hw is None:
+            self._macs = "MACs per image: unknown (no data module)"
+        elif isinstance(model, IamNN):
+            self._macs = (f"{model.max_macs(hw, 1) / 1e6:.2f} M to {model.max_macs(hw, 'full') / 1e6:.2f} M MACs "
+                          f"per image at {hw[0]}x{hw[1]} (1 iteration per stage to all)")  # fmt: skip
+        else:
+            self._macs = f"{model.max_macs(hw) / 1e6:.2f} M MACs per image at {hw[0]}x{hw[1]}"
+        super().on_fit_start(trainer, pl_module)
+
+    def summarize(
+        self, summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
+        model_size: float, total_training_modes: dict[str, int], total_flops: int, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        table = _format_summary_table(
+            total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *columns
+        )
+        lines = [line for line in table.splitlines() if not line.rstrip().endswith("Total Flops")]
+        logging.getLogger("lightning.pytorch.callbacks.model_summary").info("\n" + "\n".join([*lines, self._macs]))
+
+
 class ResumableOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
     """One-cycle schedule that a resume with another ``max_epochs`` rebuilds for the new length.
 
@@ -438,6 +473,8 @@ class IamNNCLI(LightningCLI):
         parser.add_argument("--runs_dir", type=str | None, default=None, help="folder of the runs (default: runs)")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
+        if config.get("enable_model_summary") is not False and not config.get("barebones"):
+            callbacks = [*callbacks, MACsSummary()]  # Lightning's own (with "Total FLOPs: 0") is then left out
         return super()._instantiate_trainer({**config, **given_batch_counts(self._args)}, callbacks)
 
     def _parse_ckpt_path(self) -> None:
@@ -520,7 +557,8 @@ class IamNNCLI(LightningCLI):
 
 
 def _drop_tip(record: logging.LogRecord) -> bool:
-    return "litlogger" not in record.getMessage()
+    message = record.getMessage()
+    return "litlogger" not in message and "already configured with model summary" not in message
 
 
 def _quiet_lightning() -> None:
