@@ -336,3 +336,17 @@ def test_the_model_summary_gives_macs_not_lightnings_zero_flops(tmp_path: Path, 
     text = caplog.text
     assert "Total params" in text and "MACs per image at 16x16 (1 iteration per stage to all)" in text
     assert "Flops" not in text and "FLOPs" not in text and "already configured" not in text
+
+
+def test_evaluate_gives_the_table_row_of_trained_weights(digits_run: Path, capsys: pytest.CaptureFixture) -> None:
+    from iamnn.cli import main
+
+    main(["evaluate", "--weights", str(digits_run / "model.safetensors"), "--json"])
+    row = json.loads(capsys.readouterr().out)
+    assert row["test_samples"] == 297 and 50 < row["top1"] <= 100
+    assert row["macs_min"] <= row["macs_mean"] <= row["macs_max"] and len(row["iterations_mean"]) == 4
+    main(["evaluate", "--weights", str(digits_run / "model.safetensors"), "--halting", "1"])
+    assert "1.00 / 1.00 / 1.00 / 1.00" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate"])
+    assert exit_info.value.code == 2 and "--pretrained" in capsys.readouterr().err

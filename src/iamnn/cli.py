@@ -127,24 +127,27 @@ def _profile(args: argparse.Namespace) -> None:
 
 
 # -- report ------------------------------------------------------------------------------------
-def _print_report(result: dict, out_dir: str, args: argparse.Namespace | None = None) -> None:
-    if args is not None and args.json == "-":
-        _json_out(args, result)
-        _say(args, f"report: {out_dir}/report.md, {out_dir}/report.json, " + ", ".join(result["figures"]))
-        return
-    console = _console()
-    table = Table(title="Table 1 (this run's test set)")
+def _table1(summaries: list[dict], title: str) -> Table:
+    table = Table(title=title)
     for col in ("network", "params", "avg MACs", "min–max MACs", "top-1", "top-5", "mean iterations per stage"):
         table.add_column(col, justify="left" if col == "network" else "right")
-    for s in result["models"]:
+    for s in summaries:
         its = " / ".join(f"{m:.2f}" for m in s["iterations_mean"])
         maxima = "/".join(str(n) for n in s["max_iterations"])
         table.add_row(
             s["network"], human(s["params"]), human(s["macs_mean"]),
             f"{human(s['macs_min'])} – {human(s['macs_max'])}", f"{s['top1']:.2f}", f"{s['top5']:.2f}",
-            f"{its} (max {maxima})",
+            f"{its} (max {maxima})" if maxima else "—",
         )  # fmt: skip
-    console.print(table)
+    return table
+
+
+def _print_report(result: dict, out_dir: str, args: argparse.Namespace | None = None) -> None:
+    if args is not None and args.json == "-":
+        _json_out(args, result)
+        _say(args, f"report: {out_dir}/report.md, {out_dir}/report.json, " + ", ".join(result["figures"]))
+        return
+    _console().print(_table1(result["models"], "Table 1 (this run's test set)"))
     print(f"report: {out_dir}/report.md, {out_dir}/report.json; figures:")
     for name in result["figures"]:
         print(f"  {out_dir}/{name}")
@@ -241,17 +244,38 @@ def _recalibrate(args: argparse.Namespace) -> None:
 
 
 # -- predict -----------------------------------------------------------------------------------
+DEFAULT_PRETRAINED = "iamnn_r34_fmnist"
+
+
 def _load_source(args: argparse.Namespace):
-    """(model, config) from --weights FILE or --model NAME --pretrained; config holds "data".
+    """(model, config) from --weights FILE or --pretrained [--model NAME] (default: the shipped
+    iamnn_r34_fmnist); config holds "data". The same resolution in every command.
 
     A WeightsError reaches ``main``, which prints it as the command's one-line error."""
     from .weights import load_model_with_config, pretrained_path
 
     if args.weights:
         return load_model_with_config(args.weights)
-    if args.model and args.pretrained:
-        return load_model_with_config(pretrained_path(args.model))
-    raise CLIError("give --weights FILE, or --model NAME --pretrained")
+    if args.pretrained:
+        return load_model_with_config(pretrained_path(args.model or DEFAULT_PRETRAINED))
+    raise CLIError("give --weights FILE, or --pretrained [--model NAME]")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .report import evaluate_weights
+
+    model, config = _load_source(args)
+    if "data" not in config:
+        raise CLIError("the weights carry no data config (which dataset, preprocessing): give a run folder to "
+                       "`iamnn report` instead")  # fmt: skip
+    name = args.model or DEFAULT_PRETRAINED if not args.weights else Path(args.weights).stem
+    try:
+        summary = evaluate_weights(model, config["data"], name, args.halting, args.test_subset).summary()
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    if _json_out(args, summary):
+        return
+    _console().print(_table1([summary], f"{name} on the {config['data']['dataset']} test set"))
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -307,7 +331,7 @@ def _export(args: argparse.Namespace) -> None:
         raise CLIError(str(err)) from None
     tmp = out.with_name(out.name + ".partial")
     try:
-        source = {"weights": str(Path(args.weights).resolve())} if args.weights else {"pretrained": args.model}
+        source = {"weights": str(Path(args.weights).resolve())} if args.weights else {"pretrained": args.model or DEFAULT_PRETRAINED}
         kwargs = {**config.get("kwargs", {}), "halting": halting}
         export_onnx(model, tmp, config={**config, "kwargs": kwargs, "source": source}, halting=halting)
         tmp.replace(out)
@@ -454,6 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0, help="width multiplier of the IamNN rows (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_profile)
+
+    p = sub.add_parser("evaluate", help="trained weights on their dataset's test set: the README's Table-1 row")
+    p.add_argument("--pretrained", action="store_true", help="the shipped weights (of --model, default iamnn_r34_fmnist)")
+    p.add_argument("--model", help="registered model name, with --pretrained")
+    p.add_argument("--weights", help="safetensors weights or Lightning .ckpt")
+    p.add_argument("--halting", default=None, help="an inference regime instead of the model's own: act, full, k")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    _add_json(p)
+    p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("report", help="Table-1-style table and figures for trained runs")
     p.add_argument("runs", nargs="+", help="run directories written by `iamnn fit` (runs/<name>)")

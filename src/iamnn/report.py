@@ -34,6 +34,17 @@ def evaluate_run(
     return ev, dm
 
 
+def evaluate_weights(
+    model: Any, data: dict[str, Any], name: str, halting: Any = None, test_subset: int | None = None
+) -> Evaluation:
+    """Trained weights on the full test set of the dataset their metadata names (``iamnn evaluate``)."""
+    from .data import datamodule_class
+
+    dm = datamodule_class(data["dataset"])(val_size=0, augment=False, **({"test_subset": test_subset} if test_subset else {}))
+    dm.setup("test")
+    return evaluate(model, dm.test_dataloader(), name, halting=halting)
+
+
 # -- the report ----------------------------------------------------------------------------------
 def markdown_table(summaries: list[dict[str, Any]]) -> str:
     lines = [
