@@ -331,7 +331,11 @@ def _export(args: argparse.Namespace) -> None:
         raise CLIError(str(err)) from None
     tmp = out.with_name(out.name + ".partial")
     try:
-        source = {"weights": str(Path(args.weights).resolve())} if args.weights else {"pretrained": args.model or DEFAULT_PRETRAINED}
+        source = (
+            {"weights": str(Path(args.weights).resolve())}
+            if args.weights
+            else {"pretrained": args.model or DEFAULT_PRETRAINED}
+        )
         kwargs = {**config.get("kwargs", {}), "halting": halting}
         export_onnx(model, tmp, config={**config, "kwargs": kwargs, "source": source}, halting=halting)
         tmp.replace(out)
@@ -480,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_profile)
 
     p = sub.add_parser("evaluate", help="trained weights on their dataset's test set: the README's Table-1 row")
-    p.add_argument("--pretrained", action="store_true", help="the shipped weights (of --model, default iamnn_r34_fmnist)")
+    p.add_argument(
+        "--pretrained", action="store_true", help="the shipped weights (of --model, default iamnn_r34_fmnist)"
+    )
     p.add_argument("--model", help="registered model name, with --pretrained")
     p.add_argument("--weights", help="safetensors weights or Lightning .ckpt")
     p.add_argument("--halting", default=None, help="an inference regime instead of the model's own: act, full, k")

@@ -40,7 +40,9 @@ def evaluate_weights(
     """Trained weights on the full test set of the dataset their metadata names (``iamnn evaluate``)."""
     from .data import datamodule_class
 
-    dm = datamodule_class(data["dataset"])(val_size=0, augment=False, **({"test_subset": test_subset} if test_subset else {}))
+    dm = datamodule_class(data["dataset"])(
+        val_size=0, augment=False, **({"test_subset": test_subset} if test_subset else {})
+    )
     dm.setup("test")
     return evaluate(model, dm.test_dataloader(), name, halting=halting)
 
