@@ -98,6 +98,38 @@ def test_read_idx_malformed(tmp_path, payload):
         read_idx(path)
 
 
+def test_a_small_gzipped_idx_bomb_is_refused_before_it_inflates(tmp_path):
+    import resource
+    import time
+
+    # 10 MB of zeros after a header announcing 10 000 x 1000 x 1000 bytes (10 GB): gzip makes it ~10 kB
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    header = b"\x00\x00\x08\x03" + (10_000).to_bytes(4, "big") + (1000).to_bytes(4, "big") * 2
+    path.write_bytes(gzip.compress(header + bytes(10_000_000)))
+    assert path.stat().st_size < 100_000
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    with pytest.raises(DatasetError, match="more than the"):
+        read_idx(path)
+    assert time.perf_counter() - start < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # kB: nothing was inflated
+    # dimensions whose product overflows 64 bits, and data longer than the header says
+    (tmp_path / "huge-idx2-ubyte").write_bytes(b"\x00\x00\x08\x02" + b"\xff" * 8)
+    with pytest.raises(DatasetError, match="more than the"):
+        read_idx(tmp_path / "huge-idx2-ubyte")
+    (tmp_path / "long-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x02abc")
+    with pytest.raises(DatasetError, match="found more bytes"):
+        read_idx(tmp_path / "long-idx1-ubyte")
+
+
+def test_labels_out_of_range_are_refused_at_load(tmp_path):
+    arrays = make_fashion(tmp_path)
+    labels = arrays["t10k-labels-idx1-ubyte"].copy()
+    labels[3] = 10
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(DatasetError, match=r"test labels range over 0..10, outside 0..9"):
+        FashionMNISTDataModule(data_dir=str(tmp_path), val_size=10).setup("fit")
+
+
 def test_read_idx_bad_gzip(tmp_path):
     path = tmp_path / "bad-idx1-ubyte.gz"
     path.write_bytes(b"not gzip")

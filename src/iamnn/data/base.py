@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from ..errors import DatasetError
+
 # Module-level so tests (and users) can redirect it; read at call time.
 DEFAULT_CACHE_DIR = "~/.cache/iamnn/data"  # overridden by $IAMNN_DATA
 
@@ -271,7 +273,15 @@ class TensorDataModule(ImageDataModule):
 
     def _tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if getattr(self, "_data", None) is None:
-            self._data = self._load()
+            data = self._load()
+            for split, labels in (("training", data[1]), ("test", data[3])):
+                # an out-of-range label would fail deep inside the loss, mid-training
+                if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                    raise DatasetError(
+                        f"{type(self).__name__}: {split} labels range over {int(labels.min())}..{int(labels.max())}, "
+                        f"outside 0..{self.num_classes - 1}"
+                    )
+            self._data = data
         return self._data
 
     def _make_datasets(self) -> tuple[Dataset, Dataset, Dataset]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 import subprocess
@@ -41,29 +42,42 @@ __all__ = [
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array; raise DatasetError if malformed."""
+MAX_IDX_BYTES = 2**31  # 2 GiB of data per file: 40x Fashion-MNIST's training images, far below a bomb
+
+
+def read_idx(path: str | Path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array; raise DatasetError if malformed.
+
+    The header is read and checked first, and exactly the bytes it announces are then read: a
+    small gzipped file cannot inflate to gigabytes before it is refused (at most ``max_bytes``).
+    """
     path = Path(path)
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            raw = f.read()
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+                raise DatasetError(f"malformed IDX file {path}: bad magic number {magic.hex() or '(empty)'}")
+            dims = f.read(4 * magic[3])
+            if len(dims) < 4 * magic[3]:
+                raise DatasetError(f"malformed IDX file {path}: truncated header")
+            shape = tuple(int.from_bytes(dims[i : i + 4], "big") for i in range(0, len(dims), 4))
+            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+            if expected > max_bytes:
+                raise DatasetError(
+                    f"malformed IDX file {path}: header says shape {shape} ({expected} bytes), "
+                    f"more than the {max_bytes}-byte limit"
+                )
+            raw = f.read(expected + 1)  # one byte more: trailing data is an error too
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise DatasetError(f"cannot read IDX file {path}: {type(e).__name__}: {one_line(e)}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DatasetError(f"malformed IDX file {path}: bad magic number {raw[:4].hex() or '(empty)'}")
-    ndim, header = raw[3], 4 + 4 * raw[3]
-    if len(raw) < header:
-        raise DatasetError(f"malformed IDX file {path}: truncated header")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
+    if len(raw) != expected:
+        found = f"{len(raw)}" if len(raw) <= expected else "more"
         raise DatasetError(
-            f"malformed IDX file {path}: header says shape {shape} ({expected} bytes), "
-            f"found {len(raw) - header} bytes of data"
+            f"malformed IDX file {path}: header says shape {shape} ({expected} bytes), found {found} bytes of data"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def _find_idx_files(directory: Path) -> dict[str, Path] | None:
