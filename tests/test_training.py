@@ -350,3 +350,27 @@ def test_evaluate_gives_the_table_row_of_trained_weights(digits_run: Path, capsy
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate"])
     assert exit_info.value.code == 2 and "--pretrained" in capsys.readouterr().err
+
+
+def test_predict_scales_16_bit_images_and_skips_decompression_bombs(
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = (load_digits().images[-1] * 255 / 16).astype("uint8")
+    Image.fromarray(digits, mode="L").save(tmp_path / "a_8bit.png")
+    Image.fromarray(digits.astype(np.uint16) * 257).save(tmp_path / "b_16bit.png")  # mode I;16
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a small limit, so the "bombs" stay small
+    Image.new("L", (40, 40)).save(tmp_path / "c_warned.png")  # 1 600 pixels: Pillow only warns
+    Image.new("L", (100, 100)).save(tmp_path / "d_bomb.png")  # 10 000 pixels: Pillow raises
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--weights", str(digits_run / "model.safetensors"), "--json", str(tmp_path)])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    eight, sixteen = result["predictions"]
+    assert {k: v for k, v in eight.items() if k != "path"} == {k: v for k, v in sixteen.items() if k != "path"}
+    bad = {Path(path).name: reason for path, reason in result["errors"]}
+    assert set(bad) == {"c_warned.png", "d_bomb.png"} and all("too many pixels" in r for r in bad.values())
+    assert "Traceback" not in out.err

@@ -6,11 +6,13 @@ The preprocessing (grey or RGB, size, mean, std) and the class names come from t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
@@ -67,13 +69,18 @@ def load_image(path: Path | Image.Image, data: dict[str, Any]) -> Tensor:
     """An image file (or a PIL image) as the model's normalised (C, H, W) input; ValueError if it
     is not an image."""
     if isinstance(path, Image.Image):
-        img = path.convert("L" if data["in_chans"] == 1 else "RGB")
+        img = _to_mode(path, data["in_chans"])
     else:
         try:
-            with Image.open(path) as img:
-                img = img.convert("L" if data["in_chans"] == 1 else "RGB")
+            with warnings.catch_warnings():
+                # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: refuse both
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img = _to_mode(img, data["in_chans"])
         except (FileNotFoundError, IsADirectoryError, PermissionError):
             raise  # the caller says which (skip_reason)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise ValueError(f"too many pixels to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
         except (UnidentifiedImageError, OSError) as err:
             reason = "not an image format Pillow reads" if isinstance(err, UnidentifiedImageError) else one_line(err)
             raise ValueError(f"not a readable image ({reason})") from None
@@ -84,6 +91,17 @@ def load_image(path: Path | Image.Image, data: dict[str, Any]) -> Tensor:
     mean = torch.tensor(data["mean"]).view(-1, 1, 1)
     std = torch.tensor(data["std"]).view(-1, 1, 1)
     return (x - mean) / std
+
+
+def _to_mode(img: Image.Image, in_chans: int) -> Image.Image:
+    """Grey ("L") or RGB, 8 bits. A 16-bit grey image is scaled to 8 bits (Pillow's own convert
+    would clip every value above 255 to white)."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(img, dtype=np.int64)
+        if img.mode != "I" or values.max(initial=0) > 255:  # 32-bit "I" holding 8-bit values stays as it is
+            values = values // 257
+        img = Image.fromarray(values.clip(0, 255).astype(np.uint8), "L")
+    return img.convert("L" if in_chans == 1 else "RGB")
 
 
 Runner = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]  # images -> logits, iterations, macs
