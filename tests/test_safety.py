@@ -130,6 +130,34 @@ def test_bad_recipe_is_one_line_error_and_writes_nothing(overrides: list[str], m
     assert not runs.exists() or not any(runs.rglob("*")), "a failed start leaves no run folder behind"
 
 
+def test_a_recipe_is_checked_before_any_module_it_names_is_imported(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "iamnn_r18.yaml"
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "evil_datamodule.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass Data: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("data:\n  class_path: evil_datamodule.Data\n")
+    # nested aliases: 600 bytes that safe_load would expand to 10^7 nodes
+    bomb = tmp_path / "bomb.yaml"
+    rows = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    rows += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 7)]
+    bomb.write_text("\n".join(rows) + "\n")
+    for extra, match in ((["--config", str(evil)], "is not an iamnn data module (not imported)"),
+                         (["--data", "evil_datamodule.Data"], "is not an iamnn data module (not imported)"),
+                         (["--config", str(bomb)], "expand to more than")):  # fmt: skip
+        start = time.perf_counter()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(recipe), "--runs_dir", str(tmp_path / "runs"), *extra])
+        assert exit_info.value.code == 2 and time.perf_counter() - start < 5
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err, err
+    assert not marker.exists(), "the recipe's module was imported"
+
+
 @pytest.mark.parametrize(
     "class_path",
     ["iamnn.files.write_text_atomic", "os.system", "iamnn.data.base.TensorImageDataset", "iamnn.data.NoSuchModule"],

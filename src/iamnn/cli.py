@@ -159,13 +159,13 @@ def _report(args: argparse.Namespace) -> None:
     from .report import build_report
     from .runs import run_folders
 
-    result = build_report(
-        run_folders(args.runs),
-        args.output,
-        sweep=not args.no_sweep,
-        test_subset=args.test_subset,
-        quick=args.quick_sweep,
-    )
+    try:
+        result = build_report(
+            run_folders(args.runs), args.output, sweep=not args.no_sweep, test_subset=args.test_subset,
+            quick=args.quick_sweep,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:  # a run folder's files, in words
+        raise CLIError(one_line(err)) from None
     _print_report(result, args.output, args)
 
 

@@ -1,4 +1,5 @@
-"""Crash-safe file writes: a reader sees the old file or the complete new one, never a partial one."""
+"""Crash-safe file writes (a reader sees the old file or the complete new one, never a partial one),
+and bounded YAML reads (a small recipe cannot expand into gigabytes)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import yaml
 
 
 @contextlib.contextmanager
@@ -72,3 +75,40 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+MAX_YAML_NODES = 100_000  # a recipe or run config has a few hundred
+
+
+def load_yaml(path: str | Path, max_nodes: int = MAX_YAML_NODES, max_bytes: int = 10 * 2**20) -> Any:
+    """``yaml.safe_load`` of a file, refused (ValueError) when it is over ``max_bytes`` or its
+    aliases would expand it to more than ``max_nodes`` nodes: nested aliases ("billion laughs")
+    make a 600-byte file expand exponentially, and safe_load builds every copy."""
+    path = Path(path)
+    if path.stat().st_size > max_bytes:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes, more than a YAML config needs ({max_bytes})")
+    text = path.read_text()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)  # aliases stay references to one node here
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a YAML config") from None
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:  # expanded size, each distinct node counted once
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a recursive alias counts once
+            children = (
+                node.value
+                if isinstance(node, yaml.SequenceNode)
+                else ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+            )
+            sizes[id(node)] = 1 + sum(size(child) for child in children)
+        return sizes[id(node)]
+
+    try:
+        too_big = root is not None and size(root) > max_nodes
+    except RecursionError:
+        too_big = True
+    if too_big:
+        raise ValueError(f"{path}: its aliases expand to more than {max_nodes} YAML nodes (nested aliases?)")
+    return yaml.safe_load(text)

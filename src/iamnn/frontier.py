@@ -19,11 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import IamNNError, one_line
 from .evaluation import calibrate_threshold, evaluate
-from .files import write_text_atomic
+from .files import load_yaml, write_text_atomic
 from .models import IamNN, MobileNet, ResNet, halting_policy
 from .plots import plot_frontier
 from .progress import track
@@ -51,7 +49,7 @@ def frontier_records(run_dir: str | Path, test_subset: int | None = None, budget
     dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
     ev = evaluate(model, dm.test_dataloader(), run_dir.name)
     hparams_path = run_dir / "hparams.yaml"
-    hparams = yaml.safe_load(hparams_path.read_text()) if hparams_path.is_file() else {}
+    hparams = (load_yaml(hparams_path) or {}) if hparams_path.is_file() else {}
     options = ("tau", "tau_warmup_epochs", "min_iterations", "min_iterations_epochs", "ponder_norm", "halting_bias",
                "anytime", "freeze_backbone", "init_weights")  # fmt: skip
     record = {

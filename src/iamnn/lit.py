@@ -31,9 +31,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
-from .data import ImageDataModule
+from .data import DATAMODULES, ImageDataModule
 from .errors import CLIError, TrainingDivergedError, one_line
-from .files import atomic_write
+from .files import atomic_write, load_yaml
 from .models import ACT, IamNN, upgrade_state_dict
 from .models.halting import HaltingPolicy, ponder_loss
 from .weights import (
@@ -439,6 +439,35 @@ BATCH_COUNT_FLAGS = ("limit_train_batches", "limit_val_batches", "limit_test_bat
                      "val_check_interval", "overfit_batches")  # fmt: skip
 
 
+def check_recipes(args: Sequence[str]) -> None:
+    """Refuse, before LightningCLI reads anything, a ``--config`` recipe that is too big or whose
+    aliases explode (``files.load_yaml``), and a data module that is not a registered iamnn one:
+    jsonargparse would import any ``class_path`` (running its module's code) before checking it."""
+    args = list(args)
+    named: list[tuple[str, Any]] = []
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if not value and i + 1 < len(args):
+            value = args[i + 1]
+        if flag in ("--config", "--data") and Path(value).is_file():
+            try:
+                recipe = load_yaml(value)
+            except ValueError as err:
+                raise CLIError(str(err)) from None
+            except yaml.YAMLError:
+                continue  # LightningCLI reports a broken recipe itself, in one line
+            data = recipe.get("data") if isinstance(recipe, dict) and flag == "--config" else recipe
+            if isinstance(data, dict) and "class_path" in data:
+                named.append((f"{value}: data.class_path", data["class_path"]))
+        elif flag in ("--data", "--data.class_path") and value and not value.lstrip().startswith("{"):
+            named.append((flag, value))
+    for where, class_path in named:
+        module, _, name = str(class_path).rpartition(".")
+        if module not in ("iamnn.data", "") or name not in {c.__name__ for c in DATAMODULES.values()}:
+            choices = ", ".join(f"iamnn.data.{c.__name__}" for c in DATAMODULES.values())
+            raise CLIError(f"{where} {class_path!r} is not an iamnn data module (not imported); choose from {choices}")
+
+
 def given_batch_counts(args: Sequence[str]) -> dict[str, int]:
     """The :data:`BATCH_COUNT_FLAGS` written as integers (``1``, not ``1.0``) in a command line or
     its ``--config`` recipes, the last one given winning."""
@@ -450,7 +479,7 @@ def given_batch_counts(args: Sequence[str]) -> dict[str, int]:
             value = args[i + 1]
         if flag == "--config" and Path(value).is_file():
             try:
-                trainer = (yaml.safe_load(Path(value).read_text()) or {}).get("trainer") or {}
+                trainer = (load_yaml(value) or {}).get("trainer") or {}
             except (yaml.YAMLError, AttributeError):
                 continue  # LightningCLI reports a broken recipe itself
             given.update({k: trainer[k] for k in BATCH_COUNT_FLAGS if k in trainer})
@@ -577,6 +606,7 @@ def _quiet_lightning() -> None:
 def run_lightning_cli(args: list[str]) -> IamNNCLI:
     """``iamnn fit|validate|test [--config recipe.yaml] [--trainer.* ...]``."""
     _quiet_lightning()
+    check_recipes(args)
     # No version counters: a resumed run that repeats a killed epoch overwrites that epoch's files.
     best = ModelCheckpoint(
         filename="best-{epoch:03d}", monitor="val/acc1", mode="max", auto_insert_metric_name=False,

@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from .data import ImageDataModule, datamodule_class
-from .errors import CLIError
+from .errors import CLIError, one_line
+from .files import load_yaml
 from .models import IamNN
 from .weights import load_model_with_config
 
@@ -26,7 +27,13 @@ def read_recipe(run_dir: Path) -> dict[str, Any]:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no config.yaml (is this a run directory of `iamnn fit`?)")
-    return yaml.safe_load(config_path.read_text()) or {}
+    try:
+        recipe = load_yaml(config_path) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{config_path}: not valid YAML ({one_line(err)})") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{config_path}: not a recipe (a YAML mapping)")
+    return recipe
 
 
 def load_datamodule(run_dir: Path, **overrides: Any) -> ImageDataModule:
