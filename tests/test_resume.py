@@ -118,3 +118,32 @@ def test_a_resume_with_more_epochs_continues_on_a_schedule_for_the_new_length(
     if schedule == "onecycle":
         assert scheduler["total_steps"] == 2 * steps_per_epoch
     assert _validation_epochs(run / "metrics.csv") == [0, 1]
+
+
+def test_an_output_folder_is_replaced_as_a_set(tmp_path: Path) -> None:
+    from iamnn.files import atomic_folder
+
+    out = tmp_path / "report"
+    with atomic_folder(out, ("*.md", "*.png")) as tmp:
+        (tmp / "report.md").write_text("one")
+        (tmp / "old_run.png").write_bytes(b"png")
+    with pytest.raises(RuntimeError), atomic_folder(out, ("*.md", "*.png")) as tmp:
+        (tmp / "report.md").write_text("half")
+        raise RuntimeError("killed mid-report")
+    assert sorted(p.name for p in out.iterdir()) == ["old_run.png", "report.md"]  # untouched
+    assert (out / "report.md").read_text() == "one"
+    with atomic_folder(out, ("*.md", "*.png")) as tmp:
+        (tmp / "report.md").write_text("two")
+    assert [p.name for p in out.iterdir()] == ["report.md"]  # the earlier run's figure is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left
+    # a folder holding someone else's files is refused, untouched
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt"), atomic_folder(out, ("*.md", "*.png")):
+        pass
+    assert (out / "notes.txt").read_text() == "mine"
+    # a swap cut short between its two renames (a dead writer's .old, no report): the old set comes back
+    (out / "notes.txt").unlink()
+    out.rename(tmp_path / ".report.999999999.old")
+    with pytest.raises(RuntimeError), atomic_folder(out, ("*.md", "*.png")):
+        raise RuntimeError("fails before it commits")
+    assert (out / "report.md").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["report"]

@@ -3,6 +3,7 @@ BatchNorm statistics re-estimated for an inference regime (``iamnn recalibrate``
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,6 @@ def parse_macs(text: str) -> float:
         value = float(number) * (scale or 1)
     except ValueError:
         raise ValueError(f"not a MACs budget: {text!r} (e.g. 20M, 1.5G)") from None
-    if value <= 0:
-        raise ValueError(f"a MACs budget must be positive, got {text!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"a MACs budget must be a positive number, got {text!r}")
     return value

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import CLIError, IamNNError, one_line
-from .files import write_text_atomic
+from .files import atomic_path, write_text_atomic
 from .runtime import keep_freed_memory
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -174,7 +174,10 @@ def _frontier(args: argparse.Namespace) -> None:
     from .frontier import build_frontier, iterations_text, pareto_front
     from .runs import run_folders
 
-    result = build_frontier(run_folders(args.runs), args.output, test_subset=args.test_subset, budgets=args.budgets)
+    try:
+        result = build_frontier(run_folders(args.runs), args.output, test_subset=args.test_subset, budgets=args.budgets)
+    except ValueError as err:  # e.g. an output folder holding other files
+        raise CLIError(one_line(err)) from None
     written = ", ".join(f"{args.output}/frontier.{ext}" for ext in ("png", "md", "json"))
     if _json_out(args, result):
         _say(args, f"wrote {written}")
@@ -204,7 +207,8 @@ def _calibrate(args: argparse.Namespace) -> None:
         result = calibrate_run(args.ckpt, budgets, not args.no_recalibrate, args.test_subset, save=args.save)
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
-    saved = f"wrote {result['saved']} (loads at ε = {result['budgets'][0]['epsilon']:.4f}, BatchNorm re-estimated)"
+    statistics = "BatchNorm re-estimated" if not args.no_recalibrate else "trained BatchNorm statistics"
+    saved = f"wrote {result['saved']} (loads at ε = {result['budgets'][0]['epsilon']:.4f}, {statistics})"
     if _json_out(args, result):
         if result["saved"]:
             _say(args, saved)
@@ -329,21 +333,21 @@ def _export(args: argparse.Namespace) -> None:
         halting = halting_json(model.halting if args.halting is None else args.halting)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    tmp = out.with_name(out.name + ".partial")
+    source = (
+        {"weights": str(Path(args.weights).resolve())}
+        if args.weights
+        else {"pretrained": args.model or DEFAULT_PRETRAINED}
+    )
+    kwargs = {**config.get("kwargs", {}), "halting": halting}
     try:
-        source = (
-            {"weights": str(Path(args.weights).resolve())}
-            if args.weights
-            else {"pretrained": args.model or DEFAULT_PRETRAINED}
-        )
-        kwargs = {**config.get("kwargs", {}), "halting": halting}
-        export_onnx(model, tmp, config={**config, "kwargs": kwargs, "source": source}, halting=halting)
-        tmp.replace(out)
+        with atomic_path(out) as tmp:  # a kill mid-export leaves no partial file under the output's name
+            export_onnx(model, tmp, config={**config, "kwargs": kwargs, "source": source}, halting=halting)
     except ImportError as err:
         raise CLIError(str(err)) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    print(f"wrote {out} (halting {halting!r}; each stage's iterations are an ONNX Loop with early exit)")
+    adaptive = [p.uses_scores for p in model.policies(halting)]
+    how = ("an ONNX Loop with early exit" if all(adaptive) else "unrolled (a fixed number)" if not any(adaptive)
+           else "an ONNX Loop with early exit where the stage halts adaptively, else unrolled")  # fmt: skip
+    print(f"wrote {out} (halting {halting!r}; each stage's iterations are {how})")
 
 
 # -- bench -------------------------------------------------------------------------------------
@@ -466,10 +470,19 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 # -- entry point ---------------------------------------------------------------------------------
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line (``iamnn export: error: … (see: iamnn export --help)``), exit 2,
+    instead of the usage block followed by the error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iamnn", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="iamnn", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"iamnn {version('iamnn')}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (see `iamnn {name} --help`)", add_help=False)
 

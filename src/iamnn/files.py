@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,9 @@ import yaml
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success fsync it and rename it onto ``path``.
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that wants a file name (ONNX, figures); on
+    success the file is fsynced and renamed onto ``path``.
 
     The rename is atomic on POSIX file systems, and the directory is fsynced after it so that the
     new name survives a power cut. If the body raises (or the process dies), ``path`` is untouched;
@@ -29,16 +31,69 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         if not _writer_alive(stale, path.name):
             stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` (``atomic_path``)."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, owned: tuple[str, ...]) -> Iterator[Path]:
+    """A fresh temporary folder beside ``path`` to write a set of outputs into (a report: table,
+    JSON, figures); on success it replaces ``path`` as a whole, so the set appears together or not
+    at all, and nothing from an earlier set (a figure of a run no longer reported) stays behind.
+
+    ``path`` belongs to the command: if it exists and holds anything that no pattern in ``owned``
+    matches (``"*.png"``), ValueError, and nothing is touched. A kill while writing leaves
+    ``path`` as it was; a kill in the instant between the two renames of the swap leaves the old
+    set as ``.<name>.<pid>.old``, which the next write puts back before starting.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in sorted(path.parent.glob(f".{path.name}.*.old")) + sorted(path.parent.glob(f".{path.name}.*.tmp")):
+        if stale.is_dir() and not _writer_alive(stale, path.name):
+            if stale.suffix == ".old" and not path.exists():
+                os.replace(stale, path)  # a swap cut short: the old set comes back
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+    if path.exists():
+        foreign = [e.name for e in path.iterdir() if e.is_dir() or not any(e.match(pat) for pat in owned)]
+        if not path.is_dir() or foreign:
+            raise ValueError(f"{path} holds files this command did not write ({', '.join(foreign[:3]) or path}): "
+                             "give an empty or new output folder")  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o777 & ~_umask())
+        _fsync_dir(tmp)
+        if path.exists():
+            old = tmp.with_suffix(".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
 

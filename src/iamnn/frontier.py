@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import IamNNError, one_line
 from .evaluation import calibrate_threshold, evaluate
-from .files import load_yaml, write_text_atomic
+from .files import atomic_folder, load_yaml, write_text_atomic
 from .models import IamNN, MobileNet, ResNet, halting_policy
 from .plots import plot_frontier
 from .progress import track
@@ -143,8 +143,6 @@ def build_frontier(
 ) -> dict[str, Any]:
     """Evaluate every run (each adaptive one also at ``budgets`` calibrated budgets) and write
     ``frontier.json``, ``frontier.md`` and ``frontier.png`` to ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     records, skipped = [], []
     for run in track(run_dirs, "evaluating run folders"):
         try:
@@ -155,10 +153,11 @@ def build_frontier(
     if not records:
         raise IamNNError("no run folder could be evaluated" + (f" ({skipped[0]['reason']})" if skipped else ""))
     result = {"models": records, "pareto_front": pareto_front(records), **({"skipped": skipped} if skipped else {})}
-    plot_frontier(records, out / "frontier.png", result["pareto_front"])
-    write_text_atomic(out / "frontier.md", markdown_frontier(records) + "\n")
     text = json.dumps(result, indent=2) + "\n"
-    write_text_atomic(out / "frontier.json", text)
+    with atomic_folder(out_dir, ("frontier.png", "frontier.md", "frontier.json")) as out:  # the three as a set
+        plot_frontier(records, out / "frontier.png", result["pareto_front"])
+        (out / "frontier.md").write_text(markdown_frontier(records) + "\n")
+        (out / "frontier.json").write_text(text)
     if json_path:
         write_text_atomic(json_path, text)
     return result

@@ -47,6 +47,19 @@ from .weights import (
 )
 
 
+def _check_training_args(**values: float) -> None:
+    """Training hyper-parameters out of range fail before anything is built, with the range."""
+    ranges = {"lr": (0, None, "> 0"), "gamma": (0, None, "> 0"), "momentum": (0, 1, "in [0, 1)"),
+              "label_smoothing": (0, 1, "in [0, 1)")}  # fmt: skip
+    for name, value in values.items():
+        low, high, words = ranges.get(name, (None, None, ">= 0"))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        bad = value <= low if words == "> 0" else value < (low or 0) or (high is not None and value >= high)
+        if bad:
+            raise ValueError(f"{name} must be {words}, got {value!r}")
+
+
 class Classifier(L.LightningModule):
     r"""Image classification with an IamNN or a ResNet baseline.
 
@@ -119,6 +132,9 @@ class Classifier(L.LightningModule):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
+        _check_training_args(lr=lr, momentum=momentum, weight_decay=weight_decay, tau=tau, gamma=gamma,
+                             label_smoothing=label_smoothing, warmup_epochs=warmup_epochs,
+                             anytime_random=anytime_random, tau_warmup_epochs=tau_warmup_epochs)  # fmt: skip
         self.save_hyperparameters()
         config = config_from_hparams(dict(self.hparams))
         self.model = create_model(config["model"], **config["kwargs"])
@@ -502,9 +518,23 @@ class IamNNCLI(LightningCLI):
         parser.add_argument("--runs_dir", type=str | None, default=None, help="folder of the runs (default: runs)")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
+        if self.subcommand == "fit":
+            self._check_length(config)
         if config.get("enable_model_summary") is not False and not config.get("barebones"):
             callbacks = [*callbacks, MACsSummary()]  # Lightning's own (with "Total FLOPs: 0") is then left out
         return super()._instantiate_trainer({**config, **given_batch_counts(self._args)}, callbacks)
+
+    def _check_length(self, trainer: dict[str, Any]) -> None:
+        epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+        if epochs == 0 or steps == 0:  # else an untrained model is exported as if trained
+            raise CLIError("max_epochs 0 / max_steps 0 trains nothing; give at least one epoch or step")
+        if (epochs is not None and epochs < -1) or (steps is not None and steps < -1):
+            raise CLIError(f"max_epochs and max_steps must be >= 1 (or -1: no limit), got {epochs} and {steps}")
+        schedule = self.config[self.subcommand].model.lr_schedule
+        endless = epochs == -1 and steps in (None, -1)
+        if endless and schedule in ("cosine", "onecycle"):
+            raise CLIError(f"max_epochs -1 (no end) leaves the {schedule} schedule no length: give max_epochs or "
+                           "max_steps, or --model.lr_schedule constant / multistep")  # fmt: skip
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyper-parameters with a bare torch.load, whose refusal

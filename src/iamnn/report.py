@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .evaluation import EPSILONS, FIXED_K, QUICK_EPSILONS, QUICK_FIXED_K, Evaluation, evaluate, sweep_regimes
-from .files import write_text_atomic
+from .files import atomic_folder
 from .models import IamNN
 from .plots import plot_easy_hard, plot_iterations, plot_tradeoff
 from .progress import track
@@ -69,9 +69,19 @@ def build_report(
     test_subset: int | None = None,
     quick: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate every run on its test set; write report.md, report.json and the PNG figures."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Evaluate every run on its test set; write report.md, report.json and the PNG figures to
+    ``out_dir``, which they replace as a set (``files.atomic_folder``)."""
+    with atomic_folder(out_dir, REPORT_FILES) as out:
+        result = _write_report(run_dirs, out, sweep, test_subset, quick)
+    return {**result, "out_dir": str(out_dir)}
+
+
+REPORT_FILES = ("report.md", "report.json", "*.png")
+
+
+def _write_report(
+    run_dirs: list[str | Path], out: Path, sweep: bool, test_subset: int | None, quick: bool
+) -> dict[str, Any]:
     evaluations, figures = [], []
     for run in track(run_dirs, "evaluating run folders"):
         ev, dm = evaluate_run(run, sweep=sweep, test_subset=test_subset, quick=quick)
@@ -97,8 +107,8 @@ def build_report(
                 md.append(f"| {what} | {p['macs_mean'] / 1e6:.2f} M | {p['top1']:.2f} | {p['recalibrated']} |")
             md.append("")
     md += [f"![{f.stem}]({f.name})" for f in figures]
-    write_text_atomic(out / "report.md", "\n".join(md) + "\n")
+    (out / "report.md").write_text("\n".join(md) + "\n")
     result = {"models": summaries, "sweeps": {ev.name: ev.sweep for ev in evaluations},
               "figures": [f.name for f in figures]}  # fmt: skip
-    write_text_atomic(out / "report.json", json.dumps(result, indent=2) + "\n")
-    return {**result, "table": table, "out_dir": str(out)}
+    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    return {**result, "table": table}

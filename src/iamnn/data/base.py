@@ -182,6 +182,11 @@ class ImageDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if isinstance(val_size, bool) or not (val_size >= 0) or (isinstance(val_size, float) and val_size >= 1):
+            raise ValueError(f"val_size must be a count >= 0 or a fraction in [0, 1), got {val_size!r}")
+        if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+            # else a typo would silently train on the copy found elsewhere (the system's, the cache's)
+            raise DatasetError(f"data_dir {data_dir} is not a folder")
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.batch_size = batch_size
@@ -212,7 +217,7 @@ class ImageDataModule(L.LightningDataModule):
         v = self.val_size
         n_val = round(v * n) if isinstance(v, float) and 0 < v < 1 else int(v)
         if not 0 <= n_val < n:
-            raise ValueError(f"val_size={v} must leave training samples out of {n}")
+            raise DatasetError(f"val_size={v} must leave training samples out of the {n} training images")
         return n_val
 
     def prepare_data(self) -> None:

@@ -16,7 +16,7 @@ from torchvision.models import mobilenetv2, mobilenetv3
 from torchvision.models import resnet as tv
 
 from ..cost import model_macs
-from .iamnn import IamNNStats, Stem, check_input, init_resnet_style, scaled_channels
+from .iamnn import IamNNStats, Stem, check_input, check_model_args, init_resnet_style, scaled_channels
 
 RESNETS: dict[str, tuple[type[tv.BasicBlock] | type[tv.Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (tv.BasicBlock, (2, 2, 2, 2)),
@@ -72,9 +72,8 @@ class ResNet(StaticCost, tv.ResNet):
         width: float = 1.0,
         zero_init_residual: bool = False,
     ) -> None:
+        check_model_args(num_classes, in_chans, width, stem)
         super().__init__(block, list(layers), num_classes=num_classes, zero_init_residual=zero_init_residual)
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         self.layers, self.in_chans, self.stem_type, self.width = tuple(layers), in_chans, stem, width
         stem_channels = scaled_channels(64, width)
         if stem == "cifar":
@@ -135,9 +134,8 @@ class MobileNet(StaticCost, nn.Module):
         width: float = 1.0,
         dropout: float = 0.2,
     ) -> None:
+        check_model_args(num_classes, in_chans, width, stem)
         super().__init__()
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         self.arch, self.in_chans, self.stem_type, self.width = arch, in_chans, stem, width
         self.net = MOBILENETS[arch](num_classes=num_classes, width_mult=width, dropout=dropout)
         first = self.net.features[0][0]

@@ -140,6 +140,8 @@ class ACT(HaltingPolicy):
     name = "act"
 
     def __init__(self, epsilon: float = 0.01, min_iterations: int = 0) -> None:
+        if not 0.0 <= float(epsilon) < 1.0:
+            raise ValueError(f"ACT's slack ε (threshold 1 − ε) must be in [0, 1), got {epsilon!r}")
         self.epsilon = float(epsilon)
         self.min_iterations = int(min_iterations)
         # 1 − ε rounded to float32 once, so that tensors and numpy scalars compare alike

@@ -99,6 +99,17 @@ class ProcessingBlock(nn.Module):
         return macs
 
 
+def check_model_args(num_classes: int, in_chans: int, width: float, stem: str) -> None:
+    """The arguments every model shares, refused with the accepted values before anything is built."""
+    if stem not in ("imagenet", "cifar"):
+        raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+    for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width < float("inf"):
+        raise ValueError(f"width must be a positive number, got {width!r}")
+
+
 class IterativeStage(nn.Module):
     r"""One IamNN stage: up to ``max_iterations`` applications of a shared :class:`ProcessingBlock`.
 
@@ -277,8 +288,11 @@ class IamNN(nn.Module):
         channels: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        check_model_args(num_classes, in_chans, width, stem)
+        if not all(isinstance(n, int) and n >= 1 for n in iterations) or not iterations:
+            raise ValueError(f"iterations must give an int >= 1 per stage, got {iterations!r}")
+        if not 0.0 <= epsilon < 1.0:
+            raise ValueError(f"epsilon (the halting slack, threshold 1 − ε) must be in [0, 1), got {epsilon!r}")
         self.max_iterations = tuple(int(n) for n in iterations)
         self.num_classes, self.in_chans, self.stem_type, self.width = num_classes, in_chans, stem, width
         self.epsilon = epsilon
