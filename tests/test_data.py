@@ -510,3 +510,15 @@ def test_lightning_fit_smoke():
     trainer = L.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False)  # fmt: skip
     trainer.fit(Tiny(), datamodule=DigitsDataModule(batch_size=16))
+
+
+def test_an_empty_image_folder_is_a_dataset_error(tmp_path):
+    from iamnn.data import ImageFolderDataModule
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(DatasetError, match="Couldn't find any class folder"):
+        ImageFolderDataModule(data_dir=str(tmp_path)).setup("fit")
+    (tmp_path / "train" / "cats").mkdir()
+    with pytest.raises(DatasetError, match="Found no valid file for the classes cats"):
+        ImageFolderDataModule(data_dir=str(tmp_path)).setup("fit")

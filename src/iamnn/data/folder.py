@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
-from ..errors import DatasetNotFoundError
+from ..errors import DatasetError, DatasetNotFoundError, one_line
 from .base import IMAGENET_MEAN, IMAGENET_STD, ImageDataModule
 
 __all__ = ["ImageFolderDataModule", "ImageNetDataModule"]
@@ -83,7 +83,10 @@ class ImageFolderDataModule(ImageDataModule):
     @property
     def class_names(self) -> list[str]:  # type: ignore[override]
         if self._classes is None:
-            self._classes = find_classes(str(self._root() / "train"))[0]
+            try:
+                self._classes = find_classes(str(self._root() / "train"))[0]
+            except FileNotFoundError as err:  # torchvision: no class folder
+                raise DatasetError(f"{self.pretty_name} in {self._root() / 'train'}: {one_line(err)}") from None
         return self._classes
 
     @property
@@ -106,7 +109,10 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _make_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         root, classes = self._root(), self.class_names
-        train = _ImageFolder(root / "train", classes, self._transform(train=self.augment))
+        try:
+            train = _ImageFolder(root / "train", classes, self._transform(train=self.augment))
+        except FileNotFoundError as err:  # torchvision: no image in any class folder
+            raise DatasetError(f"{self.pretty_name} in {root / 'train'}: {one_line(err)}") from None
         train_eval = copy.copy(train)  # same file list, evaluation transform
         train_eval.transform = self._transform(train=False)
         test = _ImageFolder(root / "val", classes, self._transform(train=False), allow_empty=True)
