@@ -1,0 +1,122 @@
+"""Every ``iamnn`` command the README shows runs, on tiny inputs, so the README cannot drift from the code.
+
+The commands are read from the README's code blocks and run in order in a scratch folder. What they
+name is made tiny: the Fashion-MNIST recipes become the digits recipe for one short epoch, every
+run folder (``runs/fmnist_iamnn_r18``, ``runs/frontier/act_tau0.01``, ...) is one digits run, and
+the slow commands get their own small-input flags (bench ``--smoke``, ``--test-subset``,
+``--quick-sweep``). The few lines that need hardware or data this machine lacks (4 GPUs, CIFAR in
+``~/data``) are listed in ``NEEDS_MORE``, and the test fails if one of those lines disappears, so
+the list stays honest.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from iamnn.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "recipes" / "digits" / "iamnn_r18.yaml"
+TINY_FIT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false"]  # fmt: skip
+
+# README lines that need what a test machine lacks; each must still be in the README
+NEEDS_MORE = {
+    "--trainer.devices 4": "4 devices and CIFAR-10 in ~/data",
+    "--trainer.devices 8": "8 GPUs",
+}
+# per command: flags that keep it small (appended)
+SMALL = {
+    "report": ["--quick-sweep", "--test-subset", "60"],
+    "frontier": ["--test-subset", "60", "--budgets", "2"],
+    "calibrate": ["--test-subset", "60"],
+    "recalibrate": ["--test-subset", "60"],
+    "evaluate": ["--test-subset", "60"],
+    "bench": ["--smoke", "--batch-sizes", "1,2", "--threads", "1"],
+}
+
+
+def readme_commands() -> list[str]:
+    """The ``iamnn ...`` lines of the README's code blocks, continuations joined, comments dropped."""
+    lines, block, pending = [], False, ""
+    for raw in (REPO / "README.md").read_text().splitlines():
+        if raw.startswith("```"):
+            block = not block
+            continue
+        if not block:
+            continue
+        text = pending + raw.strip()
+        if text.endswith("\\"):
+            pending = text[:-1] + " "
+            continue
+        pending = ""
+        if re.match(r"iamnn [a-z]", text):
+            lines.append(re.sub(r"\s+#.*$", "", text).strip())
+    return lines
+
+
+def tiny(command: str, world: Path) -> list[str]:
+    args = shlex.split(command)[1:]
+    if args[0] in ("fit", "validate", "test"):
+        config = args.index("--config") + 1
+        if args[config].startswith("recipes/"):
+            args[config] = str(DIGITS)
+        args += (
+            TINY_FIT if args[0] == "fit" else ["--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false"]
+        )
+    args = [("docs/samples/test00000_ankle-boot.png" if a == "shirt.png" else a) for a in args]
+    return args + SMALL.get(args[0], [])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, fit_digits) -> Path:
+    """A scratch folder in which every path the README names exists, tiny."""
+    root = tmp_path_factory.mktemp("readme")
+    run = fit_digits(root / "runs", "fmnist_iamnn_r18", *TINY_FIT)
+    names = set(re.findall(r"runs/[\w./-]+", (REPO / "README.md").read_text()))
+    for name in sorted(names):
+        folder = root / name.split("/model.safetensors")[0].split("/config.yaml")[0].split("/checkpoints")[0]
+        if folder.name in ("runs", "frontier", "study") or folder.exists():
+            continue
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(run, folder)
+    (root / "docs").mkdir()
+    (root / "docs" / "samples").symlink_to(REPO / "docs" / "samples")
+    return root
+
+
+def test_the_readme_lists_the_commands_this_test_knows() -> None:
+    commands = readme_commands()
+    assert len(commands) >= 20
+    for needle in NEEDS_MORE:
+        assert any(needle in c for c in commands), f"NEEDS_MORE names {needle!r}, no longer in the README"
+
+
+def _fashion_mnist_here() -> bool:
+    from iamnn.data.fashion_mnist import SYSTEM_FASHION_MNIST_DIR, _find_idx_files
+
+    return _find_idx_files(Path(SYSTEM_FASHION_MNIST_DIR)) is not None
+
+
+def test_every_readme_command_runs_on_tiny_inputs(world: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(world)
+    ran = []
+    for command in readme_commands():
+        if any(needle in command for needle in NEEDS_MORE):
+            continue
+        if command.startswith("iamnn evaluate") and not _fashion_mnist_here():
+            continue  # the shipped model's test set (CI installs dataset-fashion-mnist)
+        args = tiny(command, world)
+        try:
+            main(args)
+        except SystemExit as exit_info:
+            pytest.fail(f"README command {command!r} (run as {args}) exited {exit_info.code}: "
+                        f"{capsys.readouterr().err.strip()[-400:]}")  # fmt: skip
+        ran.append(args[0])
+    assert {"fit", "test", "report", "predict", "frontier", "calibrate", "recalibrate", "bench", "export",
+            "models", "profile"} <= set(ran)  # fmt: skip
