@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "recipes" / "digits" / "iamnn_r18.yaml"
 TINY_FIT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
             "--trainer.enable_progress_bar=false"]  # fmt: skip
+TINY_EVAL = ["--trainer.limit_test_batches=1", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
 
 # README lines that need what a test machine lacks; each must still be in the README
 NEEDS_MORE = {
