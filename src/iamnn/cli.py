@@ -137,7 +137,7 @@ def _table1(summaries: list[dict], title: str) -> Table:
         table.add_row(
             s["network"], human(s["params"]), human(s["macs_mean"]),
             f"{human(s['macs_min'])} – {human(s['macs_max'])}", f"{s['top1']:.2f}", f"{s['top5']:.2f}",
-            f"{its} (max {maxima})" if maxima else "—",
+            f"{its} (max {maxima})" if maxima and s.get("iterative", True) else "— (fixed depth)",
         )  # fmt: skip
     return table
 

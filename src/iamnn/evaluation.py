@@ -44,6 +44,7 @@ class Evaluation:
     prediction: Tensor  # (N,) long
     label: Tensor  # (N,) long
     sweep: list[dict[str, Any]] = field(default_factory=list)
+    iterative: bool = True  # False for a ResNet or MobileNet: its "iterations" are its fixed blocks
 
     @property
     def top1(self) -> float:
@@ -65,6 +66,7 @@ class Evaluation:
             "iterations_mean": [round(float(v), 3) for v in self.iterations.float().mean(0)],
             "max_iterations": list(self.max_iterations),
             "test_samples": len(self.label),
+            "iterative": self.iterative,
         }
 
 
@@ -93,7 +95,7 @@ def evaluate(
     cat = {k: torch.cat(v) for k, v in out.items()}
     return Evaluation(
         name, count_params(model), tuple(model.max_iterations), cat["macs"], cat["iterations"], cat["ponder"],
-        cat["c1"], cat["c5"], cat["conf"], cat["pred"], cat["y"],
+        cat["c1"], cat["c5"], cat["conf"], cat["pred"], cat["y"], iterative=isinstance(model, IamNN),
     )  # fmt: skip
 
 

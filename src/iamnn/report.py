@@ -56,6 +56,7 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
     for s in summaries:
         macs = f"{s['macs_mean'] / 1e6:.2f} M ({s['macs_min'] / 1e6:.2f}–{s['macs_max'] / 1e6:.2f} M)"
         its = " / ".join(f"{m:.2f} of {n}" for m, n in zip(s["iterations_mean"], s["max_iterations"], strict=True))
+        its = its if s.get("iterative", True) else "— (fixed depth)"
         lines.append(
             f"| {s['network']} | {s['params'] / 1e6:.3f} M | {macs} | {s['top1']:.2f} / {s['top5']:.2f} | {its} |"
         )
