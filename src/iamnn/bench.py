@@ -177,7 +177,7 @@ def _onnx_runners(
             path = folder / f"resnet{r}.onnx"
             torch.onnx.export(
                 resnet, (images[:2],), str(path), dynamo=True, input_names=["input"],
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, verbose=False,  # no "[torch.onnx] ✅"
             )  # fmt: skip
             session = OnnxModel(path, threads)  # its session runs any graph; a ResNet has one output
             runners.append(lambda x, b=session: b.session.run(None, {b.input_name: x.numpy()}))
