@@ -179,9 +179,13 @@ def test_fashion_torchvision_layout_ungzipped(tmp_path):
 def test_fashion_found_in_system_folder_and_cache(tmp_path, monkeypatch):
     make_fashion(tmp_path / "system")
     monkeypatch.setattr(fashion_mnist, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "system"))
+    (tmp_path / "empty").mkdir()
     dm = FashionMNISTDataModule(data_dir=str(tmp_path / "empty"), val_size=10)
     dm.setup()
     assert len(dm.test_set) == N_TEST
+    # a data_dir that does not exist is a typo, not a reason to train on the copy found elsewhere
+    with pytest.raises(DatasetError, match="is not a folder"):
+        FashionMNISTDataModule(data_dir=str(tmp_path / "typo"), val_size=10)
 
     monkeypatch.setattr(fashion_mnist, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "gone"))
     monkeypatch.setenv("IAMNN_DATA", str(tmp_path / "cache"))
@@ -227,7 +231,7 @@ def test_no_val_split_validates_on_test(tmp_path):
 
 def test_val_size_too_large(tmp_path):
     make_fashion(tmp_path)
-    with pytest.raises(ValueError, match="val_size"):
+    with pytest.raises(DatasetError, match="val_size"):
         FashionMNISTDataModule(data_dir=str(tmp_path)).setup()  # default 5000 > 50 samples
 
 

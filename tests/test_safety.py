@@ -211,6 +211,23 @@ def test_weights_are_never_written_over_by_their_sidecar_nor_saved_non_finite(tm
         ({"model": "iamnn_r18", "kwargs": [1]}, "kwargs are not a mapping"),
         ({"model": "iamnn_r18", "kwargs": {"width": 0.0625, "num_classes": 10}, "data": 3}, "data section"),
         ("{not json", "not JSON"),
+        # a preprocessing config that would make predict allocate terabytes per image (found by test_fuzz.py)
+        (
+            {
+                "model": "iamnn_r18",
+                "kwargs": {"width": 0.0625, "num_classes": 10},
+                "data": {"in_chans": 1, "input_size": [10**6, 10**6], "mean": [0.5], "std": [0.25]},
+            },
+            "input_size",
+        ),
+        (
+            {
+                "model": "iamnn_r18",
+                "kwargs": {"width": 0.0625, "num_classes": 10},
+                "data": {"in_chans": 1, "input_size": [16, 16], "mean": [0.5], "std": [0.0]},
+            },
+            "std that is not positive",
+        ),
     ],
 )
 def test_crafted_weights_metadata_is_refused_before_anything_is_allocated(config, match: str, tmp_path: Path) -> None:

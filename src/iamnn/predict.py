@@ -23,7 +23,7 @@ from .export import OnnxModel
 from .models import IamNN, build_model, pretrained_file
 from .models.fold import fold_batchnorm
 from .models.halting import HaltingSpec
-from .weights import create_model, load_model_with_config
+from .weights import WeightsError, checked_config, create_model, load_model_with_config
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -122,9 +122,12 @@ def torch_runner(model: nn.Module, halting: HaltingSpec | None = None) -> Runner
 def onnx_runner(path: str | Path, threads: int | None = None) -> tuple[Runner, dict[str, Any]]:
     """An exported model run by onnxruntime; MACs from its iteration counts (the model's cost table)."""
     onnx = OnnxModel(path, threads)
-    config = onnx.config
-    if not config or "model" not in config:
+    if not onnx.config or "model" not in onnx.config:
         raise ValueError(f"{path}: the ONNX file carries no iamnn config (was it written by `iamnn export`?)")
+    try:  # the same schema as a weights file's config: a crafted input size must not allocate gigabytes
+        config = checked_config(onnx.config, path)
+    except WeightsError as err:
+        raise ValueError(str(err)) from None
     with torch.device("meta"):  # only the cost table is needed: no weights are allocated
         cost_model = build_model(config["model"], **config.get("kwargs", {}))
 

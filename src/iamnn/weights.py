@@ -8,6 +8,7 @@ A weights file carries everything needed to rebuild its model: the safetensors m
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import warnings
 from pathlib import Path
@@ -181,9 +182,41 @@ def checked_config(config: Any, path: str | Path) -> dict[str, Any]:
     kwargs = config.get("kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise WeightsError(f"{path}: the stored config's kwargs are not a mapping of names to values")
-    if config.get("data") is not None and not isinstance(config["data"], dict):
-        raise WeightsError(f"{path}: the stored config's data section is not a mapping")
+    if config.get("data") is not None:
+        problem = _data_problem(config["data"])
+        if problem:
+            raise WeightsError(f"{path}: the stored config's data section {problem}")
     return config
+
+
+MAX_INPUT_SIDE = 8192  # pixels: a crafted input size must not make predict allocate gigabytes per image
+
+
+def _data_problem(data: Any) -> str | None:
+    """What is wrong with a stored preprocessing config, or None: in_chans, input_size (2 sides),
+    mean and std (one finite number per channel, std > 0), optional dataset and class names."""
+    if not isinstance(data, dict):
+        return "is not a mapping"
+    chans, size = data.get("in_chans"), data.get("input_size")
+    if isinstance(chans, bool) or not isinstance(chans, int) or not 1 <= chans <= 64:
+        return f"has no valid in_chans (got {chans!r})"
+    if not (
+        isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_INPUT_SIDE for v in size)
+    ):
+        return f"has no valid input_size (two sides in 1..{MAX_INPUT_SIDE}, got {size!r})"
+    for key in ("mean", "std"):
+        values = data.get(key)
+        if not (isinstance(values, list) and len(values) == chans
+                and all(type(v) in (int, float) and math.isfinite(v) for v in values)):  # fmt: skip
+            return f"has no valid {key} (one finite number per channel, got {values!r})"
+    if any(v <= 0 for v in data["std"]):
+        return f"has a std that is not positive ({data['std']!r})"
+    names = data.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return "has class_names that are not a list of names"
+    if "dataset" in data and not isinstance(data["dataset"], str):
+        return f"names no dataset (got {data['dataset']!r})"
+    return None
 
 
 def file_shapes(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, tuple[int, ...]]:

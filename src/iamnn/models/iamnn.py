@@ -99,6 +99,9 @@ class ProcessingBlock(nn.Module):
         return macs
 
 
+MAX_ITERATIONS = 1024  # per stage; the deepest preset (r152) has 36
+
+
 def check_model_args(num_classes: int, in_chans: int, width: float, stem: str) -> None:
     """The arguments every model shares, refused with the accepted values before anything is built."""
     if stem not in ("imagenet", "cifar"):
@@ -289,8 +292,9 @@ class IamNN(nn.Module):
     ) -> None:
         super().__init__()
         check_model_args(num_classes, in_chans, width, stem)
-        if not all(isinstance(n, int) and n >= 1 for n in iterations) or not iterations:
-            raise ValueError(f"iterations must give an int >= 1 per stage, got {iterations!r}")
+        # bounded: each iteration has BatchNorms of its own, so 10^12 would exhaust memory building them
+        if not iterations or not all(isinstance(n, int) and 1 <= n <= MAX_ITERATIONS for n in iterations):
+            raise ValueError(f"iterations must give an int in 1..{MAX_ITERATIONS} per stage, got {iterations!r}")
         if not 0.0 <= epsilon < 1.0:
             raise ValueError(f"epsilon (the halting slack, threshold 1 − ε) must be in [0, 1), got {epsilon!r}")
         self.max_iterations = tuple(int(n) for n in iterations)
