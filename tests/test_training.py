@@ -214,6 +214,7 @@ def test_missing_dataset_is_one_line_error(tmp_path: Path, monkeypatch, capsys) 
     monkeypatch.setattr(fashion_mnist, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "system"))
     monkeypatch.setenv("IAMNN_DATA", str(tmp_path / "cache"))
     monkeypatch.setattr(base, "torchvision_download", lambda *a: (_ for _ in ()).throw(OSError("no network")))
+    (tmp_path / "nowhere").mkdir()  # a folder without the files (one that does not exist is its own error)
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(REPO / "recipes" / "fashion_mnist" / "demo.yaml"),
               "--runs_dir", str(tmp_path), "--data.data_dir", str(tmp_path / "nowhere")])  # fmt: skip
@@ -327,13 +328,24 @@ def test_integer_batch_limits_stay_integers(tmp_path: Path) -> None:
     assert given_batch_counts([*args, "--trainer.limit_val_batches=1.0"]) == {"limit_train_batches": 1}
 
 
-def test_the_model_summary_gives_macs_not_lightnings_zero_flops(tmp_path: Path, fit_digits, caplog) -> None:
+def test_the_model_summary_gives_macs_not_lightnings_zero_flops(tmp_path: Path, fit_digits) -> None:
     import logging
 
-    with caplog.at_level(logging.INFO):
+    # Lightning's loggers do not propagate to the root logger that caplog listens on: listen on theirs
+    messages: list[str] = []
+    listener = logging.Handler(logging.INFO)
+    listener.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    level = lightning_logger.level
+    lightning_logger.addHandler(listener)
+    lightning_logger.setLevel(logging.INFO)
+    try:
         fit_digits(tmp_path, "summary", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
                    "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=true")  # fmt: skip
-    text = caplog.text
+    finally:
+        lightning_logger.removeHandler(listener)
+        lightning_logger.setLevel(level)
+    text = "\n".join(messages)
     assert "Total params" in text and "MACs per image at 16x16 (1 iteration per stage to all)" in text
     assert "Flops" not in text and "FLOPs" not in text and "already configured" not in text
 

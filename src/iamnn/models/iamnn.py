@@ -100,6 +100,7 @@ class ProcessingBlock(nn.Module):
 
 
 MAX_ITERATIONS = 1024  # per stage; the deepest preset (r152) has 36
+MAX_WIDTH = 64  # 64x ResNet's widths: 131 072 channels in the last stage; wide ResNets use 2-10x
 
 
 def check_model_args(num_classes: int, in_chans: int, width: float, stem: str) -> None:
@@ -109,8 +110,8 @@ def check_model_args(num_classes: int, in_chans: int, width: float, stem: str) -
     for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width < float("inf"):
-        raise ValueError(f"width must be a positive number, got {width!r}")
+    if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width <= MAX_WIDTH:
+        raise ValueError(f"width must be a number in (0, {MAX_WIDTH}], got {width!r}")
 
 
 class IterativeStage(nn.Module):
