@@ -19,7 +19,7 @@ from iamnn.calibrate import parse_macs
 from iamnn.cli import main
 from iamnn.weights import CONFIG_KEY
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 scalars = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats() | st.text(max_size=12)
 values = st.recursive(
