@@ -114,6 +114,12 @@ def test_truncated_checkpoint_fails_cleanly_everywhere(tmp_path: Path, capsys) -
         (["--data.batch_size=-3"], "batch_size must be a positive integer"),
         (["--config", "no/such/recipe.yaml"], "does not exist"),
         (["--ckpt_path", "no/such.ckpt"], "no/such.ckpt: no such file"),
+        (["--model.lr=-1"], "lr must be > 0"),
+        (["--model.width=0"], "width must be a number in (0, 64]"),
+        (["--model.epsilon=1.5"], "must be in [0, 1)"),
+        (["--trainer.max_epochs=0"], "trains nothing"),
+        (["--trainer.max_epochs=-1"], "leaves the cosine schedule no length"),
+        (["--data.data_dir=/no/such/folder"], "is not a folder"),
     ],
 )
 def test_bad_recipe_is_one_line_error_and_writes_nothing(overrides: list[str], match: str, tmp_path: Path, capsys):
@@ -156,6 +162,14 @@ def test_a_recipe_is_checked_before_any_module_it_names_is_imported(
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and match in err, err
     assert not marker.exists(), "the recipe's module was imported"
+
+
+def test_inputs_too_small_for_the_model_fail_before_training_in_one_line(tmp_path: Path, capsys) -> None:
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "iamnn_r18.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe), "--runs_dir", str(tmp_path), "--model.stem=imagenet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "16x16 inputs are too small" in err[-1] and "Traceback" not in "".join(err)
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,14 @@ class Classifier(L.LightningModule):
         self.test_acc = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
         self.test_acc5 = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=top5)
 
+    def setup(self, stage: str) -> None:
+        # an input too small for the stem and poolings fails now, in one line, not at the first batch
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        hw = tuple(getattr(dm, "input_size", ()) or ())
+        if self.adaptive and len(hw) == 2 and min(self.model.stage_sizes(hw)[-1]) < 1:
+            raise CLIError(f"{hw[0]}x{hw[1]} inputs are too small for {self.hparams.model}'s "
+                           f"{self.model.stem_type} stem and poolings (no pixel left for its last stage)")  # fmt: skip
+
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
