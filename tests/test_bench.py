@@ -21,6 +21,7 @@ def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureF
     _bench_smoke(out, "iamnn_r34", "1,4")
     printed = capsys.readouterr().out
     assert "IamNN act" in printed and "speedup" in printed
+    assert "mean ms @1" in printed and "img/s @4" in printed and "img/s @1" not in printed  # one unit per batch size
     result = json.loads(out.read_text())
     assert result["threads"] == 1 and result["inputs"].startswith("synthetic")
     names = [r["row"] for r in result["rows"]]

@@ -422,7 +422,10 @@ def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
              f"{result['threads']} threads, device {result['device']}, "
              f"BN folded: {result['folded_batchnorm']}")  # fmt: skip
     table = Table(title=title)
-    cols = ["row", "params", "avg MACs", "p50 ms @1", "p95 ms @1", *[f"img/s @{b}" for b in sizes]]
+    # one unit per batch size: batch 1 in ms per image (its median, 95th percentile and, from the
+    # throughput loop, its mean, which the latency spikes of a shared machine pull up), larger batches in img/s
+    cols = ["row", "params", "avg MACs", "p50 ms @1", "p95 ms @1",
+            *[("mean ms @1" if b == 1 else f"img/s @{b}") for b in sizes]]  # fmt: skip
     cols += [f"speedup/MAC-ratio @{b}" for b in sizes]
     for col in cols:
         table.add_column(col, justify="left" if col == "row" else "right")
@@ -430,7 +433,9 @@ def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
         eff = [f"{r[f'efficiency@{b}']:.2f}" if f"efficiency@{b}" in r else "" for b in sizes]
         table.add_row(
             r["row"], human(r["params"]), human(r["macs_mean"]), f"{r['latency_p50_ms']:.2f}",
-            f"{r['latency_p95_ms']:.2f}", *[f"{r[f'images_per_s@{b}']:.0f}" for b in sizes], *eff,
+            f"{r['latency_p95_ms']:.2f}",
+            *[(f"{1000 / r['images_per_s@1']:.2f}" if b == 1 else f"{r[f'images_per_s@{b}']:.0f}") for b in sizes],
+            *eff,
         )  # fmt: skip
     _console().print(table)
     full, act = result["rows"][1], result["rows"][2]
