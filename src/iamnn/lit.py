@@ -463,16 +463,23 @@ BATCH_COUNT_FLAGS = ("limit_train_batches", "limit_val_batches", "limit_test_bat
                      "val_check_interval", "overfit_batches")  # fmt: skip
 
 
+def _flag_values(args: Sequence[str]) -> list[tuple[str, str]]:
+    """Each argument as (flag, value), for ``--flag=value`` and ``--flag value`` alike (for a
+    ``--flag value`` pair, the value is also seen as a flag of its own, which no caller matches)."""
+    args = list(args)
+    pairs = []
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        pairs.append((flag, value or (args[i + 1] if i + 1 < len(args) else "")))
+    return pairs
+
+
 def check_recipes(args: Sequence[str]) -> None:
     """Refuse, before LightningCLI reads anything, a ``--config`` recipe that is too big or whose
     aliases explode (``files.load_yaml``), and a data module that is not a registered iamnn one:
     jsonargparse would import any ``class_path`` (running its module's code) before checking it."""
-    args = list(args)
     named: list[tuple[str, Any]] = []
-    for i, arg in enumerate(args):
-        flag, _, value = arg.partition("=")
-        if not value and i + 1 < len(args):
-            value = args[i + 1]
+    for flag, value in _flag_values(args):
         if flag in ("--config", "--data") and Path(value).is_file():
             try:
                 recipe = load_yaml(value)
@@ -496,11 +503,7 @@ def given_batch_counts(args: Sequence[str]) -> dict[str, int]:
     """The :data:`BATCH_COUNT_FLAGS` written as integers (``1``, not ``1.0``) in a command line or
     its ``--config`` recipes, the last one given winning."""
     given: dict[str, Any] = {}
-    args = list(args)
-    for i, arg in enumerate(args):
-        flag, _, value = arg.partition("=")
-        if not value and i + 1 < len(args):
-            value = args[i + 1]
+    for flag, value in _flag_values(args):
         if flag == "--config" and Path(value).is_file():
             try:
                 trainer = (load_yaml(value) or {}).get("trainer") or {}
