@@ -8,7 +8,7 @@ Each trial: start ``iamnn fit`` and SIGKILL it a uniformly random fraction of an
 (each restart resumes from the last checkpoint on disk), then let it finish. A trial passes when
 every tensor of the final ``last.ckpt`` (weights, BatchNorm statistics, optimizer state) equals
 the reference bit for bit. ``tests/test_resume.py`` runs the same code with a fixed schedule of
-three kills.
+two kills.
 """
 
 from __future__ import annotations

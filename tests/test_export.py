@@ -133,7 +133,7 @@ def test_early_exit_skips_work(tmp_path: Path) -> None:
     assert early(x)[1].tolist() == [[1, 1, 1, 1]]
     assert full(x)[1].tolist() == [[3, 4, 23, 3]]
     times: dict[str, list[float]] = {"early": [], "full": []}
-    for _ in range(55):  # interleaved, so that both see the same load; the first 5 warm up
+    for _ in range(25):  # interleaved, so that both see the same load; the first 5 warm up
         for name, runner in (("early", early), ("full", full)):
             start = time.perf_counter()
             runner(x)

@@ -17,12 +17,13 @@ from iamnn.lit import SafeCheckpointIO
 
 def test_sigkilled_training_resumes_with_bitwise_identical_weights(tmp_path: Path) -> None:
     reference, _, epoch_s = kr.reference_run(tmp_path)
-    # a fixed random schedule: SIGKILL a random fraction of an epoch after the 1st, 1st and 2nd
-    # checkpoint write of each (resumed) process, so the kills land in three different epochs
+    # a fixed random schedule: SIGKILL a random fraction of an epoch after the 1st and 2nd checkpoint
+    # write of each (resumed) process, so the kills land in different epochs (the benchmark
+    # `benchmarks/kill_resume.py` runs more trials at random schedules)
     rng = random.Random(7)
-    kills = [(saves, rng.uniform(0.05, 0.95) * epoch_s) for saves in (1, 1, 2)]
+    kills = [(saves, rng.uniform(0.05, 0.95) * epoch_s) for saves in (1, 2)]
     run_dir, landed = kr.killed_run(tmp_path, "killed", kills)
-    assert landed == 3, f"only {landed} of the kills {kills} landed before the run finished"
+    assert landed == len(kills), f"only {landed} of the kills {kills} landed before the run finished"
     assert not list((run_dir / "checkpoints").glob("*.tmp")), "a finished run leaves no temporary files"
     differing = kr.differences(reference, kr.final_state(run_dir))
     assert not differing, f"after kills {kills} these tensors differ: {differing[:5]}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -39,7 +41,7 @@ def _crafted_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
 def test_crafted_pickle_checkpoint_is_refused_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ckpt, marker = _crafted_checkpoint(tmp_path)
     for path in (ckpt, tmp_path / "evil_torchsave.ckpt"):
-        with pytest.raises(WeightsError, match="refused to load checkpoint"):
+        with pytest.raises(WeightsError, match="refused to load checkpoint|refused: not a PyTorch checkpoint"):
             load_model(path)
         with pytest.raises(WeightsError, match="refused"):
             iamnn.create_model("iamnn_r18", checkpoint_path=path)
@@ -213,6 +215,26 @@ def test_weights_are_never_written_over_by_their_sidecar_nor_saved_non_finite(tm
     assert not list(tmp_path.iterdir())
 
 
+def test_the_sidecar_names_the_weights_it_describes(tmp_path: Path) -> None:
+    """Weights and sidecar are renamed one after the other; the sidecar's digest tells a stale one."""
+    path = iamnn.weights.save_weights(
+        iamnn.create_model("iamnn_r18", width=1 / 16, num_classes=3), tmp_path / "w.safetensors"
+    )
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json", "w.safetensors"]  # no temporary files left
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [(b"", "the file is empty"), (b"hello", "neither a zip archive"), (pickle.dumps({"a": 1}), "a plain pickle")],
+)
+def test_a_file_that_is_no_torch_checkpoint_is_named_for_what_it_is(tmp_path: Path, content: bytes, match: str) -> None:
+    (tmp_path / "x.ckpt").write_bytes(content)
+    with pytest.raises(WeightsError, match=f"not a PyTorch checkpoint \\({match}"):
+        iamnn.weights.read_checkpoint(tmp_path / "x.ckpt")
+
+
 @pytest.mark.parametrize(
     "config, match",
     [
@@ -247,8 +269,6 @@ def test_weights_are_never_written_over_by_their_sidecar_nor_saved_non_finite(tm
 def test_crafted_weights_metadata_is_refused_before_anything_is_allocated(config, match: str, tmp_path: Path) -> None:
     """The model is built on the meta device and checked against the file's tensor shapes first:
     a small file whose config asks for 10⁹ classes costs nothing and fails in one line."""
-    import json
-
     from safetensors.torch import save_file
 
     from iamnn.weights import CONFIG_KEY

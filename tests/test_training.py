@@ -278,7 +278,7 @@ def test_autocast_training_steps_stay_finite(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     dm = DigitsDataModule(batch_size=64)
     dm.setup("fit")
-    model = iamnn.create_model("iamnn_r18", stem="cifar", in_chans=1, num_classes=10, width=0.125)
+    model = iamnn.create_model("iamnn_r18", stem="cifar", in_chans=1, num_classes=10, width=1 / 16)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
     losses = []

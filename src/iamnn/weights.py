@@ -7,6 +7,7 @@ A weights file carries everything needed to rebuild its model: the safetensors m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pickle
@@ -21,7 +22,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import WeightsError, one_line
-from .files import atomic_write, write_text_atomic
+from .files import atomic_write
 from .models import IamNN, build_model, list_models, pretrained_file, upgrade_state_dict
 from .models.halting import halting_json
 
@@ -128,9 +129,14 @@ def save_weights(
     if broken:
         count = f"{len(broken)} of {len(state)} tensors"
         raise WeightsError(f"{path}: not written: {count} hold NaN or Inf (first: {broken[0]})")
-    with atomic_write(path) as f:
-        f.write(safetensors_bytes(state, metadata={CONFIG_KEY: json.dumps(config)}))
-    write_text_atomic(path.with_suffix(".json"), json.dumps({**config, **(extra or {})}, indent=2) + "\n")
+    blob = safetensors_bytes(state, metadata={CONFIG_KEY: json.dumps(config)})
+    # The pair cannot be renamed in one step; both are written in full first and renamed back to
+    # back (weights, then sidecar), and the sidecar names the weights' digest, so a sidecar left
+    # from an earlier save by a kill in between is recognisable as not describing these weights.
+    sidecar = {**config, **(extra or {}), "weights_sha256": hashlib.sha256(blob).hexdigest()}
+    with atomic_write(path.with_suffix(".json"), "w") as meta, atomic_write(path) as weights:
+        weights.write(blob)
+        meta.write(json.dumps(sidecar, indent=2) + "\n")
     return path
 
 
@@ -338,6 +344,9 @@ def load_pretrained(name: str, **overrides: Any) -> nn.Module:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint's contents, unpickled with ``weights_only=True``; anything else is refused."""
+    problem = _not_torch_file(path)
+    if problem:
+        raise WeightsError(f"{path}: refused: not a PyTorch checkpoint ({problem})")
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled objects
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says it all
@@ -355,3 +364,25 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - every other failure becomes one clear line too
         reason = one_line(err).split(". ")[0]
         raise WeightsError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
+
+
+# torch.save writes a zip archive; files from before PyTorch 1.6 start with a pickled magic number
+TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _not_torch_file(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a file from ``torch.save`` (a plain pickle, text), or None: so that
+    such a file is named for what it is, not for the unpickler's first complaint about it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(TORCH_LEGACY_PREFIX))
+    except FileNotFoundError:
+        return None  # said by the caller
+    except OSError as err:
+        return one_line(err)
+    if head.startswith(b"PK\x03\x04") or head == TORCH_LEGACY_PREFIX:
+        return None
+    if not head:
+        return "the file is empty"
+    kind = "a plain pickle" if head[:1] == b"\x80" else "neither a zip archive nor a legacy torch file"
+    return f"{kind}, starting {head[:8]!r}: torch.save writes a zip archive"
