@@ -116,6 +116,21 @@ def test_fixed_halting_mode(act_model: IamNN, tmp_path: Path) -> None:
     assert "Loop" not in {node.op_type for node in onnx.load(path).graph.node}
 
 
+@pytest.mark.parametrize("halting", ["act", 2])
+def test_mobile_export_matches_pytorch(tmp_path: Path, halting: object) -> None:
+    """IamNN-Mobile (depthwise convolutions, squeeze-excitation, linear residual) keeps its loops too."""
+    torch.manual_seed(0)
+    model = iamnn.create_model("iamnn_mobile_r34", **{**CONFIG["kwargs"], "width": 0.25}).eval()
+    _randomise_batchnorm(model)
+    x = _varied_input(16)
+    spread_halting(model, x)
+    path = export_onnx(model, tmp_path / "mobile.onnx", input_size=HW, halting=halting)
+    iterations = _assert_matches(model, OnnxModel(path, threads=1), x, halting=halting)
+    if halting == "act":
+        assert len(np.unique(iterations)) > 1
+        assert sum(node.op_type == "Loop" for node in onnx.load(path).graph.node) == 4
+
+
 def _forced(bias: float) -> IamNN:
     """iamnn_r101 (3, 4, 23, 3 iterations) whose halting units always output σ(bias)."""
     model = iamnn.create_model("iamnn_r101", **CONFIG["kwargs"]).eval()

@@ -187,11 +187,14 @@ def test_ponder_gradient_flows_through_remainder() -> None:
 
 
 # -- MAC accounting ------------------------------------------------------------------------------
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+ITERATIVE = [f"iamnn_{p}" for p in sorted(PRESETS)] + ["iamnn_mobile_r18", "iamnn_mobile_r34"]
+
+
+@pytest.mark.parametrize("name", ITERATIVE)
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 @pytest.mark.parametrize("halting", ["act", "full", 1, 2])
-def test_per_sample_macs_equal_flop_counter(preset: str, stem: str, halting: object) -> None:
-    model = iamnn.create_model(f"iamnn_{preset}", stem=stem, num_classes=10, width=SMALL, halting=halting)
+def test_per_sample_macs_equal_flop_counter(name: str, stem: str, halting: object) -> None:
+    model = iamnn.create_model(name, stem=stem, num_classes=10, width=SMALL, halting=halting)
     x = _varied_input(12, INPUT[stem])
     model = spread_halting(model, x).eval()
     with torch.no_grad():
@@ -294,11 +297,13 @@ def test_parameter_sharing_and_per_iteration_batchnorm() -> None:
 
 
 # -- inference with folded BatchNorm -------------------------------------------------------------
-@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+@pytest.mark.parametrize(
+    "name, fused", [("iamnn_r34", False), ("iamnn_r34", True), ("iamnn_mobile_r34", False)], ids=["eager", "fused", "mobile"]
+)
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 @pytest.mark.parametrize("halting", ["act", "full", 2])
 def test_folded_batchnorm_matches_eval_forward(
-    stem: str, halting: object, fused: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, stem: str, halting: object, fused: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from iamnn.models.fold import FoldedProcessingBlock, fold_batchnorm
 
@@ -306,7 +311,7 @@ def test_folded_batchnorm_matches_eval_forward(
     monkeypatch.setattr(FoldedProcessingBlock, "fused_min_pixels", 0 if fused else 10**9)
 
     x = _varied_input(12, INPUT[stem])
-    model = iamnn.create_model("iamnn_r34", stem=stem, num_classes=7, width=SMALL, halting=halting)
+    model = iamnn.create_model(name, stem=stem, num_classes=7, width=SMALL, halting=halting)
     model = spread_halting(model, x)
     with torch.no_grad():  # give every BatchNorm non-trivial statistics and affine parameters
         for m in model.modules():
@@ -430,3 +435,22 @@ def test_models_command_lists_every_registered_model(capsys) -> None:  # noqa: A
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("iamnn ")
+
+
+def test_mobile_block_is_a_depthwise_separable_inverted_residual() -> None:
+    model = iamnn.create_model("iamnn_mobile_r34", stem="cifar", in_chans=1, num_classes=10, width=0.5)
+    block = model.stages[1].block
+    assert isinstance(block, iamnn.models.InvertedResidualBlock)
+    hidden = block.depthwise.out_channels
+    assert block.depthwise.groups == hidden and block.depthwise.kernel_size == (3, 3)  # depthwise
+    assert block.expand.in_channels == 8 + 16 and hidden == 6 * 16  # concat(x0, s) -> 6x expansion
+    assert block.project.out_channels == 16 and block.se is not None
+    assert len(block.norms) == 4 and all(len(n) == 3 for n in block.norms)  # one BN triple per iteration
+    # the linear residual: s_i = s_{i-1} + u_i, no ReLU after the addition
+    x0, s = torch.randn(2, 8, 6, 6), torch.randn(2, 16, 6, 6)
+    with torch.no_grad():
+        s1, u = block.eval().step(x0, s, 1)
+    torch.testing.assert_close(s1, s + u)
+    assert (s1 < 0).any()
+    with pytest.raises(ValueError, match="block must be one of"):
+        IamNN(PRESETS["r18"], block="transformer")

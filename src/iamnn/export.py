@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch._higher_order_ops import while_loop
 from torch.nn import functional as F
 
-from .models.fold import FoldedProcessingBlock, fold_batchnorm
+from .models.fold import FoldedInvertedResidualBlock, FoldedProcessingBlock, fold_batchnorm
 from .models.halting import HaltingPolicy, HaltingSpec, halting_json, initial_states
 from .models.iamnn import IamNN, IterativeStage
 from .weights import CONFIG_KEY
@@ -62,7 +62,7 @@ class ExportableStage(nn.Module):
     def __init__(self, stage: IterativeStage, policy: HaltingPolicy) -> None:
         super().__init__()
         block = stage.block
-        if not isinstance(block, FoldedProcessingBlock):
+        if not isinstance(block, FoldedProcessingBlock | FoldedInvertedResidualBlock):
             raise TypeError("ExportableStage needs a stage of fold_batchnorm(model)")
         self.block, self.halting_unit, self.policy = block, stage.halting_unit, policy
         self.iterations = policy.limit(stage.max_iterations)
@@ -70,24 +70,22 @@ class ExportableStage(nn.Module):
     def _block(self, x: Tensor, i: Tensor | int, first: bool = False) -> Tensor:
         """u = B_k(x) with iteration ``i``'s folded weights; ``i`` a (1,) long tensor inside a
         loop, or an int where the iteration is known at export (its weights are then constants)."""
-        b = self.block
 
         def pick(stacked: Tensor) -> Tensor:
             return stacked[i] if isinstance(i, int) else stacked.index_select(0, i)[0]
 
-        u = F.conv2d(x, pick(b.w1_first if first else b.w1), pick(b.b1))
-        u = F.conv2d(torch.relu(u), pick(b.w2), pick(b.b2), padding=1)
-        return F.conv2d(torch.relu(u), pick(b.w3), pick(b.b3))
+        return self.block.compute(x, pick, first)
 
     def forward(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long."""
         batch, policy = x0.shape[0], self.policy
         u = self._block(x0, 0, first=True)
-        s = torch.relu(u)  # s_1 = ReLU(u_1) since s_0 = 0
+        update = self.block.update  # s_i from s_{i-1} and u_i: the block's residual rule
+        s = update(None, u)  # s_0 = 0
         n = torch.ones(batch, dtype=torch.long, device=x0.device)
         if not policy.uses_scores:  # a fixed number of iterations, y = last state: unrolled, no Loop
             for i in range(1, self.iterations):
-                s = torch.relu(s + self._block(torch.cat([x0, s], 1), i))
+                s = update(s, self._block(torch.cat([x0, s], 1), i))
             return s, torch.full_like(n, self.iterations)
         if self.iterations == 1:
             return s, n
@@ -108,7 +106,7 @@ class ExportableStage(nn.Module):
             i: Tensor, s: Tensor, y: Tensor, state: Tensor, n: Tensor, active: Tensor
         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
             u = self._block(torch.cat([x0, s], 1), i)
-            s = torch.relu(s + u)  # s_i = ReLU(s_{i-1} + u_i)
+            s = update(s, u)
             h = self.halting_unit(s, context, u)  # also run at the last iteration, where h_{N_k} := 1
             p, halt, next_state = policy.step(state, torch.where(i == last, 1.0, h))
             y = torch.where(active[:, None, None, None], y + p[:, None, None, None] * s, y)

@@ -168,6 +168,10 @@ def read_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> d
         config = config_from_hparams(hparams)
         config = {**config, "data": checkpoint["iamnn_data"]} if "iamnn_data" in checkpoint else config
         return checked_config(config, path)
+    if path.suffix == ".onnx":
+        raise WeightsError(
+            f"{path}: an ONNX model, not weights: run it with `iamnn predict --onnx` (iamnn.export.OnnxModel)"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

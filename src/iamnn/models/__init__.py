@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from .baselines import MOBILENETS, RESNETS, MobileNet, ResNet
 from .halting import ACT, Fixed, Full, HaltingPolicy, PonderNet, halting_policy, policy_names, register_policy
-from .iamnn import PRESETS, IamNN, IamNNStats, IterativeStage, ProcessingBlock, upgrade_state_dict
+from .iamnn import (
+    BLOCKS,
+    PRESETS,
+    IamNN,
+    IamNNStats,
+    InvertedResidualBlock,
+    IterativeStage,
+    ProcessingBlock,
+    check_model_args,
+    scaled_channels,
+    upgrade_state_dict,
+)
 from .registry import build_model, list_models, pretrained_file, register_model, register_pretrained
 
 __all__ = [
@@ -15,11 +26,13 @@ __all__ = [
     "HaltingPolicy",
     "IamNN",
     "IamNNStats",
+    "InvertedResidualBlock",
     "IterativeStage",
     "MobileNet",
     "PonderNet",
     "ProcessingBlock",
     "ResNet",
+    "BLOCKS",
     "MOBILENETS",
     "PRESETS",
     "RESNETS",
@@ -37,6 +50,21 @@ __all__ = [
 
 def _iamnn(preset: str, **kwargs) -> IamNN:
     return IamNN(PRESETS[preset], **kwargs)
+
+
+# IamNN-Mobile at width 1: stem and stage output widths, MobileNet-like (16 · 2^k), and the
+# inverted residual's expansion (MobileNetV2's 6); ``width`` scales them to multiples of 8
+MOBILE = {"stem_channels": 16, "channels": (16, 32, 64, 128), "expansion": 6.0}
+
+
+def _iamnn_mobile(preset: str, width: float = 1.0, **kwargs) -> IamNN:
+    check_model_args(kwargs.get("num_classes", 1), kwargs.get("in_chans", 1), width, kwargs.get("stem", "imagenet"))
+    scaled = {
+        "stem_channels": scaled_channels(MOBILE["stem_channels"], width, 8),
+        "channels": tuple(scaled_channels(c, width, 8) for c in MOBILE["channels"]),
+        "expansion": MOBILE["expansion"],
+    }
+    return IamNN(PRESETS[preset], width=width, block="inverted_residual", **{**scaled, **kwargs})
 
 
 def _resnet(name: str, **kwargs) -> ResNet:
@@ -72,6 +100,18 @@ def iamnn_r101(**kwargs) -> IamNN:
 def iamnn_r152(**kwargs) -> IamNN:
     """IamNN after ResNet-152 (the paper's ImageNet model): at most 3, 8, 36, 3 iterations."""
     return _iamnn("r152", **kwargs)
+
+
+@register_model
+def iamnn_mobile_r18(**kwargs) -> IamNN:
+    """IamNN-Mobile: depthwise-separable (inverted residual) stages, at most 2, 2, 2, 2 iterations."""
+    return _iamnn_mobile("r18", **kwargs)
+
+
+@register_model
+def iamnn_mobile_r34(**kwargs) -> IamNN:
+    """IamNN-Mobile: depthwise-separable (inverted residual) stages, at most 3, 4, 6, 3 iterations."""
+    return _iamnn_mobile("r34", **kwargs)
 
 
 @register_model

@@ -14,6 +14,7 @@ NCHW and 0.22 ms in NHWC), and every op of the loop (cat, indexing, addcmul) kee
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,7 @@ from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from .baselines import MobileNet, ResNet
 from .halting_unit import HaltingUnit, global_avg_pool
-from .iamnn import IamNN, ProcessingBlock
+from .iamnn import IamNN, InvertedResidualBlock, ProcessingBlock
 
 
 def _fold(weight: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -93,12 +94,14 @@ class FoldedProcessingBlock(nn.Module):
         self.register_buffer("w3_matrix", torch.stack([w.flatten(1) for w in w3]).detach())
 
     def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
-        if s is None:
-            u = F.conv2d(x0, self.w1_first[i], self.b1[i])
-        else:
-            u = F.conv2d(torch.cat([x0, s], dim=1), self.w1[i], self.b1[i])
-        u = F.conv2d(torch.relu(u), self.w2[i], self.b2[i], padding=1)
-        return F.conv2d(torch.relu(u), self.w3[i], self.b3[i])
+        return self.compute(x0 if s is None else torch.cat([x0, s], dim=1), lambda w: w[i], first=s is None)
+
+    def compute(self, x: Tensor, pick: Callable[[Tensor], Tensor], first: bool = False) -> Tensor:
+        """u = B_k(x) with the weights ``pick`` takes from each per-iteration stack (``x``: x0 alone
+        when ``first``, else concat(x0, s)); the ONNX export picks inside its loop with this."""
+        u = F.conv2d(x, pick(self.w1_first if first else self.w1), pick(self.b1))
+        u = F.conv2d(torch.relu(u), pick(self.w2), pick(self.b2), padding=1)
+        return F.conv2d(torch.relu(u), pick(self.w3), pick(self.b3))
 
     def step(self, x0: Tensor, s: Tensor | None, i: int, need_u: bool = True) -> tuple[Tensor, Tensor | None]:
         """(s_i, u_i) as :meth:`ProcessingBlock.step`; fused, u_i comes as its (B, C) GAP."""
@@ -118,7 +121,44 @@ class FoldedProcessingBlock(nn.Module):
         u_gap = torch.addmm(self.b3[i], global_avg_pool(z), self.w3_matrix[i].t()) if need_u else None
         return s, u_gap
 
+    update = staticmethod(ProcessingBlock.update)
     macs = ProcessingBlock.macs
+
+
+class FoldedInvertedResidualBlock(nn.Module):
+    """:class:`InvertedResidualBlock` for inference: per-iteration expansion, depthwise and
+    projection convolutions with BN folded in; the squeeze-excitation is shared as before."""
+
+    def __init__(self, block: InvertedResidualBlock, memory_format: torch.memory_format) -> None:
+        super().__init__()
+        self.out_channels = block.out_channels
+        self.expand, self.depthwise, self.project, self.se = block.expand, block.depthwise, block.project, block.se
+        in_channels = block.expand.in_channels - block.out_channels
+        folded: dict[str, list[Tensor]] = {name: [] for name in ("w1", "b1", "w1_first", "w2", "b2", "w3", "b3")}
+        for bn1, bn2, bn3 in block.norms:
+            for name, conv, bn in (("1", block.expand, bn1), ("2", block.depthwise, bn2), ("3", block.project, bn3)):
+                w, b = _fold(conv.weight, bn)
+                folded[f"w{name}"].append(w)
+                folded[f"b{name}"].append(b)
+            folded["w1_first"].append(folded["w1"][-1][:, :in_channels].contiguous())  # s_0 = 0: x0's channels
+        for name, tensors in folded.items():
+            self.register_buffer(name, _stack(tensors, memory_format))
+
+    def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
+        return self.compute(x0 if s is None else torch.cat([x0, s], dim=1), lambda w: w[i], first=s is None)
+
+    def compute(self, x: Tensor, pick: Callable[[Tensor], Tensor], first: bool = False) -> Tensor:
+        """u = B_k(x) with the weights ``pick`` takes from each per-iteration stack (as
+        :meth:`FoldedProcessingBlock.compute`)."""
+        z = F.hardswish(F.conv2d(x, pick(self.w1_first if first else self.w1), pick(self.b1)))
+        z = F.hardswish(F.conv2d(z, pick(self.w2), pick(self.b2), padding=1, groups=self.depthwise.groups))
+        if self.se is not None:
+            z = self.se(z)
+        return F.conv2d(z, pick(self.w3), pick(self.b3))
+
+    step = ProcessingBlock.step
+    update = staticmethod(InvertedResidualBlock.update)
+    macs = InvertedResidualBlock.macs
 
 
 class FoldedHaltingUnit(nn.Module):
@@ -194,7 +234,8 @@ def fold_batchnorm(model: IamNN | ResNet | MobileNet, channels_last: bool = True
     stem.bias.copy_(b)
     folded.conv1, folded.bn1 = stem.to(memory_format=memory_format), nn.Identity()
     for stage in folded.stages:
-        stage.block = FoldedProcessingBlock(stage.block, memory_format)
+        fold = FoldedProcessingBlock if isinstance(stage.block, ProcessingBlock) else FoldedInvertedResidualBlock
+        stage.block = fold(stage.block, memory_format)
         stage.halting_unit = FoldedHaltingUnit(stage.halting_unit, stage.out_channels)
     folded.memory_format = memory_format
     folded.requires_grad_(False)

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torchvision.ops import SqueezeExcitation
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
 from .halting import HaltingPolicy, HaltingSpec, initial_states, normalize_halting, stage_policies
@@ -88,8 +89,12 @@ class ProcessingBlock(nn.Module):
         halting unit reads of it.)
         """
         u = self(x0, s, i)
-        # s_i = ReLU(s_{i-1} + u_i), the residual update of torchvision's Bottleneck
-        return torch.relu(u if s is None else s + u), u if need_u else None
+        return self.update(s, u), u if need_u else None
+
+    @staticmethod
+    def update(s: Tensor | None, u: Tensor) -> Tensor:
+        """s_i = ReLU(s_{i-1} + u_i), the residual update of torchvision's Bottleneck (s_0 = 0: None)."""
+        return torch.relu(u if s is None else s + u)
 
     def macs(self, hw: tuple[int, int], first: bool = False) -> int:
         """MACs of one iteration at spatial size ``hw``; ``first``: from the zero state s_0."""
@@ -98,6 +103,75 @@ class ProcessingBlock(nn.Module):
             macs -= hw[0] * hw[1] * self.conv1.out_channels * self.out_channels
         return macs
 
+
+class InvertedResidualBlock(nn.Module):
+    r"""Depthwise-separable :math:`B_k`, MobileNetV2/V3's inverted residual: 1x1 expand → BN →
+    hard-swish → 3x3 depthwise → BN → hard-swish → squeeze-excitation → 1x1 project → BN, applied
+    to concat(x0, s_{i-1}) like :class:`ProcessingBlock`.
+
+    The convolutions and the squeeze-excitation are shared by every iteration; each iteration has
+    its own three BatchNorms. The state update is MobileNetV2's linear residual
+    s_i = s_{i-1} + u_i: no ReLU after the addition, since the narrow projected map would lose
+    information to it (MobileNetV2, section 3.2).
+
+    Args:
+        expansion: hidden channels = ``expansion`` x ``out_channels`` (rounded to a multiple of 8).
+        se: squeeze-excitation on the hidden map (reduction 4, hard-sigmoid gate, as MobileNetV3).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, max_iterations: int, expansion: float = 4.0, se: bool = True
+    ) -> None:
+        super().__init__()
+        if not 0 < expansion <= MAX_WIDTH:
+            raise ValueError(f"expansion must be in (0, {MAX_WIDTH}], got {expansion!r}")
+        hidden = scaled_channels(out_channels, expansion, 8)
+        self.expand = nn.Conv2d(in_channels + out_channels, hidden, 1, bias=False)
+        self.depthwise = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False)
+        self.se = (
+            SqueezeExcitation(hidden, scaled_channels(hidden, 0.25, 8), scale_activation=nn.Hardsigmoid) if se else None
+        )
+        self.project = nn.Conv2d(hidden, out_channels, 1, bias=False)
+        self.out_channels = out_channels
+        self.norms = nn.ModuleList(
+            nn.ModuleList([nn.BatchNorm2d(hidden), nn.BatchNorm2d(hidden), nn.BatchNorm2d(out_channels)])
+            for _ in range(max_iterations)
+        )
+
+    def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
+        """u_i = B_k(concat(x0, s_{i-1})) with iteration ``i``'s BatchNorms (``s=None``: s_0 = 0,
+        whose half of the expansion contributes nothing and is skipped)."""
+        bn1, bn2, bn3 = self.norms[i]
+        if s is None:
+            z = nn.functional.conv2d(x0, self.expand.weight[:, : x0.shape[1]].contiguous())
+        else:
+            z = self.expand(torch.cat([x0, s], dim=1))
+        z = nn.functional.hardswish(bn1(z))
+        z = nn.functional.hardswish(bn2(self.depthwise(z)))
+        if self.se is not None:
+            z = self.se(z)
+        return bn3(self.project(z))
+
+    step = ProcessingBlock.step
+
+    @staticmethod
+    def update(s: Tensor | None, u: Tensor) -> Tensor:
+        """s_i = s_{i-1} + u_i, the linear residual (s_0 = 0: None)."""
+        return u if s is None else s + u
+
+    def macs(self, hw: tuple[int, int], first: bool = False) -> int:
+        """MACs of one iteration at spatial size ``hw`` (depthwise: 9 per hidden pixel); ``first``:
+        from the zero state s_0."""
+        macs = sum(conv_macs(c, hw) for c in (self.expand, self.depthwise, self.project))
+        if self.se is not None:  # two 1x1 convolutions on the pooled (1x1) map
+            macs += conv_macs(self.se.fc1, (1, 1)) + conv_macs(self.se.fc2, (1, 1))
+        if first:  # the state's input channels of the expansion are skipped
+            macs -= hw[0] * hw[1] * self.expand.out_channels * self.out_channels
+        return macs
+
+
+# the processing blocks a stage can iterate: IamNN(block=...)
+BLOCKS: dict[str, type[nn.Module]] = {"bottleneck": ProcessingBlock, "inverted_residual": InvertedResidualBlock}
 
 MAX_ITERATIONS = 1024  # per stage; the deepest preset (r152) has 36
 MAX_WIDTH = 64  # 64x ResNet's widths: 131 072 channels in the last stage; wide ResNets use 2-10x
@@ -115,7 +189,8 @@ def check_model_args(num_classes: int, in_chans: int, width: float, stem: str) -
 
 
 class IterativeStage(nn.Module):
-    r"""One IamNN stage: up to ``max_iterations`` applications of a shared :class:`ProcessingBlock`.
+    r"""One IamNN stage: up to ``max_iterations`` applications of a shared processing block
+    (:class:`ProcessingBlock`, or another of :data:`BLOCKS`).
 
     With :math:`s_0 = 0`: :math:`u_i = B_k(\mathrm{concat}(x_0, s_{i-1}))`,
     :math:`s_i = \mathrm{ReLU}(s_{i-1} + u_i)`; the stage output is :math:`y = \sum_n p_n s_n`, with
@@ -132,11 +207,13 @@ class IterativeStage(nn.Module):
         max_iterations: int,
         halting_hidden: int = 64,
         halting_bias: float = -3.0,
+        block: str = "bottleneck",
+        **block_kwargs: object,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.max_iterations = max_iterations
-        self.block = ProcessingBlock(in_channels, out_channels, max_iterations)
+        self.block = BLOCKS[block](in_channels, out_channels, max_iterations, **block_kwargs)
         self.halting_unit = HaltingUnit(2 * out_channels + in_channels, halting_hidden, halting_bias)
 
     def forward(self, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor]:
@@ -275,6 +352,10 @@ class IamNN(nn.Module):
         zero_init_residual: start each iteration's last BN at γ = 0 (as torchvision's option).
         channels: explicit stage output widths (overrides ``width`` for the stages; the stem
             keeps 64·width), e.g. ``(256, 512, 1024, 1024)`` for a narrower last stage.
+        stem_channels: explicit stem width (default 64·width).
+        block: the processing block each stage iterates: ``"bottleneck"`` (the paper's) or
+            ``"inverted_residual"`` (depthwise-separable, MobileNetV3-style; the paper's future work).
+        expansion, se: the inverted residual's expansion ratio and squeeze-excitation switch.
     """
 
     def __init__(
@@ -290,9 +371,16 @@ class IamNN(nn.Module):
         halting_hidden: int = 64,
         zero_init_residual: bool = False,
         channels: tuple[int, ...] | None = None,
+        stem_channels: int | None = None,
+        block: str = "bottleneck",
+        expansion: float = 4.0,
+        se: bool = True,
     ) -> None:
         super().__init__()
         check_model_args(num_classes, in_chans, width, stem)
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(map(repr, BLOCKS))}, got {block!r}")
+        block_kwargs = {"expansion": expansion, "se": se} if block == "inverted_residual" else {}
         # bounded: each iteration has BatchNorms of its own, so 10^12 would exhaust memory building them
         if not iterations or not all(isinstance(n, int) and 1 <= n <= MAX_ITERATIONS for n in iterations):
             raise ValueError(f"iterations must give an int in 1..{MAX_ITERATIONS} per stage, got {iterations!r}")
@@ -304,7 +392,10 @@ class IamNN(nn.Module):
         self.inference_chunk = 128  # eval batches larger than this run in chunks (0: never)
         self.memory_format: torch.memory_format | None = None  # if set, inputs are converted to it
 
-        stem_channels = scaled_channels(64, width)
+        if stem_channels is None:
+            stem_channels = scaled_channels(64, width)
+        elif not isinstance(stem_channels, int) or not 1 <= stem_channels <= 64 * 2**12:
+            raise ValueError(f"stem_channels must be an int in 1..{64 * 2**12}, got {stem_channels!r}")
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, stem_channels, 7, stride=2, padding=3, bias=False)
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
@@ -316,11 +407,12 @@ class IamNN(nn.Module):
 
         if channels is None:
             channels = tuple(scaled_channels(256 * 2**k, width, 4) for k in range(len(iterations)))
-        if len(channels) != len(iterations) or any(c % 4 for c in channels):
+        if len(channels) != len(iterations) or any(not isinstance(c, int) or c < 4 or c % 4 for c in channels):
             raise ValueError(f"channels must give one multiple of 4 per stage, got {channels}")
         channels = [stem_channels, *channels]
+        self.block_type = block
         self.stages = nn.ModuleList(
-            IterativeStage(channels[k], channels[k + 1], n, halting_hidden, halting_bias)
+            IterativeStage(channels[k], channels[k + 1], n, halting_hidden, halting_bias, block, **block_kwargs)
             for k, n in enumerate(self.max_iterations)
         )
         self.num_features = channels[-1]
@@ -332,8 +424,8 @@ class IamNN(nn.Module):
         init_resnet_style(self)
         if zero_init_residual:
             for stage in self.stages:
-                for _, _, bn3 in stage.block.norms:
-                    nn.init.zeros_(bn3.weight)
+                for norms in stage.block.norms:
+                    nn.init.zeros_(norms[-1].weight)  # the BatchNorm that ends u_i
 
     @property
     def halting(self) -> HaltingSpec:
