@@ -45,20 +45,35 @@ class BenchConfig:
 BOTTLENECK_TWIN = {"r34": "resnet50"}
 
 
+# IamNN-Mobile's reference: what a user would otherwise pick for cheap inference, at its own width 1
+MOBILE_BASELINE = "mobilenet_v3_small"
+
+
 def _preset(model: IamNN) -> str:
-    return model.model_config["model"].removeprefix("iamnn_").split("_")[0]
+    return model.model_config["model"].removeprefix("iamnn_").removeprefix("mobile_").split("_")[0]
+
+
+def _mobile(model: IamNN) -> bool:
+    return getattr(model, "block_type", "bottleneck") == "inverted_residual"
 
 
 def baseline_name(model: IamNN) -> str:
-    """The registry name of the ResNet matching ``model``'s preset (``iamnn_r34_fmnist`` -> ``resnet34``)."""
-    return BASELINE_OF[_preset(model)]
+    """The registry name of the network ``model`` is timed against: the ResNet of its preset
+    (``iamnn_r34_fmnist`` -> ``resnet34``), or MobileNetV3-Small for IamNN-Mobile."""
+    return MOBILE_BASELINE if _mobile(model) else BASELINE_OF[_preset(model)]
+
+
+def baseline_label(name: str) -> str:
+    return f"{'MobileNet' if name.startswith('mobilenet') else 'ResNet'} {name}"
 
 
 def baseline_for(model: IamNN, name: str | None = None) -> nn.Module:
-    """The ResNet of ``model``'s preset (or the registered ResNet ``name``) with the same stem,
-    input channels, classes and width."""
-    keep = {k: v for k, v in model.model_config["kwargs"].items() if k in ("num_classes", "in_chans", "stem", "width")}
-    return create_model(name or baseline_name(model), **keep).eval()
+    """The baseline of ``model`` (or the registered network ``name``) with the same stem, input
+    channels and classes, and the same width for a ResNet (a MobileNet keeps its width 1)."""
+    name = name or baseline_name(model)
+    shared = ("num_classes", "in_chans", "stem") + (() if name.startswith("mobilenet") else ("width",))
+    keep = {k: v for k, v in model.model_config["kwargs"].items() if k in shared}
+    return create_model(name, **keep).eval()
 
 
 def run_in(net: nn.Module, halting: HaltingSpec | None) -> Callable[[Tensor], Any]:
@@ -259,13 +274,13 @@ def run_bench(
     MACs always come from the PyTorch model, whose iteration counts the exports reproduce.
     """
     model = model.eval()
-    names = [f"ResNet {baseline_name(model)}", "IamNN full", "IamNN act", "IamNN fixed-1"]
+    names = [baseline_label(baseline_name(model)), "IamNN full", "IamNN act", "IamNN fixed-1"]
     modes: list[Any] = [None, "full", "act", 1]
     baselines = [baseline_for(model).to(images.device)]
-    twin = BOTTLENECK_TWIN.get(_preset(model))
+    twin = None if _mobile(model) else BOTTLENECK_TWIN.get(_preset(model))
     if twin:  # last row: the ResNet built from IamNN's own blocks
         baselines.append(baseline_for(model, twin).to(images.device))
-        names.append(f"ResNet {twin}")
+        names.append(baseline_label(twin))
         modes.append(None)
     infer = fold_batchnorm(model) if config.fold else model
     if config.fold:
