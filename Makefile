@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint bench profile reproduce clean
+.PHONY: demo test test-slow lint bench profile reproduce app clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@ $(VENV)/.installed $(VENV)/.installed-app
+
+$(VENV)/.installed-app: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[app]'
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -34,6 +38,10 @@ lint: $(VENV)/.installed-dev
 reproduce: $(VENV)/.installed
 	$(BIN)/python -m iamnn.data ensure-fashion-mnist
 	$(BIN)/iamnn evaluate --pretrained
+
+# the interactive explorer of the shipped model on http://127.0.0.1:7860 (Ctrl-C stops it)
+app: $(VENV)/.installed-app
+	$(BIN)/iamnn app --pretrained
 
 profile: $(VENV)/.installed
 	$(BIN)/iamnn profile

@@ -18,7 +18,7 @@ OUT = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist" / "study
 EPOCHS = 12
 BACKBONE = "runs/study/anytime_backbone/checkpoints/last.ckpt"
 
-MOBILE = {"model": "iamnn_mobile_r34", "width": 0.5}
+MOBILE = {"model": "iamnn_mobile_r34", "width": 0.5, "tau": 0.0}
 
 # point name -> (comment, model overrides, trainer overrides)
 POINTS: dict[str, tuple[str, dict, dict]] = {
@@ -35,8 +35,8 @@ POINTS: dict[str, tuple[str, dict, dict]] = {
     ),
     # IamNN-Mobile (issue: the paper's future work) against torchvision's mobile networks; width 1/2
     # gives it 0.24 M parameters and 2.62 M MACs at one iteration per stage
-    "mobile_k1": ("IamNN-Mobile-r34 at width 1/2, every stage runs 1 iteration", {**MOBILE, "halting": 1, "tau": 0.0}, {}),
-    "mobile_k2": ("IamNN-Mobile-r34 at width 1/2, every stage runs 2 iterations", {**MOBILE, "halting": 2, "tau": 0.0}, {}),
+    "mobile_k1": ("IamNN-Mobile-r34 at width 1/2, every stage runs 1 iteration", {**MOBILE, "halting": 1}, {}),
+    "mobile_k2": ("IamNN-Mobile-r34 at width 1/2, every stage runs 2 iterations", {**MOBILE, "halting": 2}, {}),
     "mobile_act": ("IamNN-Mobile-r34 at width 1/2, paper-style ACT, ponder cost 0.003", {**MOBILE, "tau": 0.003}, {}),
     "mobilenet_v2_w0.35": (
         "torchvision's MobileNetV2 at width 0.35 (3.96 M MACs, 0.41 M params)",

@@ -298,7 +298,9 @@ def test_parameter_sharing_and_per_iteration_batchnorm() -> None:
 
 # -- inference with folded BatchNorm -------------------------------------------------------------
 @pytest.mark.parametrize(
-    "name, fused", [("iamnn_r34", False), ("iamnn_r34", True), ("iamnn_mobile_r34", False)], ids=["eager", "fused", "mobile"]
+    "name, fused",
+    [("iamnn_r34", False), ("iamnn_r34", True), ("iamnn_mobile_r34", False)],
+    ids=["eager", "fused", "mobile"],
 )
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 @pytest.mark.parametrize("halting", ["act", "full", 2])

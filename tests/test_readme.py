@@ -34,6 +34,7 @@ NEEDS_MORE = {
 # README lines only parsed, not run: what they do is run by the test named (here it would add ~35 s)
 PARSED_ONLY = {
     "--runtime onnxruntime": "tests/test_bench.py::test_bench_onnxruntime_smoke",
+    "iamnn app": "tests/test_app.py (a server that runs until stopped, driven by a browser)",
 }
 # per command: flags that keep it small (appended)
 SMALL = {

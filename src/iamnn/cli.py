@@ -282,6 +282,21 @@ def _evaluate(args: argparse.Namespace) -> None:
     _console().print(_table1([summary], f"{name} on the {config['data']['dataset']} test set"))
 
 
+def _app(args: argparse.Namespace) -> None:
+    try:
+        from .app import Explorer, serve
+    except ImportError as err:
+        raise CLIError(f"the app needs the optional extra: pip install 'iamnn[app]' ({one_line(err)})") from None
+    if not args.weights:
+        args.pretrained = True  # the app shows the shipped model unless given other weights
+    model, _ = _load_source(args)
+    try:
+        explorer = Explorer(model, test_images=args.test_images)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    serve(explorer, host=args.host, port=args.port)
+
+
 def _predict(args: argparse.Namespace) -> None:
     from .predict import onnx_runner, predict_files, torch_runner
 
@@ -558,6 +573,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="an ONNX file written by `iamnn export`, run with onnxruntime")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_predict)
+
+    p = sub.add_parser("app", help="a local web page: drop an image, see where the network spends its compute")
+    p.add_argument("--pretrained", action="store_true", help="the shipped weights (the default without --weights)")
+    p.add_argument("--model", help="registered model name, with --pretrained (default iamnn_r34_fmnist)")
+    p.add_argument("--weights", help="safetensors weights or Lightning .ckpt of a trained IamNN")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    p.add_argument("--test-images", type=int, default=1000,
+                   help="test images for the accuracy curve and the gallery (default 1000; 0: none)")  # fmt: skip
+    p.set_defaults(run=_app)
 
     p = sub.add_parser("export", help="export trained weights: ONNX with early exit, or safetensors + JSON")
     p.add_argument("--model", help="registered model name, with --pretrained")

@@ -1,0 +1,364 @@
+"""``iamnn app``: a local web UI (Gradio) that shows where an IamNN spends its compute on one image.
+
+Drop an image, pick one from a gallery of test images ordered from cheapest to most expensive, or
+draw one; the page shows the top-5 classes, each stage's iterations against its maximum, the
+cumulative halting score per iteration with the threshold where the stage stopped, and the
+image's MACs against running every iteration and against the same-preset ResNet (or MobileNet).
+A slider moves the halting threshold and re-runs the image; the accuracy-vs-MACs curve of the
+model (measured at start-up on test images) marks the current setting.
+
+Everything runs locally: no asset is fetched from the internet, requests are queued one at a
+time (a second user waits, nobody crashes), and an upload that is not an image gets a message
+in the page. :class:`Explorer` is the model side (usable without Gradio); :func:`build_app`
+the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from .bench import baseline_for, baseline_label, baseline_name
+from .cost import model_macs
+from .errors import one_line
+from .models import IamNN
+from .models.halting import stage_policies
+from .predict import load_image, skip_reason
+
+THRESHOLDS = (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9)  # ε of the start-up accuracy curve
+GALLERY_SIZE = 12
+
+
+@dataclass
+class Analysis:
+    """What the model did on one image under halting slack ``epsilon``."""
+
+    label: str
+    top5: dict[str, float]
+    iterations: list[int]
+    max_iterations: list[int]
+    macs: int
+    macs_full: int
+    macs_baseline: int
+    baseline: str
+    epsilon: float
+    threshold: float | None  # 1 − ε for ACT-style policies (None: the policy has no threshold)
+    scores: list[list[float]]  # per stage, the halting score h_i after each iteration that called the unit
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Explorer:
+    """The model side of the app: analyses images and knows the model's accuracy curve.
+
+    ``test_images``: how many test images of the model's dataset to measure the curve and fill
+    the gallery with at start-up (0: neither; also skipped when the dataset is not installed).
+    """
+
+    model: IamNN
+    test_images: int = 1000
+    curve: list[dict[str, float]] = field(default_factory=list)
+    gallery: list[tuple[Image.Image, str]] = field(default_factory=list)
+    curve_note: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, IamNN):
+            raise ValueError(f"the app explores an IamNN; got a {type(self.model).__name__}")
+        self.model.eval()
+        self.data = getattr(self.model, "data_config", None)
+        if not self.data:
+            raise ValueError("the model carries no preprocessing (input size, mean, std): load it from a weights file")
+        self.names = list(self.data.get("class_names") or [])
+        self.hw = tuple(self.data["input_size"])
+        self.macs_full = self.model.max_macs(self.hw, "full")
+        self.baseline = baseline_name(self.model)
+        shape = (self.data["in_chans"], *self.hw)
+        self.macs_baseline = model_macs(baseline_for(self.model), shape)
+        self.default_epsilon = float(self.model.epsilon)
+        self.adaptive = any(p.uses_scores for p in self.model.policies())
+        if self.test_images > 0:
+            self._measure_curve()
+
+    def policies(self, epsilon: float) -> Any:
+        """The model's own halting policy with slack ``epsilon`` (one object when every stage shares it)."""
+        policies = stage_policies(self.model.halting, len(self.model.stages), epsilon)
+        return policies[0] if all(p is policies[0] for p in policies) else policies
+
+    # -- one image --------------------------------------------------------------------------
+    def preprocess(self, image: Image.Image | str | Path) -> Tensor:
+        """The model's input for an image or image file (ValueError if it is not an image)."""
+        return load_image(image if isinstance(image, Image.Image) else Path(image), self.data)
+
+    def as_seen(self, image: Image.Image | str | Path) -> Image.Image:
+        """The model's input for ``image`` as a picture: preprocessed, then un-normalised."""
+        return self._picture(self.preprocess(image))
+
+    def _picture(self, x: Tensor) -> Image.Image:
+        mean = torch.tensor(self.data["mean"]).view(-1, 1, 1)
+        std = torch.tensor(self.data["std"]).view(-1, 1, 1)
+        pixels = ((x * std + mean).clamp(0, 1) * 255).round().byte()
+        return Image.fromarray(pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy())
+
+    @torch.no_grad()
+    def analyse(self, image: Image.Image | str | Path, epsilon: float | None = None) -> Analysis:
+        eps = self.default_epsilon if epsilon is None else float(epsilon)
+        policies = self.policies(eps)
+        scores: list[list[float]] = [[] for _ in self.model.stages]
+        hooks = [
+            stage.halting_unit.register_forward_hook(lambda m, a, out, k=k: scores[k].append(float(out.reshape(-1)[0])))
+            for k, stage in enumerate(self.model.stages)
+        ]
+        try:
+            logits, stats = self.model(self.preprocess(image)[None], return_stats=True, halting=policies)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        prob = logits.softmax(1)[0]
+        top = prob.topk(min(5, len(prob)))
+        label = lambda i: self.names[i] if i < len(self.names) else str(i)  # noqa: E731
+        act_like = all(p.name == "act" for p in self.model.policies(policies))
+        return Analysis(
+            label=label(int(top.indices[0])),
+            top5={label(int(i)): float(p) for p, i in zip(top.values, top.indices, strict=True)},
+            iterations=stats.iterations[0].tolist(),
+            max_iterations=list(self.model.max_iterations),
+            macs=int(stats.macs[0]),
+            macs_full=self.macs_full,
+            macs_baseline=self.macs_baseline,
+            baseline=self.baseline,
+            epsilon=eps,
+            threshold=1.0 - eps if act_like else None,
+            scores=scores,
+        )
+
+    # -- the test set ---------------------------------------------------------------------------
+    def _measure_curve(self) -> None:
+        """Accuracy and average MACs at a few thresholds on ``test_images`` test images (no
+        BatchNorm re-estimation: the model as it is), and a gallery ordered by cost."""
+        from .data import DatasetError, datamodule_class
+        from .evaluation import evaluate
+
+        try:
+            dm = datamodule_class(self.data["dataset"])(val_size=0, augment=False, test_subset=self.test_images)
+            dm.setup("test")
+        except (DatasetError, KeyError, ValueError, OSError) as err:
+            self.curve_note = f"no accuracy curve: the test set is not available ({one_line(err)})"
+            return
+        loader = dm.test_dataloader()
+        thresholds = sorted({*THRESHOLDS, self.default_epsilon}) if self.adaptive else [self.default_epsilon]
+        for eps in thresholds:
+            ev = evaluate(self.model, loader, "app", halting=self.policies(eps))
+            self.curve.append({"epsilon": eps, "macs": ev.macs_mean, "top1": ev.top1})
+            if eps == self.default_epsilon:
+                own = ev
+        self.curve_note = f"{len(own.label)} test images, the model as it is (no BatchNorm re-estimation)"
+        self.gallery = self._gallery(dm, own)
+
+    def _gallery(self, dm: Any, ev: Any) -> list[tuple[Image.Image, str]]:
+        """``GALLERY_SIZE`` test images spread over the cost range, cheapest first (ties: the more
+        confident first), each captioned with its class and MACs."""
+        order = sorted(range(len(ev.label)), key=lambda i: (int(ev.macs[i]), -float(ev.confidence[i])))
+        picks = [order[round(j * (len(order) - 1) / max(1, GALLERY_SIZE - 1))] for j in range(GALLERY_SIZE)]
+        out = []
+        for i in dict.fromkeys(picks):
+            x, y = dm.test_set[i]
+            name = self.names[int(y)] if int(y) < len(self.names) else str(int(y))
+            out.append((self._picture(x), f"{name} · {int(ev.macs[i]) / 1e6:.2f} M MACs"))
+        return out
+
+
+# -- the page --------------------------------------------------------------------------------------
+def sketch_image(sketch: Any) -> Image.Image | None:
+    """The sketch pad's drawing as a grey image, inverted: strokes are dark on a light pad, while
+    Fashion-MNIST objects are light on black. None when nothing is drawn."""
+    composite = sketch.get("composite") if isinstance(sketch, dict) else sketch
+    if composite is None:
+        return None
+    image = Image.fromarray(np.asarray(composite)).convert("L")
+    if image.getextrema()[0] == image.getextrema()[1]:  # a blank pad
+        return None
+    return ImageOps.invert(image)
+
+
+def _figures(explorer: Explorer, result: Analysis | None) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores_fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
+    if result is not None:
+        for k, h in enumerate(result.scores):
+            n = result.iterations[k]
+            cum = np.cumsum(h[:n])
+            (line,) = ax.plot(np.arange(1, len(cum) + 1), cum, marker="o",
+                              label=f"stage {k + 1}: {n} of {result.max_iterations[k]}")  # fmt: skip
+            if n > len(cum):  # the last allowed iteration stops unconditionally (h := 1): no score computed
+                top = result.threshold if result.threshold is not None else 1.0
+                ax.plot([len(cum), n], [cum[-1] if len(cum) else 0.0, top], linestyle=":", color=line.get_color())
+                ax.plot([n], [top], marker="*", markersize=13, color=line.get_color())
+            else:
+                ax.plot([n], [cum[n - 1]], marker="*", markersize=13, color=line.get_color())
+        if result.threshold is not None:
+            ax.axhline(
+                result.threshold, color="k", linestyle="--", linewidth=1, label=f"1 − ε = {result.threshold:.2f}"
+            )
+        ax.legend(fontsize=7, loc="best")
+    ax.set(xlabel="iteration (dotted: to the last allowed one, which always stops)", ylabel="Σ halting scores",
+           title="cumulative halting score: where each stage stopped (★)")  # fmt: skip
+    ax.set_xticks(range(1, max(explorer.model.max_iterations) + 1))
+    curve_fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
+    if explorer.curve:
+        ax.plot([c["macs"] / 1e6 for c in explorer.curve], [c["top1"] for c in explorer.curve], marker="o")
+        if result is not None:
+            near = min(explorer.curve, key=lambda c: abs(c["epsilon"] - result.epsilon))
+            ax.plot([near["macs"] / 1e6], [near["top1"]], marker="*", markersize=16, color="tab:red",
+                    label=f"ε = {near['epsilon']:.2f}")  # fmt: skip
+            ax.legend(fontsize=8)
+    ax.set(xlabel="average MACs (M)", ylabel="top-1 (%)", title="accuracy vs average MACs")
+    if not explorer.curve:
+        ax.text(
+            0.5, 0.5, explorer.curve_note or "no curve", ha="center", va="center", wrap=True, transform=ax.transAxes
+        )
+    plt.close("all")
+    return scores_fig, curve_fig
+
+
+def _summary_markdown(r: Analysis) -> str:
+    its = " / ".join(f"{n} of {m}" for n, m in zip(r.iterations, r.max_iterations, strict=True))
+    return (
+        f"### {r.label} ({r.top5[r.label] * 100:.1f} %)\n"
+        f"iterations per stage: **{its}**\n\n"
+        f"MACs: **{r.macs:,}** ({r.macs / 1e6:.2f} M) · {100 * r.macs / r.macs_full:.0f} % of running every iteration "
+        f"({r.macs_full / 1e6:.2f} M) · {100 * r.macs / r.macs_baseline:.0f} % of {baseline_label(r.baseline)} "
+        f"({r.macs_baseline / 1e6:.2f} M)"
+    )
+
+
+def _inline_image(image: Image.Image, scale: int = 5) -> str:
+    """``image`` as an HTML <img> holding its PNG as a data URL, drawn ``scale`` times larger."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return (f'<img alt="the image as the model sees it" src="data:image/png;base64,{data}" '
+            f'width="{scale * image.width}" style="image-rendering: pixelated">')  # fmt: skip
+
+
+def build_app(explorer: Explorer) -> Any:
+    """The Gradio page around ``explorer``."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    def show(image: Image.Image | None, epsilon: float, source: str = "") -> tuple[Any, ...]:
+        if image is None:
+            return ("", "", None, "", *_figures(explorer, None))
+        try:
+            result = explorer.analyse(image, epsilon)
+        except (ValueError, OSError) as err:
+            message = f"**Could not read {source or 'the image'}**: {skip_reason(err)}"
+            return ("", message, None, "", *_figures(explorer, None))
+        return (
+            _inline_image(explorer.as_seen(image)),
+            "",
+            result.top5,
+            _summary_markdown(result),
+            *_figures(explorer, result),
+        )
+
+    def from_file(file: str | None, epsilon: float) -> tuple[Any, ...]:
+        if file is None:
+            return (None, *show(None, epsilon))
+        name = Path(file).name
+        try:
+            explorer.preprocess(file)  # the checks `iamnn predict` makes (format, truncation, pixel bombs)
+            with Image.open(file) as img:
+                image = img.copy()
+        except (ValueError, OSError) as err:
+            return (None, "", f"**Could not read {name}**: {skip_reason(err)}", None, "", *_figures(explorer, None))
+        return (image, *show(image, epsilon, name))
+
+    def from_sketch(sketch: Any, epsilon: float) -> tuple[Any, ...]:
+        image = sketch_image(sketch)
+        return (image, *show(image, epsilon, "the drawing"))
+
+    def from_gallery(epsilon: float, evt: gr.SelectData) -> tuple[Any, ...]:
+        image = explorer.gallery[evt.index][0]
+        return (image, *show(image, epsilon))
+
+    # Gradio finds the event-data argument by its annotation, which `from __future__ import
+    # annotations` turns into a string it cannot resolve here
+    from_gallery.__annotations__["evt"] = gr.SelectData
+
+    def rerun(image: Image.Image | None, epsilon: float) -> tuple[Any, ...]:
+        return show(image, epsilon)
+
+    with gr.Blocks(title="iamnn: see it think") as app:
+        current = gr.State(None)
+        gr.Markdown(
+            "## IamNN: where does the network spend its compute?\n"
+            "Each stage iterates one shared block until its halting unit says stop. Drop an image, pick a test "
+            "image (cheapest first) or draw one; move the threshold to trade accuracy for MACs."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                with gr.Tabs():
+                    with gr.Tab("Upload"):
+                        upload = gr.File(label="image file", type="filepath", elem_id="upload")
+                    with gr.Tab("Test images, cheapest first"):
+                        gallery = gr.Gallery(
+                            value=explorer.gallery or None, columns=4, height=330, allow_preview=False,
+                            label=explorer.curve_note, elem_id="gallery",
+                        )  # fmt: skip
+                    with gr.Tab("Draw"):
+                        sketch = gr.Sketchpad(label="draw an object (dark on light)", type="numpy",
+                                              image_mode="RGB", canvas_size=(280, 280), elem_id="sketch")  # fmt: skip
+                epsilon = gr.Slider(0.0, 0.99, value=explorer.default_epsilon, step=0.01, label="halting slack ε",
+                                    info="a stage stops once its scores sum to 1 − ε: larger ε, fewer MACs"
+                                    + ("" if explorer.adaptive else " (this model runs a fixed schedule)"),
+                                    elem_id="epsilon")  # fmt: skip
+                # inline (a data URL), not a file: Gradio writes output images to a cache file named by
+                # their content, and a second request rewriting it while the first one's is being
+                # served breaks that response (seen in the load test)
+                preview = gr.HTML(label="the image as the model sees it", elem_id="preview")
+            with gr.Column(scale=1):
+                status = gr.Markdown(elem_id="status")
+                summary = gr.Markdown(elem_id="summary")
+                top5 = gr.Label(num_top_classes=5, label="top-5", elem_id="top5")
+        with gr.Row():
+            scores_plot = gr.Plot(show_label=False)
+            curve_plot = gr.Plot(show_label=False)
+        outputs = [preview, status, top5, summary, scores_plot, curve_plot]
+        upload.upload(from_file, [upload, epsilon], [current, *outputs], api_name="analyse_file")
+        gallery.select(from_gallery, [epsilon], [current, *outputs], api_name=False)
+        sketch.change(from_sketch, [sketch, epsilon], [current, *outputs], api_name=False)
+        epsilon.release(rerun, [current, epsilon], outputs, api_name=False)
+        app.load(lambda: _figures(explorer, None), None, [scores_plot, curve_plot], api_name=False)
+    return app
+
+
+def serve(explorer: Explorer, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> Any:
+    """Start the page on ``host:port`` (default port: Gradio's first free one from 7860).
+    Requests are queued and served one at a time."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    app = build_app(explorer)
+    app.queue(default_concurrency_limit=1, max_size=256)
+    # system fonts: the default theme would fetch its fonts from the internet
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=False, ssr_mode=False,
+               max_file_size="20mb", theme=theme, footer_links=[])  # fmt: skip
+    return app

@@ -1,0 +1,170 @@
+"""`iamnn app`: the model side against `iamnn predict`, then the page in a real headless Chromium
+(Debian's `chromium`, driven by Playwright) and a bounded loopback load test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import iamnn
+from iamnn.cli import main
+
+pytest.importorskip("gradio")
+from iamnn.app import Explorer, sketch_image  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "docs" / "samples" / "test00000_ankle-boot.png"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def explorer() -> Explorer:
+    return Explorer(iamnn.create_model("iamnn_r34_fmnist", pretrained=True), test_images=0)
+
+
+def _predict_cli(path: Path, capsys: pytest.CaptureFixture) -> dict:
+    main(["predict", "--pretrained", "--json", str(path)])
+    return json.loads(capsys.readouterr().out)["predictions"][0]
+
+
+def test_explorer_agrees_with_predict_and_the_threshold_moves_the_cost(explorer: Explorer, capsys) -> None:
+    want = _predict_cli(SAMPLE, capsys)
+    got = explorer.analyse(SAMPLE)
+    assert (got.label, got.iterations, got.macs) == (want["label"], want["iterations"], want["macs"])
+    assert list(got.top5)[0] == got.label and abs(sum(got.top5.values()) - 1) < 0.05
+    # ACT: every stage that stopped before its last iteration crossed 1 − ε there, not before
+    for h, n, n_max in zip(got.scores, got.iterations, got.max_iterations, strict=True):
+        cum = np.cumsum(h)
+        assert (cum[: n - 1] < got.threshold).all()
+        assert n == n_max or cum[n - 1] >= got.threshold
+    cheap = explorer.analyse(SAMPLE, epsilon=0.9)
+    assert cheap.macs < got.macs and cheap.threshold == pytest.approx(0.1)
+    assert got.macs_full > got.macs and got.baseline == "resnet34"
+
+
+def test_unreadable_images_and_drawings(explorer: Explorer, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes(SAMPLE.read_bytes()[:200])
+    for bad in ("notes.txt", "cut.png"):
+        with pytest.raises(ValueError, match="not a readable image"):
+            explorer.analyse(tmp_path / bad)
+    assert sketch_image(None) is None and sketch_image({"composite": np.full((40, 40, 3), 255, np.uint8)}) is None
+    pad = np.full((40, 40, 3), 255, np.uint8)
+    pad[10:30, 15:25] = 0  # a dark stroke on the light pad
+    image = sketch_image({"composite": pad})
+    assert image.mode == "L" and image.getpixel((20, 20)) == 255 and image.getpixel((2, 2)) == 0
+    assert explorer.analyse(image).label in explorer.names
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """`iamnn app` on a free loopback port, as a user starts it (200 test images for its curve)."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "iamnn.cli", "app", "--port", str(port), "--test-images", "200"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 90
+    while time.time() < deadline and f"Running on local URL:  {url[:-1]}" not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.25)
+    assert proc.poll() is None, log.read_text()[-3000:]
+    yield url, proc
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
+def test_the_page_in_a_real_browser(server, explorer: Explorer, tmp_path: Path, capsys) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    want = _predict_cli(SAMPLE, capsys)
+    (tmp_path / "notes.txt").write_text("not an image")
+    summary = "document.querySelector('#summary').innerText"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.locator("#upload input[type=file]").set_input_files(SAMPLE)
+        page.wait_for_function(f"{summary}.includes('MACs:')", timeout=30_000)
+        text = page.locator("#summary").inner_text()
+        assert want["label"] in text.splitlines()[0]
+        assert (
+            "iterations per stage: "
+            + " / ".join(f"{n} of {m}" for n, m in zip(want["iterations"], explorer.model.max_iterations, strict=True))
+            in text
+        )
+        assert f"{want['macs']:,}" in text
+        # drag the threshold to the right: the image is re-run with fewer MACs
+        box = page.locator("#epsilon input[type=range]").bounding_box()
+        page.mouse.move(box["x"] + 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] / 2, steps=5)
+        page.mouse.up()
+        page.wait_for_function(f"{summary}.includes('MACs:') && !{summary}.includes('{want['macs']:,}')",
+                               timeout=30_000)  # fmt: skip
+        cheaper = int(page.locator("#summary").inner_text().split("MACs: ")[1].split(" ")[0].replace(",", ""))
+        assert cheaper < want["macs"]
+        page.wait_for_timeout(1500)  # the screenshot only: Gradio fades updated outputs in
+        page.screenshot(path=os.environ.get("IAMNN_APP_SCREENSHOT", str(tmp_path / "app.png")), full_page=True)
+        # a file that is not an image: a message in the page, and the app keeps serving
+        page.locator("#upload button[aria-label='Clear']").click()
+        page.locator("#upload input[type=file]").set_input_files(tmp_path / "notes.txt")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Could not read')",
+                               timeout=30_000)  # fmt: skip
+        assert "notes.txt: not a readable image" in page.locator("#status").inner_text().replace("**", "")
+        page.get_by_role("tab", name="Test images, cheapest first").click()
+        page.locator("#gallery img").first.click()
+        page.wait_for_function(f"{summary}.includes('MACs:')", timeout=30_000)
+        browser.close()
+    assert (tmp_path / "app.png").is_file() or "IAMNN_APP_SCREENSHOT" in os.environ
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_fifty_concurrent_requests_are_all_answered(server) -> None:
+    from gradio_client import Client, handle_file
+
+    url, proc = server
+    client = Client(url, verbose=False)
+
+    def ask(_: int) -> str:
+        return client.predict(handle_file(str(SAMPLE)), 0.01, api_name="/analyse_file")[3]
+
+    list(ThreadPoolExecutor(8).map(ask, range(8)))  # warm-up: caches, allocator, first plots
+    before = _rss_mb(proc.pid)
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(ask, range(50)))
+    assert len(answers) == 50 and all("Ankle boot" in a for a in answers)
+    assert proc.poll() is None
+    grown = _rss_mb(proc.pid) - before
+    assert grown < 60, f"the app's memory grew by {grown:.0f} MB over 50 requests"
+    # and still serves a page
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as page:
+        assert page.status == 200
