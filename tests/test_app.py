@@ -103,6 +103,8 @@ def test_the_page_in_a_real_browser(server, explorer: Explorer, tmp_path: Path, 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        outside: list[str] = []  # offline: nothing may be fetched from anywhere but the app
+        page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else outside.append(r.url))
         page.goto(url)
         page.locator("#upload input[type=file]").set_input_files(SAMPLE)
         page.wait_for_function(f"{summary}.includes('MACs:')", timeout=30_000)
@@ -136,6 +138,7 @@ def test_the_page_in_a_real_browser(server, explorer: Explorer, tmp_path: Path, 
         page.locator("#gallery img").first.click()
         page.wait_for_function(f"{summary}.includes('MACs:')", timeout=30_000)
         browser.close()
+    assert not outside, f"the page fetched from outside the app: {outside[:5]}"
     assert (tmp_path / "app.png").is_file() or "IAMNN_APP_SCREENSHOT" in os.environ
 
 
