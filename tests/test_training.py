@@ -388,3 +388,27 @@ def test_predict_scales_16_bit_images_and_skips_decompression_bombs(
     bad = {Path(path).name: reason for path, reason in result["errors"]}
     assert set(bad) == {"c_warned.png", "d_bomb.png"} and all("too many pixels" in r for r in bad.values())
     assert "Traceback" not in out.err
+
+
+def test_predict_answers_the_readable_paths_beside_an_unreadable_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    sample = Path(__file__).resolve().parents[1] / "docs" / "samples" / "test00000_ankle-boot.png"
+    shutil.copy(sample, tmp_path / "boot.png")
+    (tmp_path / "locked").mkdir()
+    listing = Path.iterdir
+
+    def no_permission(self: Path):  # what a directory without read permission does (tests run as root)
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", no_permission)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--pretrained", "--json", str(tmp_path / "locked"), str(tmp_path / "boot.png")])
+    assert exit_info.value.code == 1  # some paths were skipped
+    result = json.loads(capsys.readouterr().out)
+    assert [p["label"] for p in result["predictions"]] == ["Ankle boot"]
+    assert result["errors"] == [[str(tmp_path / "locked"), "directory cannot be read (permission denied)"]]

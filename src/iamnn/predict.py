@@ -41,19 +41,23 @@ class Prediction:
 def expand_paths(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files as given; directories expanded to the image files they hold (sorted, not recursive).
 
-    Also returns ``(path, reason)`` for each directory that holds no image file.
+    Also returns ``(path, reason)`` for each directory that holds no image file or cannot be read.
     """
     out: list[Path] = []
-    empty: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            images = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                images = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            except OSError as err:  # e.g. no read permission: the other paths are still answered
+                skipped.append((str(p), f"directory cannot be read ({skip_reason(err)})"))
+                continue
             out += images
             if not images:
-                empty.append((str(p), f"directory holds no image file ({', '.join(sorted(IMAGE_SUFFIXES))})"))
+                skipped.append((str(p), f"directory holds no image file ({', '.join(sorted(IMAGE_SUFFIXES))})"))
         else:
             out.append(p)
-    return out, empty
+    return out, skipped
 
 
 def skip_reason(err: Exception) -> str:
