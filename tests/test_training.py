@@ -412,3 +412,17 @@ def test_predict_answers_the_readable_paths_beside_an_unreadable_directory(
     result = json.loads(capsys.readouterr().out)
     assert [p["label"] for p in result["predictions"]] == ["Ankle boot"]
     assert result["errors"] == [[str(tmp_path / "locked"), "directory cannot be read (permission denied)"]]
+
+
+def test_predict_takes_paths_that_are_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import os
+    import shutil
+
+    sample = Path(__file__).resolve().parents[1] / "docs" / "samples" / "test00000_ankle-boot.png"
+    odd = tmp_path / os.fsdecode(b"boot\xff.png")  # a Latin-1 name on a UTF-8 system
+    shutil.copy(sample, odd)
+    main(["predict", "--pretrained", "--json", str(odd)])
+    result = json.loads(capsys.readouterr().out)
+    assert [p["label"] for p in result["predictions"]] == ["Ankle boot"] and not result["errors"]
+    main(["predict", "--pretrained", str(tmp_path)])  # the table prints it too
+    assert "Ankle boot" in capsys.readouterr().out

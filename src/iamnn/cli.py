@@ -10,6 +10,7 @@ so a command loads only what it uses: Lightning alone takes about 2 s to import 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -626,6 +627,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
     keep_freed_memory()  # freed activation maps are reused instead of unmapped (iamnn/runtime.py)
+    # a file name that is not UTF-8 reaches Python as surrogate escapes, which stdout's strict
+    # encoder refuses mid-table; printed as \udcff instead (stderr already does this)
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         if command in LIGHTNING_COMMANDS:
             from .lit import run_lightning_cli
