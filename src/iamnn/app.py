@@ -16,6 +16,7 @@ the page.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import os
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class Analysis:
         return {k: v for k, v in self.__dict__.items()}
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: the figure caches are keyed by it
 class Explorer:
     """The model side of the app: analyses images and knows the model's accuracy curve.
 
@@ -191,48 +192,76 @@ def sketch_image(sketch: Any) -> Image.Image | None:
     return ImageOps.invert(image)
 
 
-def _figures(explorer: Explorer, result: Analysis | None) -> tuple[Any, Any]:
+def _figures(explorer: Explorer, result: Analysis | None) -> tuple[str, str]:
+    """The halting-score plot of ``result`` and the accuracy curve with its setting marked, as
+    inline PNGs. Both are cached: a figure drawn once is not drawn (and encoded) again."""
+    if result is None:
+        return _scores_html(explorer, None), _curve_html(explorer, None)
+    scores = (tuple(result.iterations), tuple(tuple(round(h, 6) for h in s) for s in result.scores), result.threshold)
+    marked = (
+        min(explorer.curve, key=lambda c: abs(c["epsilon"] - result.epsilon))["epsilon"] if explorer.curve else None
+    )
+    return _scores_html(explorer, scores), _curve_html(explorer, marked)
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scores_fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
-    if result is not None:
-        for k, h in enumerate(result.scores):
-            n = result.iterations[k]
+    return plt
+
+
+@functools.lru_cache(maxsize=256)
+def _scores_html(explorer: Explorer, scores: tuple | None) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
+    if scores is not None:
+        iterations, per_stage, threshold = scores
+        for k, (n, h) in enumerate(zip(iterations, per_stage, strict=True)):
             cum = np.cumsum(h[:n])
             (line,) = ax.plot(np.arange(1, len(cum) + 1), cum, marker="o",
-                              label=f"stage {k + 1}: {n} of {result.max_iterations[k]}")  # fmt: skip
+                              label=f"stage {k + 1}: {n} of {explorer.model.max_iterations[k]}")  # fmt: skip
             if n > len(cum):  # the last allowed iteration stops unconditionally (h := 1): no score computed
-                top = result.threshold if result.threshold is not None else 1.0
+                top = threshold if threshold is not None else 1.0
                 ax.plot([len(cum), n], [cum[-1] if len(cum) else 0.0, top], linestyle=":", color=line.get_color())
                 ax.plot([n], [top], marker="*", markersize=13, color=line.get_color())
             else:
                 ax.plot([n], [cum[n - 1]], marker="*", markersize=13, color=line.get_color())
-        if result.threshold is not None:
-            ax.axhline(
-                result.threshold, color="k", linestyle="--", linewidth=1, label=f"1 − ε = {result.threshold:.2f}"
-            )
+        if threshold is not None:
+            ax.axhline(threshold, color="k", linestyle="--", linewidth=1, label=f"1 − ε = {threshold:.2f}")
         ax.legend(fontsize=7, loc="best")
     ax.set(xlabel="iteration (dotted: to the last allowed one, which always stops)", ylabel="Σ halting scores",
            title="cumulative halting score: where each stage stopped (★)")  # fmt: skip
     ax.set_xticks(range(1, max(explorer.model.max_iterations) + 1))
-    curve_fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
+    return _figure_html(fig, "cumulative halting scores per stage")
+
+
+@functools.lru_cache(maxsize=64)
+def _curve_html(explorer: Explorer, marked: float | None) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
     if explorer.curve:
         ax.plot([c["macs"] / 1e6 for c in explorer.curve], [c["top1"] for c in explorer.curve], marker="o")
-        if result is not None:
-            near = min(explorer.curve, key=lambda c: abs(c["epsilon"] - result.epsilon))
-            ax.plot([near["macs"] / 1e6], [near["top1"]], marker="*", markersize=16, color="tab:red",
-                    label=f"ε = {near['epsilon']:.2f}")  # fmt: skip
-            ax.legend(fontsize=8)
+        for c in explorer.curve:
+            if c["epsilon"] == marked:
+                ax.plot([c["macs"] / 1e6], [c["top1"]], marker="*", markersize=16, color="tab:red",
+                        label=f"ε = {c['epsilon']:.2f}")  # fmt: skip
+                ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, explorer.curve_note or "no curve", ha="center", va="center", wrap=True,
+                transform=ax.transAxes)  # fmt: skip
     ax.set(xlabel="average MACs (M)", ylabel="top-1 (%)", title="accuracy vs average MACs")
-    if not explorer.curve:
-        ax.text(
-            0.5, 0.5, explorer.curve_note or "no curve", ha="center", va="center", wrap=True, transform=ax.transAxes
-        )
-    plt.close("all")
-    return scores_fig, curve_fig
+    return _figure_html(fig, "accuracy against average MACs")
+
+
+def _figure_html(fig: Any, alt: str) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    _pyplot().close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img alt="{alt}" src="data:image/png;base64,{data}" style="width: 100%">'
 
 
 def _summary_markdown(r: Analysis) -> str:
@@ -336,8 +365,8 @@ def build_app(explorer: Explorer) -> Any:
                 summary = gr.Markdown(elem_id="summary")
                 top5 = gr.Label(num_top_classes=5, label="top-5", elem_id="top5")
         with gr.Row():
-            scores_plot = gr.Plot(show_label=False)
-            curve_plot = gr.Plot(show_label=False)
+            scores_plot = gr.HTML(elem_id="scores")  # inline PNGs, drawn once per figure (_figures)
+            curve_plot = gr.HTML(elem_id="curve")
         outputs = [preview, status, top5, summary, scores_plot, curve_plot]
         upload.upload(from_file, [upload, epsilon], [current, *outputs], api_name="analyse_file")
         gallery.select(from_gallery, [epsilon], [current, *outputs], api_name=False)
