@@ -47,6 +47,11 @@ class IamNNStats:
     macs: Tensor
 
 
+def iteration_norms(iterations: int, *channels: int) -> nn.ModuleList:
+    """One BatchNorm per convolution (of ``channels`` outputs) for each iteration: ``norms[i][j]``."""
+    return nn.ModuleList(nn.ModuleList(nn.BatchNorm2d(c) for c in channels) for _ in range(iterations))
+
+
 class ProcessingBlock(nn.Module):
     r"""Bottleneck :math:`B_k` = 1x1 conv → BN → ReLU → 3x3 conv → BN → ReLU → 1x1 conv → BN.
 
@@ -61,10 +66,7 @@ class ProcessingBlock(nn.Module):
         self.conv2 = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
         self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
         self.out_channels = out_channels
-        self.norms = nn.ModuleList(
-            nn.ModuleList([nn.BatchNorm2d(mid), nn.BatchNorm2d(mid), nn.BatchNorm2d(out_channels)])
-            for _ in range(max_iterations)
-        )
+        self.norms = iteration_norms(max_iterations, mid, mid, out_channels)
 
     def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
         """u_i = B_k(concat(x0, s_{i-1})) with iteration ``i``'s (0-based) BatchNorms.
@@ -133,10 +135,7 @@ class InvertedResidualBlock(nn.Module):
         )
         self.project = nn.Conv2d(hidden, out_channels, 1, bias=False)
         self.out_channels = out_channels
-        self.norms = nn.ModuleList(
-            nn.ModuleList([nn.BatchNorm2d(hidden), nn.BatchNorm2d(hidden), nn.BatchNorm2d(out_channels)])
-            for _ in range(max_iterations)
-        )
+        self.norms = iteration_norms(max_iterations, hidden, hidden, out_channels)
 
     def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
         """u_i = B_k(concat(x0, s_{i-1})) with iteration ``i``'s BatchNorms (``s=None``: s_0 = 0,
