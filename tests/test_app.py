@@ -171,3 +171,14 @@ def test_fifty_concurrent_requests_are_all_answered(server) -> None:
 
     with urllib.request.urlopen(url, timeout=10) as page:
         assert page.status == 200
+
+
+def test_a_taken_port_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["app", "--port", str(taken.getsockname()[1]), "--test-images", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("iamnn app: error: Cannot find empty port"), err

@@ -295,7 +295,10 @@ def _app(args: argparse.Namespace) -> None:
         explorer = Explorer(model, test_images=args.test_images)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    serve(explorer, host=args.host, port=args.port)
+    try:
+        serve(explorer, host=args.host, port=args.port)
+    except OSError as err:  # e.g. the port is taken
+        raise CLIError(one_line(err).split(". You can")[0]) from None
 
 
 def _predict(args: argparse.Namespace) -> None:
