@@ -33,6 +33,7 @@ from .cost import model_macs
 from .errors import one_line
 from .models import IamNN
 from .models.halting import stage_policies
+from .plots import pyplot_agg
 from .predict import load_image, skip_reason
 
 THRESHOLDS = (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9)  # ε of the start-up accuracy curve
@@ -204,18 +205,9 @@ def _figures(explorer: Explorer, result: Analysis | None) -> tuple[str, str]:
     return _scores_html(explorer, scores), _curve_html(explorer, marked)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 @functools.lru_cache(maxsize=256)
 def _scores_html(explorer: Explorer, scores: tuple | None) -> str:
-    plt = _pyplot()
+    plt = pyplot_agg()
     fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
     if scores is not None:
         iterations, per_stage, threshold = scores
@@ -240,7 +232,7 @@ def _scores_html(explorer: Explorer, scores: tuple | None) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _curve_html(explorer: Explorer, marked: float | None) -> str:
-    plt = _pyplot()
+    plt = pyplot_agg()
     fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
     if explorer.curve:
         ax.plot([c["macs"] / 1e6 for c in explorer.curve], [c["top1"] for c in explorer.curve], marker="o")
@@ -259,7 +251,7 @@ def _curve_html(explorer: Explorer, marked: float | None) -> str:
 def _figure_html(fig: Any, alt: str) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    _pyplot().close(fig)
+    pyplot_agg().close(fig)
     data = base64.b64encode(buffer.getvalue()).decode()
     return f'<img alt="{alt}" src="data:image/png;base64,{data}" style="width: 100%">'
 
