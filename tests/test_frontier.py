@@ -11,7 +11,7 @@ import torch
 from iamnn.calibrate import parse_macs
 from iamnn.cli import main
 from iamnn.data import DigitsDataModule
-from iamnn.evaluation import calibrate_threshold, evaluate, recalibrate_batchnorm
+from iamnn.evaluation import Evaluation, calibrate_threshold, evaluate, recalibrate_batchnorm
 from iamnn.frontier import pareto_front
 from iamnn.weights import load_model
 
@@ -78,7 +78,8 @@ def test_frontier_command_writes_json_table_and_png(runs: dict[str, Path], tmp_p
     for r in by_name.values():
         assert r["params"] > 0 and r["macs_min"] <= r["macs_mean"] <= r["macs_max"] and 0 <= r["top1"] <= 100
         assert len(r["iterations_mean"]) == 4 and r["test_samples"] == 297 and "tau" in r["recipe"]
-    assert by_name["k1"]["iterations_mean"] == [1.0, 1.0, 1.0, 1.0]
+    assert by_name["k1"]["iterations_mean"] == [1.0, 1.0, 1.0, 1.0] and by_name["k1"]["macs_cv"] == 0.0
+    assert by_name["act"]["macs_cv"] >= 0.0
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| k1 | fixed |" in (out / "frontier.md").read_text()
 
@@ -114,6 +115,18 @@ def test_bare_json_prints_the_result_instead_of_the_table(runs: dict[str, Path],
     result = json.loads(captured.out)
     assert [r["name"] for r in result["models"]] == ["k1"] and result["skipped"][0]["run"] == str(broken)
     assert f"skipped {broken}" in captured.err and "wrote" in captured.err
+
+
+def test_macs_cv_is_the_spread_of_the_per_image_cost() -> None:
+    def ev(macs: list[int]) -> Evaluation:
+        n = len(macs)
+        zeros = torch.zeros(n, dtype=torch.long)
+        return Evaluation("m", 1, (1,), torch.tensor(macs), zeros[:, None], zeros.float(), zeros.bool(),
+                          zeros.bool(), zeros.float(), zeros, zeros)  # fmt: skip
+
+    assert ev([5, 5, 5]).macs_cv == 0.0
+    assert ev([2, 6]).macs_cv == pytest.approx(0.5)  # std 2 (population) over mean 4
+    assert ev([2, 6]).summary()["macs_cv"] == pytest.approx(0.5)
 
 
 def test_pareto_front_and_budget_parsing() -> None:

@@ -186,13 +186,15 @@ def _frontier(args: argparse.Namespace) -> None:
     records = sorted(result["models"], key=lambda r: r["macs_mean"])
     front = set(pareto_front(records))
     table = Table(title="Accuracy vs average MACs (test set, each model as trained)")
-    for col in ("model", "kind", "params", "avg MACs", "min–max MACs", "mean iterations per stage", "top-1", "Pareto"):
+    columns = ("model", "kind", "params", "avg MACs", "min–max MACs", "MACs CV", "mean iterations per stage", "top-1",
+               "Pareto")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="left" if col in ("model", "kind") else "right")
     for r in records:
         its = iterations_text(r)
         table.add_row(
             r["name"], r["kind"], human(r["params"]), human(r["macs_mean"]),
-            f"{human(r['macs_min'])} – {human(r['macs_max'])}", its, f"{r['top1']:.2f}",
+            f"{human(r['macs_min'])} – {human(r['macs_max'])}", f"{r.get('macs_cv', 0):.3f}", its, f"{r['top1']:.2f}",
             "*" if r["name"] in front else "",
         )  # fmt: skip
     _console().print(table)

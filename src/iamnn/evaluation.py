@@ -54,6 +54,13 @@ class Evaluation:
     def macs_mean(self) -> float:
         return float(self.macs.float().mean())
 
+    @property
+    def macs_cv(self) -> float:
+        """Coefficient of variation of the per-sample MACs (std / mean): 0 when every sample costs
+        the same, i.e. how much the model adapts its depth per image."""
+        macs = self.macs.double()
+        return float(macs.std(unbiased=False) / macs.mean()) if len(macs) else 0.0
+
     def summary(self) -> dict[str, Any]:
         return {
             "network": self.name,
@@ -61,6 +68,7 @@ class Evaluation:
             "macs_mean": self.macs_mean,
             "macs_min": int(self.macs.min()),
             "macs_max": int(self.macs.max()),
+            "macs_cv": self.macs_cv,
             "top1": self.top1,
             "top5": float(self.correct5.float().mean() * 100),
             "iterations_mean": [round(float(v), 3) for v in self.iterations.float().mean(0)],

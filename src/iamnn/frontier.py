@@ -121,14 +121,15 @@ def iterations_text(record: dict[str, Any]) -> str:
 def markdown_frontier(records: list[dict[str, Any]]) -> str:
     front = set(pareto_front(records))
     lines = [
-        "| model | kind | params | avg MACs | min–max MACs | mean iterations per stage | top-1 | Pareto |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | kind | params | avg MACs | min–max MACs | MACs CV | mean iterations per stage | top-1 | Pareto |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: r["macs_mean"]):
         its = iterations_text(r)
         lines.append(
             f"| {r['name']} | {r['kind']} | {r['params'] / 1e6:.3f} M | {r['macs_mean'] / 1e6:.2f} M | "
-            f"{r['macs_min'] / 1e6:.2f}–{r['macs_max'] / 1e6:.2f} M | {its} | {r['top1']:.2f} | "
+            f"{r['macs_min'] / 1e6:.2f}–{r['macs_max'] / 1e6:.2f} M | {r.get('macs_cv', 0):.3f} | {its} | "
+            f"{r['top1']:.2f} | "
             f"{'yes' if r['name'] in front else ''} |"
         )
     return "\n".join(lines)
