@@ -38,6 +38,12 @@ POINTS: dict[str, tuple[str, dict, dict]] = {
     "mobile_k1": ("IamNN-Mobile-r34 at width 1/2, every stage runs 1 iteration", {**MOBILE, "halting": 1}, {}),
     "mobile_k2": ("IamNN-Mobile-r34 at width 1/2, every stage runs 2 iterations", {**MOBILE, "halting": 2}, {}),
     "mobile_act": ("IamNN-Mobile-r34 at width 1/2, paper-style ACT, ponder cost 0.003", {**MOBILE, "tau": 0.003}, {}),
+    # expansion 4 instead of MobileNet's 6: 0.15 M parameters and 1.74 M MACs at one iteration per stage
+    "mobile_k1_e4": (
+        "IamNN-Mobile-r34 at width 1/2, expansion 4, every stage runs 1 iteration",
+        {**MOBILE, "halting": 1, "model_kwargs": {"expansion": 4}},
+        {},
+    ),
     "mobilenet_v2_w0.35": (
         "torchvision's MobileNetV2 at width 0.35 (3.96 M MACs, 0.41 M params)",
         {"model": "mobilenet_v2", "width": 0.35},

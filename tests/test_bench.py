@@ -25,7 +25,9 @@ def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureF
     result = json.loads(out.read_text())
     assert result["threads"] == 1 and result["inputs"].startswith("synthetic")
     names = [r["row"] for r in result["rows"]]
-    assert names == ["ResNet resnet34", "IamNN full", "IamNN act", "IamNN fixed-1", "ResNet resnet50"]
+    assert names[:4] == ["ResNet resnet34", "IamNN full", "IamNN act", "IamNN fixed-1"]
+    assert names[4].startswith("IamNN no-halt ") and names[5] == "ResNet resnet50"
+    assert "halting machinery: act / no-halt" in printed
     for row in result["rows"]:
         for key in ("params", "macs_mean", "latency_p50_ms", "latency_p95_ms", "images_per_s@1", "images_per_s@4"):
             assert row[key] > 0, (row["row"], key)
@@ -35,14 +37,20 @@ def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureF
     assert result["rows"][1]["time_per_mac_vs_baseline@1"] > 0
     assert result["rows"][1]["time_per_mac_vs_bottleneck_twin@4"] > 0
     assert result["rows"][3]["macs_mean"] < result["rows"][1]["macs_mean"]  # fixed-1 < full
-    assert result["train_step"]["full"] > 0 and result["train_step"]["act"] > 0
+    assert result["train_step"]["full"] > 0 and result["train_step"]["act"] > 0 and result["train_step"]["no-halt"] > 0
+    # no-halt runs act's most common schedule as fixed counts: the MACs of act when every image ran it
+    schedule = act["no_halt_iterations"]
+    assert names[4] == "IamNN no-halt " + "/".join(map(str, schedule)) and 0 < act["no_halt_share"] <= 1
+    for key in ("halting_overhead@1", "halting_overhead@4", "halting_overhead_p50@1", "no_halt_bound@4"):
+        assert act[key] > 0, key
+    assert result["train_step"]["halting_overhead"] > 0
 
 
 def test_bench_onnxruntime_smoke(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
     _bench_smoke(out, "iamnn_r18", "1,2", "--runtime", "onnxruntime")
     result = json.loads(out.read_text())
-    assert result["runtime"] == "onnxruntime" and len(result["rows"]) == 4
+    assert result["runtime"] == "onnxruntime" and len(result["rows"]) == 5
     assert all(r["images_per_s@2"] > 0 for r in result["rows"])
     assert "onnxruntime" in capsys.readouterr().out
 

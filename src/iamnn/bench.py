@@ -1,8 +1,15 @@
 """Wall-clock benchmark of early exit (``iamnn bench``): does saved compute become saved time?
 
 Everything is measured in one process on the same inputs: the ResNet of the same preset, and the
-IamNN in ``full``, ``act`` and fixed-1 modes. For ``act`` the realised speedup over ``full`` is
-divided by its MAC ratio: 1.0 means every MAC saved became time saved.
+IamNN in ``full``, ``act``, fixed-1 and "no-halt" modes. For ``act`` the realised speedup over
+``full`` is divided by its MAC ratio: 1.0 means every MAC saved became time saved.
+
+no-halt runs in every stage the number of iterations ``act`` chose most often on the bench's
+images, as a fixed per-stage count: no halting unit, no ACT bookkeeping, no weighted sum of states.
+It is the time ``act`` would take if halting cost nothing, so act / no-halt is what the halting
+machinery costs, and no-halt's own speedup over ``full`` divided by its MAC ratio is the best
+speedup / MAC ratio any halting unit could reach on the machine (below 1 where the iterations
+skipped cost less time per MAC than the ones run).
 """
 
 from __future__ import annotations
@@ -131,23 +138,37 @@ def _avg_macs(model: nn.Module, images: Tensor, halting: HaltingSpec | None = No
     return float(torch.cat(macs).float().mean())
 
 
+@torch.inference_mode()
+def act_schedule(model: IamNN, images: Tensor) -> tuple[list[int], float]:
+    """``act``'s most common iteration count per stage on ``images`` (no-halt's fixed schedule), and
+    the share of the images that ran exactly that schedule in every stage."""
+    its = torch.cat([model(images[i : i + 256], return_stats=True, halting="act")[1].iterations
+                     for i in range(0, len(images), 256)])  # fmt: skip
+    counts = [int(c) for c in its.mode(dim=0).values]
+    return counts, float((its == torch.tensor(counts)).all(dim=1).float().mean())
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(torch.tensor(values).quantile(q)) * 1000
 
 
 def train_step_times(
     model: IamNN, images: Tensor, labels: Tensor, repeats: int = 9, channels_last: bool = True
-) -> dict[str, float]:
-    """Median seconds per training step (forward, backward, SGD) for ``act`` and ``full`` on one
-    batch, the two taking turns step by step, in the memory format ``iamnn fit`` trains in
-    (``Classifier(channels_last=True)``)."""
+) -> dict[str, Any]:
+    """Median seconds per training step (forward, backward, SGD) for ``act``, ``full`` and no-halt
+    (``act``'s most common training-mode iteration counts, fixed) on one batch, taking turns step
+    by step, in the memory format ``iamnn fit`` trains in (``Classifier(channels_last=True)``)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = images.contiguous(memory_format=memory_format)
     nets = {}
-    for mode in ("full", "act"):
+    for mode in ("full", "act", "no-halt"):
         nets[mode] = copy.deepcopy(model).train().to(memory_format=memory_format)
-        nets[mode].halting = mode
-    seconds, macs = time_train_steps(nets, images.contiguous(memory_format=memory_format), labels, repeats)
-    return seconds | {f"{mode}_macs": m for mode, m in macs.items()}
+        nets[mode].halting = mode if mode != "no-halt" else "act"
+    with torch.no_grad():
+        its = nets["no-halt"](images, return_stats=True)[1].iterations
+    nets["no-halt"].halting = [int(c) for c in its.mode(dim=0).values]
+    seconds, macs = time_train_steps(nets, images, labels, repeats)
+    return seconds | {f"{mode}_macs": m for mode, m in macs.items()} | {"no_halt_iterations": nets["no-halt"].halting}
 
 
 def time_train_steps(
@@ -199,9 +220,22 @@ def _onnx_runners(
         elif mode == "act" and act_onnx:
             runners.append(OnnxModel(act_onnx, threads))
         else:
-            path = export_onnx(model, folder / f"iamnn_{mode}.onnx", input_size=hw, halting=mode)
+            path = export_onnx(model, folder / f"iamnn{r}.onnx", input_size=hw, halting=mode)
             runners.append(OnnxModel(path, threads))
     return runners
+
+
+def _halting_overhead(
+    full: dict[str, Any], act: dict[str, Any], no_halt: dict[str, Any], batch_sizes: tuple[int, ...]
+) -> None:
+    """What the halting machinery costs (act's time over no-halt's: 1.0 = nothing) and the bound it
+    leaves (no-halt's speedup over ``full`` per MAC ratio), at batch 1 (medians) and each batch size."""
+    bound_macs = full["macs_mean"] / no_halt["macs_mean"]
+    act["halting_overhead_p50@1"] = act["latency_p50_ms"] / no_halt["latency_p50_ms"]
+    act["no_halt_bound_p50@1"] = full["latency_p50_ms"] / no_halt["latency_p50_ms"] / bound_macs
+    for b in batch_sizes:
+        act[f"halting_overhead@{b}"] = no_halt[f"images_per_s@{b}"] / act[f"images_per_s@{b}"]
+        act[f"no_halt_bound@{b}"] = no_halt[f"images_per_s@{b}"] / full[f"images_per_s@{b}"] / bound_macs
 
 
 def _time_per_mac(full: dict[str, Any], base: dict[str, Any], key: str, batch_sizes: tuple[int, ...]) -> None:
@@ -274,20 +308,22 @@ def run_bench(
     MACs always come from the PyTorch model, whose iteration counts the exports reproduce.
     """
     model = model.eval()
-    names = [baseline_label(baseline_name(model)), "IamNN full", "IamNN act", "IamNN fixed-1"]
-    modes: list[Any] = [None, "full", "act", 1]
+    infer = fold_batchnorm(model) if config.fold else model
+    schedule, share = act_schedule(infer, images)
+    names = [baseline_label(baseline_name(model)), "IamNN full", "IamNN act", "IamNN fixed-1",
+             f"IamNN no-halt {'/'.join(map(str, schedule))}"]  # fmt: skip
+    modes: list[Any] = [None, "full", "act", 1, schedule]
     baselines = [baseline_for(model).to(images.device)]
     twin = None if _mobile(model) else BOTTLENECK_TWIN.get(_preset(model))
     if twin:  # last row: the ResNet built from IamNN's own blocks
         baselines.append(baseline_for(model, twin).to(images.device))
         names.append(baseline_label(twin))
         modes.append(None)
-    infer = fold_batchnorm(model) if config.fold else model
     if config.fold:
         baselines = [fold_batchnorm(b).to(memory_format=torch.channels_last) for b in baselines]
         if runtime == "torch":
             images = images.contiguous(memory_format=torch.channels_last)
-    resnets = [baselines[0], None, None, None, *baselines[1:]]  # the ResNet of each row, None for IamNN's
+    resnets = [baselines[0], None, None, None, None, *baselines[1:]]  # the ResNet of each row, None for IamNN's
     macs = []
     for resnet, mode in zip(resnets, modes, strict=True):
         if resnet is not None:
@@ -329,6 +365,8 @@ def run_bench(
         speedup = act[f"images_per_s@{b}"] / full[f"images_per_s@{b}"]
         act[f"speedup_over_full@{b}"] = speedup
         act[f"efficiency@{b}"] = speedup / mac_ratio
+    _halting_overhead(full, act, rows[4], config.batch_sizes)
+    act["no_halt_iterations"], act["no_halt_share"] = schedule, share
     for key, base in (("baseline", rows[0]), ("bottleneck_twin", rows[-1] if twin else None)):
         if base is not None:
             _time_per_mac(full, base, key, config.batch_sizes)
@@ -344,6 +382,7 @@ def run_bench(
         steps["speedup"] = steps["full"] / steps["act"]
         steps["mac_ratio"] = steps["full_macs"] / steps["act_macs"]
         steps["speedup_over_mac_ratio"] = steps["speedup"] / steps["mac_ratio"]
+        steps["halting_overhead"] = steps["act"] / steps["no-halt"]
         result["train_step"] = {"batch": batch, **steps}
     return result
 

@@ -463,6 +463,11 @@ def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
     print(f"act: MAC ratio full/act {act['mac_ratio']:.2f}; realised speedup (throughput) "
           + ", ".join(f"@{b}: {act[f'speedup_over_full@{b}']:.2f}x" for b in sizes)
           + f"; batch-1 median latency: {act['speedup_p50_over_full@1']:.2f}x")  # fmt: skip
+    print(f"halting machinery: act / no-halt ({'/'.join(map(str, act['no_halt_iterations']))} iterations, the "
+          f"schedule of {act['no_halt_share']:.0%} of the images under act) "
+          + ", ".join(f"@{b}: {act[f'halting_overhead@{b}']:.2f}x" for b in sizes)
+          + f", batch-1 median {act['halting_overhead_p50@1']:.2f}x; no-halt bound (speedup / MAC ratio) "
+          + ", ".join(f"@{b}: {act[f'no_halt_bound@{b}']:.2f}" for b in sizes))  # fmt: skip
     twin = f"{result['rows'][-1]['row']} (IamNN's bottleneck blocks, same widths)"
     for key, name in (("baseline", result["rows"][0]["row"]), ("bottleneck_twin", twin)):
         if f"time_per_mac_vs_{key}@{sizes[0]}" in full:
@@ -472,7 +477,8 @@ def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
         t = result["train_step"]
         print(
             f"training step, batch {t['batch']}: full {t['full'] * 1000:.0f} ms, act {t['act'] * 1000:.0f} ms: "
-            f"speedup {t['speedup']:.2f}x at MAC ratio {t['mac_ratio']:.2f} ({t['speedup_over_mac_ratio']:.2f})"
+            f"speedup {t['speedup']:.2f}x at MAC ratio {t['mac_ratio']:.2f} ({t['speedup_over_mac_ratio']:.2f}); "
+            f"no-halt {t['no-halt'] * 1000:.0f} ms: act / no-halt {t['halting_overhead']:.2f}x"
         )
 
 

@@ -114,6 +114,26 @@ STYLE = {
 }  # fmt: skip
 
 
+def _place_labels(fig: Any, ax: Any, points: list[dict[str, Any]]) -> None:
+    """Name every point: right of its marker, above where that is free, else below, else left, else
+    further out with a thin line to its marker; the first position whose box (as drawn) overlaps no
+    name placed before it, left to right."""
+    renderer = fig.canvas.get_renderer()
+    spots = [(4, 3), (4, -10), (-4, 3), (-4, -10), (4, 12), (4, -19), (4, 21), (4, -28)]
+    placed: list[Any] = []
+    for r in sorted(points, key=lambda r: r["macs_mean"]):
+        for dx, dy in spots:
+            line = {"arrowstyle": "-", "lw": 0.4, "color": "grey"} if abs(dy) > 10 else None
+            side = "left" if dx > 0 else "right"
+            label = ax.annotate(r["name"], (r["macs_mean"], r["top1"]), fontsize=6.5, xytext=(dx, dy),
+                                textcoords="offset points", ha=side, arrowprops=line)  # fmt: skip
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == spots[-1]:
+                break
+            label.remove()
+        placed.append(box)
+
+
 def plot_frontier(records: list[dict[str, Any]], path: Path, front: list[str], title: str = "") -> None:
     """Top-1 against average MACs of trained models (log x), each kind its marker, ``front`` joined.
 
@@ -131,8 +151,6 @@ def plot_frontier(records: list[dict[str, Any]], path: Path, front: list[str], t
             size = 140 if marker == "*" else 45
             ax.scatter([r["macs_mean"] for r in rows], [r["top1"] for r in rows], marker=marker, s=size,
                        color=colour, label=kind if kind != "resnet" else "ResNet", zorder=3)  # fmt: skip
-    for r in points:
-        ax.annotate(r["name"], (r["macs_mean"], r["top1"]), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
     for j, run in enumerate(sorted({r["run"] for r in records if "budget_macs" in r})):
         curve = sorted((r for r in records if r.get("run") == run and "budget_macs" in r), key=lambda r: r["macs_mean"])
         name = curve[0]["name"].rsplit("@", 1)[0]
@@ -144,4 +162,6 @@ def plot_frontier(records: list[dict[str, Any]], path: Path, front: list[str], t
     ax.margins(x=0.08, y=0.1)
     title = title or "accuracy vs compute of trained models (test set)"
     accuracy_vs_macs_axes(ax, title)
+    fig.canvas.draw()  # the final limits and layout, so that the names' boxes are where they will be drawn
+    _place_labels(fig, ax, points)
     save_figure(fig, path)
