@@ -248,12 +248,16 @@ def _curve_html(explorer: Explorer, marked: float | None) -> str:
     return _figure_html(fig, "accuracy against average MACs")
 
 
+def _png_img(png: bytes, alt: str, attributes: str) -> str:
+    """An HTML <img> holding ``png`` as a data URL: inline, so no file of Gradio's cache is involved."""
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}" {attributes}>'
+
+
 def _figure_html(fig: Any, alt: str) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     pyplot_agg().close(fig)
-    data = base64.b64encode(buffer.getvalue()).decode()
-    return f'<img alt="{alt}" src="data:image/png;base64,{data}" style="width: 100%">'
+    return _png_img(buffer.getvalue(), alt, 'style="width: 100%"')
 
 
 def _summary_markdown(r: Analysis) -> str:
@@ -271,9 +275,8 @@ def _inline_image(image: Image.Image, scale: int = 5) -> str:
     """``image`` as an HTML <img> holding its PNG as a data URL, drawn ``scale`` times larger."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    data = base64.b64encode(buffer.getvalue()).decode()
-    return (f'<img alt="the image as the model sees it" src="data:image/png;base64,{data}" '
-            f'width="{scale * image.width}" style="image-rendering: pixelated">')  # fmt: skip
+    attributes = f'width="{scale * image.width}" style="image-rendering: pixelated"'
+    return _png_img(buffer.getvalue(), "the image as the model sees it", attributes)
 
 
 def build_app(explorer: Explorer) -> Any:
