@@ -144,8 +144,13 @@ def act_schedule(model: IamNN, images: Tensor) -> tuple[list[int], float]:
     the share of the images that ran exactly that schedule in every stage."""
     its = torch.cat([model(images[i : i + 256], return_stats=True, halting="act")[1].iterations
                      for i in range(0, len(images), 256)])  # fmt: skip
-    counts = [int(c) for c in its.mode(dim=0).values]
+    counts = modal_schedule(its)
     return counts, float((its == torch.tensor(counts)).all(dim=1).float().mean())
+
+
+def modal_schedule(iterations: Tensor) -> list[int]:
+    """The most common iteration count of each stage in ``iterations`` (B, stages)."""
+    return [int(c) for c in iterations.mode(dim=0).values]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -160,13 +165,11 @@ def train_step_times(
     by step, in the memory format ``iamnn fit`` trains in (``Classifier(channels_last=True)``)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     images = images.contiguous(memory_format=memory_format)
-    nets = {}
-    for mode in ("full", "act", "no-halt"):
-        nets[mode] = copy.deepcopy(model).train().to(memory_format=memory_format)
-        nets[mode].halting = mode if mode != "no-halt" else "act"
+    nets = {mode: copy.deepcopy(model).train().to(memory_format=memory_format) for mode in ("full", "act", "no-halt")}
+    nets["full"].halting = "full"
     with torch.no_grad():
-        its = nets["no-halt"](images, return_stats=True)[1].iterations
-    nets["no-halt"].halting = [int(c) for c in its.mode(dim=0).values]
+        its = nets["act"](images, return_stats=True, halting="act")[1].iterations
+    nets["act"].halting, nets["no-halt"].halting = "act", modal_schedule(its)
     seconds, macs = time_train_steps(nets, images, labels, repeats)
     return seconds | {f"{mode}_macs": m for mode, m in macs.items()} | {"no_halt_iterations": nets["no-halt"].halting}
 
