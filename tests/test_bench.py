@@ -38,7 +38,7 @@ def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureF
     assert result["rows"][1]["time_per_mac_vs_bottleneck_twin@4"] > 0
     assert result["rows"][3]["macs_mean"] < result["rows"][1]["macs_mean"]  # fixed-1 < full
     assert result["train_step"]["full"] > 0 and result["train_step"]["act"] > 0 and result["train_step"]["no-halt"] > 0
-    # no-halt runs act's most common schedule as fixed counts: the MACs of act when every image ran it
+    # no-halt runs act's most common per-stage schedule as fixed counts, named in its row
     schedule = act["no_halt_iterations"]
     assert names[4] == "IamNN no-halt " + "/".join(map(str, schedule)) and 0 < act["no_halt_share"] <= 1
     for key in ("halting_overhead@1", "halting_overhead@4", "halting_overhead_p50@1", "no_halt_bound@4"):

@@ -194,7 +194,7 @@ def _frontier(args: argparse.Namespace) -> None:
         its = iterations_text(r)
         table.add_row(
             r["name"], r["kind"], human(r["params"]), human(r["macs_mean"]),
-            f"{human(r['macs_min'])} – {human(r['macs_max'])}", f"{r.get('macs_cv', 0):.3f}", its, f"{r['top1']:.2f}",
+            f"{human(r['macs_min'])} – {human(r['macs_max'])}", f"{r['macs_cv']:.3f}", its, f"{r['top1']:.2f}",
             "*" if r["name"] in front else "",
         )  # fmt: skip
     _console().print(table)

@@ -128,7 +128,7 @@ def markdown_frontier(records: list[dict[str, Any]]) -> str:
         its = iterations_text(r)
         lines.append(
             f"| {r['name']} | {r['kind']} | {r['params'] / 1e6:.3f} M | {r['macs_mean'] / 1e6:.2f} M | "
-            f"{r['macs_min'] / 1e6:.2f}–{r['macs_max'] / 1e6:.2f} M | {r.get('macs_cv', 0):.3f} | {its} | "
+            f"{r['macs_min'] / 1e6:.2f}–{r['macs_max'] / 1e6:.2f} M | {r['macs_cv']:.3f} | {its} | "
             f"{r['top1']:.2f} | "
             f"{'yes' if r['name'] in front else ''} |"
         )
