@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import SqueezeExcitation
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
+from .act_kernel import act_one_sample
 from .halting import HaltingPolicy, HaltingSpec, initial_states, normalize_halting, stage_policies
 from .halting_unit import HaltingUnit
 
@@ -278,8 +279,11 @@ class IterativeStage(nn.Module):
 
         The batched loop needs about ten small tensor ops per iteration for its bookkeeping; with
         one sample they become float32 scalar arithmetic (numpy, so that every decision equals the
-        batched one bit for bit) and one host read of h per iteration.
+        batched one bit for bit) and one host read of h per iteration. A folded model under ACT
+        runs each iteration's halting step as one C call instead (``act_kernel.py``), when it built.
         """
+        if (fast := act_one_sample(self, x0, policy)) is not None:
+            return fast
         s: Tensor | None = None
         y: Tensor | None = None
         context = self.halting_unit.context(x0)

@@ -1,0 +1,118 @@
+"""The batch-1 ACT kernel (``iamnn.models.act_kernel``): same answers as the PyTorch path, and a
+clean fallback when it cannot build."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import iamnn
+from iamnn.models import act_kernel
+from iamnn.models.fold import FoldedProcessingBlock, fold_batchnorm
+from iamnn.models.halting import ACT
+from tests.helpers import spread_halting
+
+needs_compiler = pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler: the kernel cannot build"
+)
+
+
+def _folded(batch: int = 12, channels_last: bool = True) -> tuple[torch.Tensor, torch.nn.Module]:
+    """A folded model whose samples halt at different iterations, and its inputs (two decades of scale)."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 16, 16) * torch.logspace(-1, 1, batch)[:, None, None, None]
+    model = spread_halting(iamnn.create_model("iamnn_r34", stem="cifar", num_classes=7, width=1 / 16), x).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding changes the weights
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.2, 0.2)
+    return x, fold_batchnorm(model, channels_last=channels_last)
+
+
+def _one_by_one(model: torch.nn.Module, x: torch.Tensor, halting: object = None) -> tuple[torch.Tensor, ...]:
+    with torch.inference_mode():
+        runs = [model(x[b : b + 1], return_stats=True, halting=halting) for b in range(len(x))]
+    return (torch.cat([r[0] for r in runs]), torch.cat([r[1].iterations for r in runs]),
+            torch.cat([r[1].ponder for r in runs]))  # fmt: skip
+
+
+@needs_compiler
+@pytest.mark.parametrize("fused", [False, True], ids=["eager-block", "fused-block"])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("policy", [ACT(0.01), ACT(0.05, min_iterations=2)], ids=["act", "act-min2"])
+def test_kernel_gives_the_pytorch_paths_answers(
+    fused: bool, channels_last: bool, policy: ACT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch 1 through the kernel == batch 1 through PyTorch == the batched loop: iterations exactly,
+    logits and ponder cost to float rounding (the kernel sums in another order)."""
+    monkeypatch.setattr(FoldedProcessingBlock, "fused_min_pixels", 0 if fused else 10**9)
+    x, model = _folded(channels_last=channels_last)
+    used = []
+
+    def spy(*args: object) -> object:
+        used.append(act_kernel.act_one_sample(*args))
+        return used[-1]
+
+    monkeypatch.setattr("iamnn.models.iamnn.act_one_sample", spy)
+    logits, iterations, ponder = _one_by_one(model, x, policy)
+    assert used and all(r is not None for r in used), "the kernel did not run"
+    monkeypatch.setattr(act_kernel, "library", lambda: None)
+    ref_logits, ref_iterations, ref_ponder = _one_by_one(model, x, policy)
+    with torch.inference_mode():
+        batch_logits, batch_stats = model(x, return_stats=True, halting=policy)
+    assert len(ref_iterations.unique(dim=0)) > 2, "the test needs samples that halt at different iterations"
+    assert torch.equal(iterations, ref_iterations)
+    assert torch.equal(iterations, batch_stats.iterations)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, batch_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ponder, ref_ponder, atol=1e-5, rtol=1e-5)
+
+
+@needs_compiler
+def test_kernel_stays_out_of_what_it_does_not_cover(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other policies, unfolded models and float64 take the PyTorch path (the kernel returns None)."""
+    x, folded = _folded(batch=2)
+    stage, x0 = folded.stages[0], torch.randn(1, folded.stages[0].in_channels, 8, 8)
+    with torch.inference_mode():
+        assert act_kernel.act_one_sample(stage, x0, ACT()) is not None
+        assert act_kernel.act_one_sample(stage, x0, folded.policies("pondernet")[0]) is None
+        assert act_kernel.act_one_sample(stage, x0.double(), ACT()) is None
+        unfolded = iamnn.create_model("iamnn_r34", stem="cifar", num_classes=7, width=1 / 16).eval()
+        assert act_kernel.act_one_sample(unfolded.stages[0], x0, ACT()) is None
+
+
+def test_without_a_compiler_the_model_runs_on_pytorch(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("IAMNN_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    act_kernel.library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="did not build"):
+            assert act_kernel.library() is None
+        x, model = _folded(batch=3)
+        logits, iterations, _ = _one_by_one(model, x, "act")
+        assert logits.shape == (3, 7) and iterations.shape == (3, 4)
+        monkeypatch.setenv("IAMNN_KERNELS", "0")
+        act_kernel.library.cache_clear()
+        assert act_kernel.library() is None  # switched off: not even tried
+    finally:
+        act_kernel.library.cache_clear()
+
+
+@needs_compiler
+def test_two_processes_share_one_build(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library is compiled once into the cache (under a file lock) and reused."""
+    monkeypatch.setenv("IAMNN_KERNEL_CACHE", str(tmp_path))
+    act_kernel.library.cache_clear()
+    try:
+        assert act_kernel.library() is not None
+        built = sorted(tmp_path.glob("act_kernel-*.so"))
+        assert len(built) == 1 and not list(tmp_path.glob("*.tmp"))
+        act_kernel.library.cache_clear()
+        mtime = built[0].stat().st_mtime_ns
+        assert act_kernel.library() is not None
+        assert built[0].stat().st_mtime_ns == mtime  # not rebuilt
+    finally:
+        act_kernel.library.cache_clear()
