@@ -1,5 +1,6 @@
-"""The batch-1 ACT kernel (``iamnn.models.act_kernel``): same answers as the PyTorch path, and a
-clean fallback when it cannot build."""
+"""The ACT kernel (``iamnn.models.act_kernel``): the same answers as the PyTorch path at batch 1,
+at small batches (scores in C) and large ones (scores from PyTorch), and a clean fallback when it
+cannot build."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import iamnn
 from iamnn.models import act_kernel
@@ -39,49 +41,59 @@ def _one_by_one(model: torch.nn.Module, x: torch.Tensor, halting: object = None)
             torch.cat([r[1].ponder for r in runs]))  # fmt: skip
 
 
+def _batched(model: torch.nn.Module, x: torch.Tensor, halting: object) -> tuple[torch.Tensor, ...]:
+    with torch.inference_mode():
+        logits, stats = model(x, return_stats=True, halting=halting)
+    return logits, stats.iterations, stats.ponder
+
+
 @needs_compiler
 @pytest.mark.parametrize("fused", [False, True], ids=["eager-block", "fused-block"])
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("policy", [ACT(0.01), ACT(0.05, min_iterations=2)], ids=["act", "act-min2"])
+@pytest.mark.parametrize("score_max_batch", [16, 0], ids=["scores-in-c", "scores-in-torch"])
 def test_kernel_gives_the_pytorch_paths_answers(
-    fused: bool, channels_last: bool, policy: ACT, monkeypatch: pytest.MonkeyPatch
+    fused: bool, channels_last: bool, policy: ACT, score_max_batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batch 1 through the kernel == batch 1 through PyTorch == the batched loop: iterations exactly,
-    logits and ponder cost to float rounding (the kernel sums in another order)."""
+    """The kernel at batch 1 and on a batch (with compaction) == the PyTorch paths: iterations
+    exactly, logits and ponder cost to float rounding (the kernel sums in another order)."""
     monkeypatch.setattr(FoldedProcessingBlock, "fused_min_pixels", 0 if fused else 10**9)
+    monkeypatch.setattr(act_kernel.KernelStep, "score_max_batch", score_max_batch)
     x, model = _folded(channels_last=channels_last)
     used = []
 
     def spy(*args: object) -> object:
-        used.append(act_kernel.act_one_sample(*args))
+        used.append(act_kernel.halting_step(*args))
         return used[-1]
 
-    monkeypatch.setattr("iamnn.models.iamnn.act_one_sample", spy)
-    logits, iterations, ponder = _one_by_one(model, x, policy)
-    assert used and all(r is not None for r in used), "the kernel did not run"
+    monkeypatch.setattr("iamnn.models.iamnn.halting_step", spy)
+    kernel_runs = _one_by_one(model, x, policy), _batched(model, x, policy)
+    assert used and all(k is not None for k in used), "the kernel did not run"
     monkeypatch.setattr(act_kernel, "library", lambda: None)
-    ref_logits, ref_iterations, ref_ponder = _one_by_one(model, x, policy)
-    with torch.inference_mode():
-        batch_logits, batch_stats = model(x, return_stats=True, halting=policy)
-    assert len(ref_iterations.unique(dim=0)) > 2, "the test needs samples that halt at different iterations"
-    assert torch.equal(iterations, ref_iterations)
-    assert torch.equal(iterations, batch_stats.iterations)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(logits, batch_logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ponder, ref_ponder, atol=1e-5, rtol=1e-5)
+    reference = _one_by_one(model, x, policy)
+    assert len(reference[1].unique(dim=0)) > 2, "the test needs samples that halt at different iterations"
+    assert torch.equal(_batched(model, x, policy)[1], reference[1])
+    for logits, iterations, ponder in kernel_runs:
+        assert torch.equal(iterations, reference[1])
+        torch.testing.assert_close(logits, reference[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ponder, reference[2], atol=1e-5, rtol=1e-5)
 
 
 @needs_compiler
 def test_kernel_stays_out_of_what_it_does_not_cover(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Other policies, unfolded models and float64 take the PyTorch path (the kernel returns None)."""
+    """Other policies, unfolded models, float64 and autograd take the PyTorch path."""
     x, folded = _folded(batch=2)
     stage, x0 = folded.stages[0], torch.randn(1, folded.stages[0].in_channels, 8, 8)
     with torch.inference_mode():
-        assert act_kernel.act_one_sample(stage, x0, ACT()) is not None
-        assert act_kernel.act_one_sample(stage, x0, folded.policies("pondernet")[0]) is None
-        assert act_kernel.act_one_sample(stage, x0.double(), ACT()) is None
+        assert act_kernel.halting_step(stage, x0, ACT()) is not None
+        assert act_kernel.halting_step(stage, x0, folded.policies("pondernet")[0]) is None
+        assert act_kernel.halting_step(stage, x0.double(), ACT()) is None
         unfolded = iamnn.create_model("iamnn_r34", stem="cifar", num_classes=7, width=1 / 16).eval()
-        assert act_kernel.act_one_sample(unfolded.stages[0], x0, ACT()) is None
+        assert act_kernel.halting_step(unfolded.stages[0], x0, ACT()) is None
+    with torch.enable_grad():
+        assert act_kernel.halting_step(stage, x0, ACT()) is None
+    with torch.inference_mode(), FlopCounterMode(display=False):  # it would hide MACs from the counter
+        assert act_kernel.halting_step(stage, x0, ACT()) is None
 
 
 def test_without_a_compiler_the_model_runs_on_pytorch(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

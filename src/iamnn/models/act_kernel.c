@@ -1,8 +1,9 @@
-/* ACT's per-iteration work for one sample at inference, in one call (see act_kernel.py).
+/* ACT's per-iteration work at inference, in one call (see act_kernel.py).
  *
- * In eager PyTorch a halting step at batch 1 is about fifteen tiny operator calls (pooling of s and
- * u, three small matrix products, ReLUs, a sigmoid, the ACT rule, y += p·s), each costing more in
- * dispatch than in arithmetic. Here it is one C function over the same float32 numbers.
+ * In eager PyTorch a halting step is about twenty small operator calls (pooling of s, three small
+ * matrix products, ReLUs, a sigmoid, the ACT rule, y += p·s, counting the halted), each costing
+ * more in dispatch than in arithmetic at these sizes. Here it is one C function over the same
+ * float32 numbers.
  *
  * Maps are one sample's (rows, c) floats: rows > 0 means channels last (pixel-major, NHWC),
  * rows < 0 means -rows pixels per channel plane (NCHW); a (c,) vector is rows = 1.
@@ -11,6 +12,7 @@
 #include <stdlib.h>
 
 #define LANES 16 /* independent partial sums of a channel plane: vector adds, no serial chain */
+#define PARALLEL_MIN 65536 /* floats of maps below which one thread does a call (threads cost more) */
 
 /* A folded halting unit (fold.py FoldedHaltingUnit), weights as (in, out) row-major float32. */
 struct iamnn_unit {
@@ -57,10 +59,17 @@ static int add_gap_product(long rows, long c, const float *x, long h, const floa
     return 0;
 }
 
-/* The stage's context, computed once: c = W_1x · GAP(x0) + b_1. Returns 0 on success. */
-int iamnn_context(const struct iamnn_unit *w, const float *x0, long x_rows, float *context) {
-    for (long j = 0; j < w->hidden; j++) context[j] = w->b1[j];
-    return add_gap_product(x_rows, w->x_channels, x0, w->hidden, w->w1x_t, context);
+/* The stage's context, computed once per sample: c = W_1x · GAP(x0) + b_1. Returns 0 on success. */
+int iamnn_context(const struct iamnn_unit *w, long batch, const float *x0, long x_rows, float *context) {
+    const long size = labs(x_rows) * w->x_channels;
+    int failed = 0;
+#pragma omp parallel for reduction(| : failed) if (batch * size > PARALLEL_MIN)
+    for (long b = 0; b < batch; b++) {
+        float *c = context + b * w->hidden;
+        for (long j = 0; j < w->hidden; j++) c[j] = w->b1[j];
+        failed |= add_gap_product(x_rows, w->x_channels, x0 + b * size, w->hidden, w->w1x_t, c);
+    }
+    return failed;
 }
 
 /* h = σ(w_3 · ReLU(W_2 ReLU(c + W_1s GAP(s) + W_1u GAP(u)) + b_2) + b_3), the unit's score. */
@@ -89,24 +98,41 @@ static int score(const struct iamnn_unit *w, const float *context, const float *
     return 0;
 }
 
-/* One ACT iteration of one sample: the score h (from the unit, or h_given when u is NULL),
- * halting.ACT's rule on float32 numbers, and y = p·s (first) or y += p·s over n floats.
+/* One ACT iteration of a batch of active samples. For each sample b: the score h (from the unit
+ * when u is given; else h_in[b], computed by the caller, or h_given for every sample when h_in is
+ * NULL too), halting.ACT's rule on float32 numbers, and y = p·s (first) or y += p·s over the
+ * sample's map:
  *   halt = cum_h + h >= threshold,  p = halt ? 1 − cum_h : h,  cum_h += h
- * state: [cum_h (in/out), p (out)]. Returns 1 if the sample halts, 0 if not, -1 on failure. */
-int iamnn_act_iteration(const struct iamnn_unit *w, const float *context, const float *s, long s_rows,
-                        const float *u, long u_rows, float h_given, float threshold, float *y, long n, int first,
-                        float *state) {
-    float h = h_given;
-    if (u && score(w, context, s, s_rows, u, u_rows, &h)) return -1;
-    const float cum_h = state[0];
-    const float total = cum_h + h;
-    const int halt = total >= threshold;
-    const float p = halt ? 1.0f - cum_h : h;
-    state[0] = total;
-    state[1] = p;
-    if (first)
-        for (long i = 0; i < n; i++) y[i] = p * s[i];
-    else
-        for (long i = 0; i < n; i++) y[i] += p * s[i];
-    return halt;
+ * cum_h is updated in place; p and halt (0/1 bytes) are written. A sample's map is read twice
+ * while it is still in cache (pooling, then y), and samples run in parallel under OpenMP.
+ * Returns how many samples halt, or -1 on failure. */
+long iamnn_act_iteration(const struct iamnn_unit *w, long batch, const float *context, const float *s, long s_rows,
+                         const float *u, long u_rows, const float *h_in, float h_given, float threshold, float *y,
+                         int first,
+                         float *cum_h, float *p, unsigned char *halt) {
+    const long s_size = labs(s_rows) * w->s_channels, u_size = labs(u_rows) * w->u_channels;
+    long halted = 0;
+    int failed = 0;
+#pragma omp parallel for reduction(+ : halted) reduction(| : failed) if (batch * s_size > PARALLEL_MIN)
+    for (long b = 0; b < batch; b++) {
+        float h = h_in ? h_in[b] : h_given;
+        const float *sb = s + b * s_size;
+        if (u && score(w, context + b * w->hidden, sb, s_rows, u + b * u_size, u_rows, &h)) {
+            failed = 1;
+            continue;
+        }
+        const float total = cum_h[b] + h;
+        const int stop = total >= threshold;
+        const float weight = stop ? 1.0f - cum_h[b] : h;
+        cum_h[b] = total;
+        p[b] = weight;
+        halt[b] = (unsigned char)stop;
+        halted += stop;
+        float *yb = y + b * s_size;
+        if (first)
+            for (long i = 0; i < s_size; i++) yb[i] = weight * sb[i];
+        else
+            for (long i = 0; i < s_size; i++) yb[i] += weight * sb[i];
+    }
+    return failed ? -1 : halted;
 }

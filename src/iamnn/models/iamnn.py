@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import SqueezeExcitation
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
-from .act_kernel import act_one_sample
+from .act_kernel import KernelStep, halting_step
 from .halting import HaltingPolicy, HaltingSpec, initial_states, normalize_halting, stage_policies
 from .halting_unit import HaltingUnit
 
@@ -225,35 +225,45 @@ class IterativeStage(nn.Module):
                 s, _ = self.block.step(x0, s, i, need_u=False)
             iterations = torch.full((x0.shape[0],), n, dtype=torch.long, device=x0.device)
             return s, iterations, policy.ponder(1.0, iterations.to(x0.dtype))
-        if x0.shape[0] == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32:
+        # a folded model under ACT at inference: each iteration's halting step is one C call
+        kernel = halting_step(self, x0, policy)
+        if kernel is None and x0.shape[0] == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32:
             return self._one_sample(x0, policy)
-        return self._batched(x0, policy)
+        return self._batched(x0, policy, kernel)
 
-    def _batched(self, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor]:
-        """The policy's rule over a batch, halted samples leaving it (compaction)."""
+    def _batched(
+        self, x0: Tensor, policy: HaltingPolicy, kernel: KernelStep | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The policy's rule over a batch, halted samples leaving it (compaction); ``kernel``: the
+        halting step in C (``act_kernel.py``), else the PyTorch ops below."""
         batch, limit = x0.shape[0], policy.limit(self.max_iterations)
         s: Tensor | None = None  # s_0 = 0
         rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
         state = initial_states(policy, x0)  # the policy's per-sample state (ACT: Σ_{i<n} h_i)
         y_active: Tensor | None = None  # Σ_{j≤i} p_j · s_j of the active samples
-        context = self.halting_unit.context(x0)  # the halting unit's view of x0, the same at every iteration
+        # the halting unit's view of x0, the same at every iteration
+        context = self.halting_unit.context(x0) if kernel is None else kernel.context(x0)
         done: list[tuple[Tensor | None, Tensor, Tensor, Tensor]] = []  # per halting event: rows, y, N, ρ
         for i in range(limit):
             is_last = i == limit - 1
             wants = not is_last and policy.wants_score(i)
             s, u = self.block.step(x0, s, i, need_u=wants)
-            # h_{N_k} := 1 at the last iteration (no halting call); 0 where the policy wants no score
-            h = self.halting_unit(s, context, u) if wants else x0.new_full((len(x0),), float(is_last))
-            p, halt, next_state = policy.step(state, h)
-            # y = Σ_n p_n · s_n, accumulated while the sample is active (one fused pass per iteration)
-            p_map = p[:, None, None, None]
-            if y_active is None:
-                y_active = p_map * s
-            elif torch.is_grad_enabled():
-                y_active = torch.addcmul(y_active, p_map, s)
-            else:  # in place: no fresh (uncached) buffer for every iteration's output
-                y_active.addcmul_(p_map, s)
-            n_halt = len(halt) if is_last else int(halt.sum())  # the one host sync of an iteration
+            if kernel is not None:
+                u = u if wants else None
+                y_active, p, halt, next_state, n_halt = kernel(s, u, context, state, y_active, is_last)
+            else:
+                # h_{N_k} := 1 at the last iteration (no halting call); 0 where the policy wants no score
+                h = self.halting_unit(s, context, u) if wants else x0.new_full((len(x0),), float(is_last))
+                p, halt, next_state = policy.step(state, h)
+                # y = Σ_n p_n · s_n, accumulated while the sample is active (one fused pass per iteration)
+                p_map = p[:, None, None, None]
+                if y_active is None:
+                    y_active = p_map * s
+                elif torch.is_grad_enabled():
+                    y_active = torch.addcmul(y_active, p_map, s)
+                else:  # in place: no fresh (uncached) buffer for every iteration's output
+                    y_active.addcmul_(p_map, s)
+                n_halt = len(halt) if is_last else int(halt.sum())  # the one host sync of an iteration
             if n_halt == 0:
                 state = next_state
                 continue
@@ -279,11 +289,9 @@ class IterativeStage(nn.Module):
 
         The batched loop needs about ten small tensor ops per iteration for its bookkeeping; with
         one sample they become float32 scalar arithmetic (numpy, so that every decision equals the
-        batched one bit for bit) and one host read of h per iteration. A folded model under ACT
-        runs each iteration's halting step as one C call instead (``act_kernel.py``), when it built.
+        batched one bit for bit) and one host read of h per iteration. (A folded model under ACT
+        takes :meth:`_batched` with the C kernel instead, when it built.)
         """
-        if (fast := act_one_sample(self, x0, policy)) is not None:
-            return fast
         s: Tensor | None = None
         y: Tensor | None = None
         context = self.halting_unit.context(x0)
