@@ -60,15 +60,20 @@ def test_kernel_gives_the_pytorch_paths_answers(
     monkeypatch.setattr(FoldedProcessingBlock, "fused_min_pixels", 0 if fused else 10**9)
     monkeypatch.setattr(act_kernel.KernelStep, "score_max_batch", score_max_batch)
     x, model = _folded(channels_last=channels_last)
-    used = []
+    used: dict[str, list[object]] = {"act_one_sample": [], "halting_step": []}
 
-    def spy(*args: object) -> object:
-        used.append(act_kernel.halting_step(*args))
-        return used[-1]
+    def spy(name: str) -> object:
+        def run(*args: object) -> object:
+            used[name].append(getattr(act_kernel, name)(*args))
+            return used[name][-1]
 
-    monkeypatch.setattr("iamnn.models.iamnn.halting_step", spy)
+        return run
+
+    for name in used:
+        monkeypatch.setattr(f"iamnn.models.iamnn.{name}", spy(name))
     kernel_runs = _one_by_one(model, x, policy), _batched(model, x, policy)
-    assert used and all(k is not None for k in used), "the kernel did not run"
+    for name, results in used.items():  # batch 1 took act_one_sample, the batch halting_step
+        assert results and all(r is not None for r in results), f"the kernel did not run ({name})"
     monkeypatch.setattr(act_kernel, "library", lambda: None)
     reference = _one_by_one(model, x, policy)
     assert len(reference[1].unique(dim=0)) > 2, "the test needs samples that halt at different iterations"
@@ -85,15 +90,17 @@ def test_kernel_stays_out_of_what_it_does_not_cover(monkeypatch: pytest.MonkeyPa
     x, folded = _folded(batch=2)
     stage, x0 = folded.stages[0], torch.randn(1, folded.stages[0].in_channels, 8, 8)
     with torch.inference_mode():
-        assert act_kernel.halting_step(stage, x0, ACT()) is not None
-        assert act_kernel.halting_step(stage, x0, folded.policies("pondernet")[0]) is None
-        assert act_kernel.halting_step(stage, x0.double(), ACT()) is None
         unfolded = iamnn.create_model("iamnn_r34", stem="cifar", num_classes=7, width=1 / 16).eval()
-        assert act_kernel.halting_step(unfolded.stages[0], x0, ACT()) is None
-    with torch.enable_grad():
-        assert act_kernel.halting_step(stage, x0, ACT()) is None
-    with torch.inference_mode(), FlopCounterMode(display=False):  # it would hide MACs from the counter
-        assert act_kernel.halting_step(stage, x0, ACT()) is None
+        for path in (act_kernel.halting_step, act_kernel.act_one_sample):
+            assert path(stage, x0, ACT()) is not None
+            assert path(stage, x0, folded.policies("pondernet")[0]) is None
+            assert path(stage, x0.double(), ACT()) is None
+            assert path(unfolded.stages[0], x0, ACT()) is None
+    for path in (act_kernel.halting_step, act_kernel.act_one_sample):
+        with torch.enable_grad():
+            assert path(stage, x0, ACT()) is None
+        with torch.inference_mode(), FlopCounterMode(display=False):  # it would hide MACs from the counter
+            assert path(stage, x0, ACT()) is None
 
 
 def test_without_a_compiler_the_model_runs_on_pytorch(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

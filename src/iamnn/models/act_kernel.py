@@ -26,11 +26,20 @@ import warnings
 import weakref
 from pathlib import Path
 
+import numpy as np
 import torch
 from filelock import FileLock
 from torch import Tensor, nn
 
 from .halting import ACT, HaltingPolicy
+
+try:  # a private helper of PyTorch's; without it, assume no dispatch mode watches
+    from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
+except ImportError:  # pragma: no cover
+
+    def _current_dispatch_mode() -> None:
+        return None
+
 
 SOURCE = Path(__file__).with_name("act_kernel.c")
 # tried in turn: -march=native for this CPU's vector units; -fopenmp to split a batch over the
@@ -135,6 +144,11 @@ class PackedUnit:
         self.ref = ctypes.byref(self.struct)
         self.hidden = unit.b1.numel()
         self.pointers = pointers
+        # batch 1 (act_one_sample): reused buffers, so that an iteration is one call and no allocation
+        self.context = torch.empty(1, self.hidden)
+        self.numbers = (ctypes.c_float * 2)()  # [Σ_{i<n} h_i, p_n]
+        self.halt = ctypes.c_ubyte()
+        self.cum_h, self.p = ctypes.byref(self.numbers), ctypes.byref(self.numbers, 4)
 
 
 _PACKED: weakref.WeakKeyDictionary[nn.Module, PackedUnit] = weakref.WeakKeyDictionary()
@@ -148,7 +162,10 @@ def _packed(stage: nn.Module) -> PackedUnit | None:
         return None
     packed = _PACKED.get(unit)
     if packed is None or packed.pointers != [w.data_ptr() for w in packed.weights]:  # weights moved: repack
-        packed = _PACKED[unit] = PackedUnit(unit, stage.in_channels, stage.out_channels)
+        try:
+            packed = _PACKED[unit] = PackedUnit(unit, stage.in_channels, stage.out_channels)
+        except ValueError:  # weights of another dtype or device
+            return None
     return packed
 
 
@@ -215,27 +232,59 @@ def _readable(x: Tensor) -> Tensor:
     return x if _rows(x) is not None else x.contiguous()
 
 
-def _watched() -> bool:
-    """Whether a dispatch mode watches every operator (``FlopCounterMode``, as ``iamnn profile`` and
-    the MAC tests use): the kernel's arithmetic would be invisible to it, so the kernel steps aside."""
-    try:
-        from torch.utils._python_dispatch import _get_current_dispatch_mode
-    except ImportError:  # a private helper; without it, assume nothing watches
-        return False
-    return _get_current_dispatch_mode() is not None
+def _applies(x0: Tensor, policy: HaltingPolicy) -> bool:
+    """The kernel runs ACT at inference on float32 CPU maps, unless a dispatch mode watches every
+    operator (``FlopCounterMode``, as ``iamnn profile`` and the MAC tests use): the kernel's
+    arithmetic would be invisible to it."""
+    return (
+        type(policy) is ACT and x0.device.type == "cpu" and x0.dtype == torch.float32
+        and not torch.is_grad_enabled() and _current_dispatch_mode() is None
+    )  # fmt: skip
 
 
 def halting_step(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> KernelStep | None:
     """The kernel's halting step for ``stage`` under ``policy``, or None where it does not apply
     (another policy, an unfolded halting unit, autograd, not float32 on the CPU, no build, a
     dispatch mode counting operators)."""
-    if type(policy) is not ACT or x0.device.type != "cpu" or x0.dtype != torch.float32 or torch.is_grad_enabled():
-        return None
-    if _watched():
-        return None
-    lib = library()
+    lib = library() if _applies(x0, policy) else None
     packed = None if lib is None else _packed(stage)
     return None if packed is None else KernelStep(lib, packed, stage.halting_unit, policy.threshold, len(x0))
+
+
+def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``IterativeStage._one_sample`` through the kernel: (y, N, ρ), or None where the kernel does
+    not apply. The lean twin of :class:`KernelStep` for a single sample: at batch 1 every Python
+    line between two iterations' convolutions shows in the latency (measured on 2 cores with
+    other models run in between, as ``iamnn bench`` does: about 20 µs a line-heavy call)."""
+    lib = library() if _applies(x0, policy) else None
+    packed = None if lib is None else _packed(stage)
+    x_rows = None if packed is None else _rows(x0)
+    if x_rows is None or lib.iamnn_context(packed.ref, 1, x0.data_ptr(), x_rows, packed.context.data_ptr()):
+        return None
+    iteration, step, threshold = lib.iamnn_act_iteration, stage.block.step, policy.threshold
+    context, numbers, cum_h, p, halt = packed.context.data_ptr(), packed.numbers, packed.cum_h, packed.p, packed.halt
+    numbers[0] = 0.0
+    limit = policy.limit(stage.max_iterations)
+    s = y = None
+    for i in range(limit):
+        is_last = i == limit - 1
+        wants = not is_last and policy.wants_score(i)
+        s, u = step(x0, s, i, need_u=wants)
+        if y is None:
+            y = torch.empty_like(s)
+        s_rows, u_rows = _rows(s), _rows(u) if wants else 0
+        if s_rows is None or u_rows is None or y.stride() != s.stride():
+            return None  # a layout the kernel does not read (the folded blocks give none)
+        stop = iteration(
+            packed.ref, 1, context, s.data_ptr(), s_rows, u.data_ptr() if wants else None, u_rows, None,
+            float(is_last), threshold, y.data_ptr(), i == 0, cum_h, p, ctypes.byref(halt),
+        )  # fmt: skip
+        if stop:
+            if stop < 0:
+                return None
+            rho = policy.ponder(np.float32(numbers[1]), np.float32(i + 1))  # ACT: p_N + N, in float32
+            return y, torch.tensor([i + 1]), torch.tensor([float(rho)])
+    raise AssertionError("unreachable: the last iteration always halts")
 
 
 def available() -> bool:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import SqueezeExcitation
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
-from .act_kernel import KernelStep, halting_step
+from .act_kernel import KernelStep, act_one_sample, halting_step
 from .halting import HaltingPolicy, HaltingSpec, initial_states, normalize_halting, stage_policies
 from .halting_unit import HaltingUnit
 
@@ -226,10 +226,9 @@ class IterativeStage(nn.Module):
             iterations = torch.full((x0.shape[0],), n, dtype=torch.long, device=x0.device)
             return s, iterations, policy.ponder(1.0, iterations.to(x0.dtype))
         # a folded model under ACT at inference: each iteration's halting step is one C call
-        kernel = halting_step(self, x0, policy)
-        if kernel is None and x0.shape[0] == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32:
-            return self._one_sample(x0, policy)
-        return self._batched(x0, policy, kernel)
+        if x0.shape[0] == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32:
+            return act_one_sample(self, x0, policy) or self._one_sample(x0, policy)
+        return self._batched(x0, policy, halting_step(self, x0, policy))
 
     def _batched(
         self, x0: Tensor, policy: HaltingPolicy, kernel: KernelStep | None = None
@@ -290,7 +289,7 @@ class IterativeStage(nn.Module):
         The batched loop needs about ten small tensor ops per iteration for its bookkeeping; with
         one sample they become float32 scalar arithmetic (numpy, so that every decision equals the
         batched one bit for bit) and one host read of h per iteration. (A folded model under ACT
-        takes :meth:`_batched` with the C kernel instead, when it built.)
+        takes ``act_kernel.act_one_sample`` instead, one C call an iteration, when it built.)
         """
         s: Tensor | None = None
         y: Tensor | None = None
