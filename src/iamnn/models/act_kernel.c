@@ -12,6 +12,7 @@
 #include <stdlib.h>
 
 #define LANES 16 /* independent partial sums of a channel plane: vector adds, no serial chain */
+#define GROUP 8 /* samples scored together: the halting unit's weights are read once per group */
 #define PARALLEL_MIN 65536 /* floats of maps below which one thread does a call (threads cost more) */
 
 /* A folded halting unit (fold.py FoldedHaltingUnit), weights as (in, out) row-major float32. */
@@ -38,10 +39,23 @@ static void channel_means(long rows, long c, const float *x, float *sums) {
         }
         return;
     }
-    for (long k = 0; k < c; k++) sums[k] = 0.0f;
-    for (long p = 0; p < rows; p++) {
-        const float *row = x + p * c;
-        for (long k = 0; k < c; k++) sums[k] += row[k];
+    /* channels last: 8 channels at a time, over 4 pixels at a time into independent sums, so that
+     * the sums stay in vector registers (a runtime-sized sums[] would go through memory per pixel) */
+    long k0 = 0;
+    for (; k0 + 8 <= c; k0 += 8) {
+        float a[4][8] = {{0.0f}};
+        long p = 0;
+        for (; p + 4 <= rows; p += 4)
+            for (int q = 0; q < 4; q++)
+                for (int l = 0; l < 8; l++) a[q][l] += x[(p + q) * c + k0 + l];
+        for (; p < rows; p++)
+            for (int l = 0; l < 8; l++) a[0][l] += x[p * c + k0 + l];
+        for (int l = 0; l < 8; l++) sums[k0 + l] = (a[0][l] + a[1][l]) + (a[2][l] + a[3][l]);
+    }
+    for (long k = k0; k < c; k++) {
+        float acc = 0.0f;
+        for (long p = 0; p < rows; p++) acc += x[p * c + k];
+        sums[k] = acc;
     }
     for (long k = 0; k < c; k++) sums[k] /= (float)rows;
 }
@@ -72,67 +86,87 @@ int iamnn_context(const struct iamnn_unit *w, long batch, const float *x0, long 
     return failed;
 }
 
-/* h = σ(w_3 · ReLU(W_2 ReLU(c + W_1s GAP(s) + W_1u GAP(u)) + b_2) + b_3), the unit's score. */
-static int score(const struct iamnn_unit *w, const float *context, const float *s, long s_rows, const float *u,
-                 long u_rows, float *h) {
-    const long n = w->hidden;
-    float *z1 = malloc(sizeof(float) * (size_t)(2 * n));
-    if (!z1) return 1;
-    float *z2 = z1 + n;
-    for (long j = 0; j < n; j++) z1[j] = context[j];
-    if (add_gap_product(s_rows, w->s_channels, s, n, w->w1s_t, z1) ||
-        add_gap_product(u_rows, w->u_channels, u, n, w->w1u_t, z1)) {
-        free(z1);
-        return 1;
+/* acc[b, j] += Σ_k x[b, k] · wt[k, j] for the g samples of a group: each row of wt is read once
+ * for the whole group (per sample, the wide stages' weights would stream from L2 once a sample). */
+static void group_product(long g, long c, const float *x, long h, const float *wt, float *acc) {
+    for (long k = 0; k < c; k++) {
+        const float *w = wt + k * h;
+        for (long b = 0; b < g; b++) {
+            const float xk = x[b * c + k];
+            float *a = acc + b * h;
+            for (long j = 0; j < h; j++) a[j] += xk * w[j];
+        }
     }
-    for (long j = 0; j < n; j++) z2[j] = w->b2[j];
-    for (long i = 0; i < n; i++) {
-        const float a = z1[i] > 0.0f ? z1[i] : 0.0f;
-        const float *row = w->w2_t + i * n;
-        for (long j = 0; j < n; j++) z2[j] += a * row[j];
+}
+
+/* h[b] = σ(w_3 · ReLU(W_2 ReLU(c_b + W_1s GAP(s_b) + W_1u GAP(u_b)) + b_2) + b_3), the unit's
+ * scores for a group of g samples (maps of s_size and u_size floats each). */
+static int score_group(const struct iamnn_unit *w, long g, const float *context, const float *s, long s_rows,
+                       long s_size, const float *u, long u_rows, long u_size, float *h) {
+    const long n = w->hidden, cs = w->s_channels, cu = w->u_channels;
+    float *buf = malloc(sizeof(float) * (size_t)(g * (cs + cu + 2 * n)));
+    if (!buf) return 1;
+    float *gs = buf, *gu = gs + g * cs, *z1 = gu + g * cu, *z2 = z1 + g * n;
+    for (long b = 0; b < g; b++) {
+        channel_means(s_rows, cs, s + b * s_size, gs + b * cs);
+        channel_means(u_rows, cu, u + b * u_size, gu + b * cu);
+        for (long j = 0; j < n; j++) z1[b * n + j] = context[b * n + j];
+        for (long j = 0; j < n; j++) z2[b * n + j] = w->b2[j];
     }
-    float logit = w->b3;
-    for (long j = 0; j < n; j++) logit += (z2[j] > 0.0f ? z2[j] : 0.0f) * w->w3[j];
-    free(z1);
-    *h = 1.0f / (1.0f + expf(-logit));
+    group_product(g, cs, gs, n, w->w1s_t, z1);
+    group_product(g, cu, gu, n, w->w1u_t, z1);
+    for (long i = 0; i < g * n; i++) z1[i] = z1[i] > 0.0f ? z1[i] : 0.0f;
+    group_product(g, n, z1, n, w->w2_t, z2);
+    for (long b = 0; b < g; b++) {
+        float logit = w->b3;
+        for (long j = 0; j < n; j++) logit += (z2[b * n + j] > 0.0f ? z2[b * n + j] : 0.0f) * w->w3[j];
+        h[b] = 1.0f / (1.0f + expf(-logit));
+    }
+    free(buf);
     return 0;
 }
 
-/* One ACT iteration of a batch of active samples. For each sample b: the score h (from the unit
- * when u is given; else h_in[b], computed by the caller, or h_given for every sample when h_in is
- * NULL too), halting.ACT's rule on float32 numbers, and y = p·s (first) or y += p·s over the
- * sample's map:
+/* One ACT iteration of a batch of active samples. For each sample b: the score h (from the unit,
+ * or h_given when u is NULL), halting.ACT's rule on float32 numbers, and y = p·s (first) or
+ * y += p·s over the sample's map:
  *   halt = cum_h + h >= threshold,  p = halt ? 1 − cum_h : h,  cum_h += h
  * cum_h is updated in place; p and halt (0/1 bytes) are written. A sample's map is read twice
  * while it is still in cache (pooling, then y), and samples run in parallel under OpenMP.
  * Returns how many samples halt, or -1 on failure. */
 long iamnn_act_iteration(const struct iamnn_unit *w, long batch, const float *context, const float *s, long s_rows,
-                         const float *u, long u_rows, const float *h_in, float h_given, float threshold, float *y,
-                         int first,
-                         float *cum_h, float *p, unsigned char *halt) {
+                         const float *u, long u_rows, float h_given, float threshold, float *y, int first, float *cum_h, float *p, unsigned char *halt) {
     const long s_size = labs(s_rows) * w->s_channels, u_size = labs(u_rows) * w->u_channels;
+    const long groups = (batch + GROUP - 1) / GROUP;
     long halted = 0;
     int failed = 0;
 #pragma omp parallel for reduction(+ : halted) reduction(| : failed) if (batch * s_size > PARALLEL_MIN)
-    for (long b = 0; b < batch; b++) {
-        float h = h_in ? h_in[b] : h_given;
-        const float *sb = s + b * s_size;
-        if (u && score(w, context + b * w->hidden, sb, s_rows, u + b * u_size, u_rows, &h)) {
-            failed = 1;
-            continue;
+    for (long group = 0; group < groups; group++) {
+        const long first_b = group * GROUP, g = batch - first_b < GROUP ? batch - first_b : GROUP;
+        float h[GROUP];
+        if (u) {
+            if (score_group(w, g, context + first_b * w->hidden, s + first_b * s_size, s_rows, s_size,
+                            u + first_b * u_size, u_rows, u_size, h)) {
+                failed = 1;
+                continue;
+            }
+        } else {
+            for (long b = 0; b < g; b++) h[b] = h_given;
         }
-        const float total = cum_h[b] + h;
-        const int stop = total >= threshold;
-        const float weight = stop ? 1.0f - cum_h[b] : h;
-        cum_h[b] = total;
-        p[b] = weight;
-        halt[b] = (unsigned char)stop;
-        halted += stop;
-        float *yb = y + b * s_size;
-        if (first)
-            for (long i = 0; i < s_size; i++) yb[i] = weight * sb[i];
-        else
-            for (long i = 0; i < s_size; i++) yb[i] += weight * sb[i];
+        for (long b = first_b; b < first_b + g; b++) {
+            const float total = cum_h[b] + h[b - first_b];
+            const int stop = total >= threshold;
+            const float weight = stop ? 1.0f - cum_h[b] : h[b - first_b];
+            cum_h[b] = total;
+            p[b] = weight;
+            halt[b] = (unsigned char)stop;
+            halted += stop;
+            const float *sb = s + b * s_size;
+            float *yb = y + b * s_size;
+            if (first)
+                for (long i = 0; i < s_size; i++) yb[i] = weight * sb[i];
+            else
+                for (long i = 0; i < s_size; i++) yb[i] += weight * sb[i];
+        }
     }
     return failed ? -1 : halted;
 }

@@ -114,7 +114,7 @@ def library() -> ctypes.CDLL | None:
     unit = ctypes.POINTER(_Unit)
     lib.iamnn_context.argtypes = [unit, long, ptr, long, ptr]
     lib.iamnn_context.restype = ctypes.c_int
-    lib.iamnn_act_iteration.argtypes = [unit, long, ptr, ptr, long, ptr, long, ptr, f32, f32, ptr, ctypes.c_int]
+    lib.iamnn_act_iteration.argtypes = [unit, long, ptr, ptr, long, ptr, long, f32, f32, ptr, ctypes.c_int]
     lib.iamnn_act_iteration.argtypes += [ptr] * 3
     lib.iamnn_act_iteration.restype = long
     return lib
@@ -147,8 +147,9 @@ class PackedUnit:
         # batch 1 (act_one_sample): reused buffers, so that an iteration is one call and no allocation
         self.context = torch.empty(1, self.hidden)
         self.numbers = (ctypes.c_float * 2)()  # [Σ_{i<n} h_i, p_n]
-        self.halt = ctypes.c_ubyte()
+        self.halted = ctypes.c_ubyte()
         self.cum_h, self.p = ctypes.byref(self.numbers), ctypes.byref(self.numbers, 4)
+        self.halt = ctypes.byref(self.halted)
 
 
 _PACKED: weakref.WeakKeyDictionary[nn.Module, PackedUnit] = weakref.WeakKeyDictionary()
@@ -171,24 +172,14 @@ def _packed(stage: nn.Module) -> PackedUnit | None:
 
 class KernelStep:
     """ACT's halting step for one stage through the kernel: :meth:`context` once, then one call per
-    iteration (see ``IterativeStage._batched``).
+    iteration (see ``IterativeStage._batched``)."""
 
-    Up to :attr:`score_max_batch` active samples the kernel also computes the halting unit's
-    scores; above it PyTorch's matrix products do (one GEMM per layer for the batch beats the
-    kernel's per-sample matrix-vector products: measured on 2 cores, shipped model at batch 64,
-    205 against 220 µs for stage 1's whole step and 191 against 114 µs for stage 4's).
-    """
-
-    score_max_batch = 16
-
-    def __init__(self, lib: ctypes.CDLL, packed: PackedUnit, unit: nn.Module, threshold: float, batch: int) -> None:
-        self.lib, self.packed, self.unit, self.threshold = lib, packed, unit, threshold
+    def __init__(self, lib: ctypes.CDLL, packed: PackedUnit, threshold: float, batch: int) -> None:
+        self.lib, self.packed, self.threshold = lib, packed, threshold
         self.p, self.halt = torch.empty(batch), torch.empty(batch, dtype=torch.bool)  # reused every iteration
 
     def context(self, x0: Tensor) -> Tensor:
         """c = W_1x · GAP(x0) + b_1, (B, hidden)."""
-        if len(x0) > self.score_max_batch:
-            return self.unit.context(x0)
         x0 = _readable(x0)
         context = x0.new_empty(len(x0), self.packed.hidden)
         if self.lib.iamnn_context(self.packed.ref, len(x0), x0.data_ptr(), _rows(x0), context.data_ptr()):
@@ -204,22 +195,20 @@ class KernelStep:
         the first iteration; ``cum_h`` (Σ_{i<n} h_i) is updated in place and returned. The
         returned p and halt are overwritten by the next call.
         """
-        batch, h = len(s), None
-        if u is not None and batch > self.score_max_batch:
-            h, u = self.unit(s, context, u), None
         s = _readable(s)
         if u is not None:
             u = _readable(u)
-        first = y is None
-        if first:
-            y = torch.empty_like(s)
-        elif y.stride() != s.stride():  # an index (compaction) may have changed y's layout
-            y = torch.empty_like(s).copy_(y)
+        if y is None:
+            y, first = torch.empty_like(s), True
+        else:
+            first = False
+            if y.stride() != s.stride():  # an index (compaction) may have changed y's layout
+                y = torch.empty_like(s).copy_(y)
+        batch = len(s)
         p, halt = (self.p, self.halt) if batch == len(self.p) else (self.p[:batch], self.halt[:batch])
         n_halt = self.lib.iamnn_act_iteration(
             self.packed.ref, batch, context.data_ptr(), s.data_ptr(), _rows(s),
-            None if u is None else u.data_ptr(), 0 if u is None else _rows(u),
-            None if h is None else h.data_ptr(), float(is_last), self.threshold,
+            None if u is None else u.data_ptr(), 0 if u is None else _rows(u), float(is_last), self.threshold,
             y.data_ptr(), first, cum_h.data_ptr(), p.data_ptr(), halt.data_ptr(),
         )  # fmt: skip
         if n_halt < 0:
@@ -248,7 +237,7 @@ def halting_step(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> KernelS
     dispatch mode counting operators)."""
     lib = library() if _applies(x0, policy) else None
     packed = None if lib is None else _packed(stage)
-    return None if packed is None else KernelStep(lib, packed, stage.halting_unit, policy.threshold, len(x0))
+    return None if packed is None else KernelStep(lib, packed, policy.threshold, len(x0))
 
 
 def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -276,8 +265,8 @@ def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple
         if s_rows is None or u_rows is None or y.stride() != s.stride():
             return None  # a layout the kernel does not read (the folded blocks give none)
         stop = iteration(
-            packed.ref, 1, context, s.data_ptr(), s_rows, u.data_ptr() if wants else None, u_rows, None,
-            float(is_last), threshold, y.data_ptr(), i == 0, cum_h, p, ctypes.byref(halt),
+            packed.ref, 1, context, s.data_ptr(), s_rows, u.data_ptr() if wants else None, u_rows, float(is_last),
+            threshold, y.data_ptr(), i == 0, cum_h, p, halt,
         )  # fmt: skip
         if stop:
             if stop < 0:
