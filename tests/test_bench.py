@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from iamnn.cli import main
+from iamnn.models import act_kernel
 
 
 def _bench_smoke(out: Path, model: str, batch_sizes: str, *extra: str) -> None:
@@ -44,6 +45,9 @@ def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureF
     for key in ("halting_overhead@1", "halting_overhead@4", "halting_overhead_p50@1", "no_halt_bound@4"):
         assert act[key] > 0, key
     assert result["train_step"]["halting_overhead"] > 0
+    # the title says where act's halting steps ran: the C kernel wherever it builds
+    assert result["act_kernel"] == act_kernel.available()
+    assert f"ACT steps in {'C' if result['act_kernel'] else 'PyTorch'}" in printed
 
 
 def test_bench_onnxruntime_smoke(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -53,6 +57,7 @@ def test_bench_onnxruntime_smoke(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert result["runtime"] == "onnxruntime" and len(result["rows"]) == 5
     assert all(r["images_per_s@2"] > 0 for r in result["rows"])
     assert "onnxruntime" in capsys.readouterr().out
+    assert result["act_kernel"] is False  # the graph's own ops, not the kernel
 
 
 def test_the_bench_notices_another_process_on_its_cores() -> None:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .cost import count_params, model_macs
 from .data import datamodule_class
 from .export import OnnxModel, export_onnx
-from .models import IamNN
+from .models import IamNN, act_kernel
 from .models.fold import fold_batchnorm
 from .models.halting import HaltingSpec, ponder_loss
 from .progress import track
@@ -376,6 +376,8 @@ def run_bench(
     result: dict[str, Any] = {
         "rows": rows, "runtime": runtime, "threads": torch.get_num_threads(), "device": str(images.device),
         "disturbance": disturbance.summary(),
+        # whether act's halting steps ran in the C kernel (models/act_kernel.py) or as PyTorch ops
+        "act_kernel": runtime == "torch" and config.fold and images.device.type == "cpu" and act_kernel.available(),
     }  # fmt: skip
     if config.train_batch and labels is not None:
         batch = min(config.train_batch, len(images))

@@ -439,9 +439,12 @@ def _warn_if_disturbed(result: dict) -> None:
 
 
 def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
-    title = (f"iamnn bench ({result['runtime']}): {result['model']} on {result['inputs']}, "
-             f"{result['threads']} threads, device {result['device']}, "
-             f"BN folded: {result['folded_batchnorm']}")  # fmt: skip
+    title = (
+        f"iamnn bench ({result['runtime']}): {result['model']} on {result['inputs']}, "
+        f"{result['threads']} threads, device {result['device']}, "
+        f"BN folded: {result['folded_batchnorm']}"
+        + (f", ACT steps in {'C' if result['act_kernel'] else 'PyTorch'}" if "act_kernel" in result else "")
+    )
     table = Table(title=title)
     # one unit per batch size: batch 1 in ms per image (its median, 95th percentile and, from the
     # throughput loop, its mean, which the latency spikes of a shared machine pull up), larger batches in img/s
