@@ -4,6 +4,7 @@ and on a batch, and a clean fallback when it cannot build."""
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -138,3 +139,21 @@ def test_two_processes_share_one_build(tmp_path, monkeypatch: pytest.MonkeyPatch
         assert built[0].stat().st_mtime_ns == mtime  # not rebuilt
     finally:
         act_kernel.library.cache_clear()
+
+
+@needs_compiler
+def test_threads_sharing_a_model_get_their_own_answers() -> None:
+    """Concurrent batch-1 calls on one folded model (a threaded server) do not share buffers."""
+    x, model = _folded(batch=12)
+    alone = _one_by_one(model, x, "act")
+
+    def one(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            logits, stats = model(x[b : b + 1], return_stats=True)
+        return logits[0], stats.iterations[0]
+
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(one, list(range(len(x))) * 4))
+    for k, (logits, iterations) in enumerate(together):
+        assert torch.equal(iterations, alone[1][k % len(x)])
+        torch.testing.assert_close(logits, alone[0][k % len(x)], atol=1e-5, rtol=1e-5)

@@ -144,12 +144,6 @@ class PackedUnit:
         self.ref = ctypes.byref(self.struct)
         self.hidden = unit.b1.numel()
         self.pointers = pointers
-        # batch 1 (act_one_sample): reused buffers, so that an iteration is one call and no allocation
-        self.context = torch.empty(1, self.hidden)
-        self.numbers = (ctypes.c_float * 2)()  # [Σ_{i<n} h_i, p_n]
-        self.halted = ctypes.c_ubyte()
-        self.cum_h, self.p = ctypes.byref(self.numbers), ctypes.byref(self.numbers, 4)
-        self.halt = ctypes.byref(self.halted)
 
 
 _PACKED: weakref.WeakKeyDictionary[nn.Module, PackedUnit] = weakref.WeakKeyDictionary()
@@ -248,11 +242,15 @@ def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple
     lib = library() if _applies(x0, policy) else None
     packed = None if lib is None else _packed(stage)
     x_rows = None if packed is None else _rows(x0)
-    if x_rows is None or lib.iamnn_context(packed.ref, 1, x0.data_ptr(), x_rows, packed.context.data_ptr()):
+    if x_rows is None:
+        return None
+    context_map = x0.new_empty(1, packed.hidden)  # this call's own buffers: threads may share a model
+    context = context_map.data_ptr()
+    if lib.iamnn_context(packed.ref, 1, x0.data_ptr(), x_rows, context):
         return None
     iteration, step, threshold = lib.iamnn_act_iteration, stage.block.step, policy.threshold
-    context, numbers, cum_h, p, halt = packed.context.data_ptr(), packed.numbers, packed.cum_h, packed.p, packed.halt
-    numbers[0] = 0.0
+    numbers, halted = (ctypes.c_float * 2)(0.0, 0.0), ctypes.c_ubyte()  # [Σ_{i<n} h_i, p_n]; the halt flag
+    cum_h, p, halt = ctypes.byref(numbers), ctypes.byref(numbers, 4), ctypes.byref(halted)
     limit = policy.limit(stage.max_iterations)
     s = y = None
     for i in range(limit):
