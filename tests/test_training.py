@@ -31,6 +31,14 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory, fit_digits) -> Path:
     return fit_digits(tmp_path_factory.mktemp("runs"))
 
 
+@pytest.fixture(scope="module")
+def digits_onnx(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits model exported by ``iamnn export`` (one export serves the tests that read it)."""
+    onnx_path = tmp_path_factory.mktemp("onnx") / "digits.onnx"
+    main(["export", "--weights", str(digits_run / "model.safetensors"), "--format", "onnx", "-o", str(onnx_path)])
+    return onnx_path
+
+
 def test_digits_fit_learns(digits_run: Path) -> None:
     metrics = [r for r in (digits_run / "metrics.csv").read_text().splitlines()[1:]]
     header = (digits_run / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -181,16 +189,14 @@ def test_every_recipe_parses(capsys: pytest.CaptureFixture) -> None:
         assert "class_path: iamnn.data." in printed.out, recipe.name
 
 
-def test_export_onnx_and_predict_with_onnxruntime(digits_run: Path, tmp_path: Path, capsys) -> None:
+def test_export_onnx_and_predict_with_onnxruntime(digits_run: Path, digits_onnx: Path, tmp_path: Path, capsys) -> None:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     for i in (-1, -2, -3):
         Image.fromarray((digits.images[i] * 255 / 16).astype("uint8"), mode="L").save(tmp_path / f"d{-i}.png")
-    weights = digits_run / "model.safetensors"
-    onnx_path = tmp_path / "digits.onnx"
-    main(["export", "--weights", str(weights), "--format", "onnx", "-o", str(onnx_path)])
-    assert onnx_path.is_file() and not list(tmp_path.glob("*.partial"))
+    weights, onnx_path = digits_run / "model.safetensors", digits_onnx
+    assert onnx_path.is_file() and not list(onnx_path.parent.glob("*.partial"))
     capsys.readouterr()
     main(["predict", "--weights", str(weights), "--json", str(tmp_path)])
     with_torch = json.loads(capsys.readouterr().out)["predictions"]
@@ -243,16 +249,16 @@ def test_shipped_weights_load_without_network() -> None:
     assert stats.macs.float().mean() < model.max_macs((28, 28))  # it exits early on real images
 
 
-def test_onnx_export_of_trained_model_matches_pytorch(digits_run: Path, tmp_path: Path) -> None:
+def test_onnx_export_of_trained_model_matches_pytorch(digits_run: Path, digits_onnx: Path) -> None:
     """The digits model trained a few epochs: onnxruntime and PyTorch agree on 64 test inputs."""
-    from iamnn.export import OnnxModel, export_onnx
+    from iamnn.export import OnnxModel
     from iamnn.runs import load_datamodule
 
     model = load_model(digits_run / "model.safetensors")
     dm = load_datamodule(digits_run, test_subset=64)
     x = torch.cat([b for b, _ in dm.test_dataloader()])
     assert len(x) == 64
-    onnx = OnnxModel(export_onnx(model, tmp_path / "digits.onnx", input_size=(16, 16)))
+    onnx = OnnxModel(digits_onnx)  # exported at the run's input size, 16x16
     logits, iterations = onnx(x)
     with torch.no_grad():
         ref, stats = model(x, return_stats=True)
