@@ -270,7 +270,7 @@ def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple
             if stop < 0:
                 return None
             rho = policy.ponder(np.float32(numbers[1]), np.float32(i + 1))  # ACT: p_N + N, in float32
-            return y, torch.tensor([i + 1]), torch.tensor([float(rho)])
+            return y, torch.full((1,), i + 1, dtype=torch.long), torch.full((1,), float(rho))
     raise AssertionError("unreachable: the last iteration always halts")
 
 
