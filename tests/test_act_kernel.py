@@ -157,3 +157,56 @@ def test_threads_sharing_a_model_get_their_own_answers() -> None:
     for k, (logits, iterations) in enumerate(together):
         assert torch.equal(iterations, alone[1][k % len(x)])
         torch.testing.assert_close(logits, alone[0][k % len(x)], atol=1e-5, rtol=1e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("first", [True, False], ids=["first", "accumulate"])
+@pytest.mark.parametrize("upstream", ["same-layout", "other-layout"])
+def test_weighted_add_has_addcmuls_gradients(channels_last: bool, first: bool, upstream: str) -> None:
+    """The training-time y += p·s (one-pass backward in C) == ``torch.addcmul``, values and gradients;
+    a gradient in another layout takes PyTorch's formulas."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    s0, y0 = (torch.randn(6, 8, 5, 5).contiguous(memory_format=fmt) for _ in range(2))
+    p0, r = torch.rand(6), torch.randn(6, 8, 5, 5)
+    if upstream == "same-layout":
+        r = r.contiguous(memory_format=fmt)
+    else:
+        r = r.contiguous(memory_format=torch.contiguous_format if channels_last else torch.channels_last)
+
+    def reference(y: torch.Tensor | None, p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return p[:, None, None, None] * s if y is None else y + p[:, None, None, None] * s
+
+    results = []
+    for add in (act_kernel.weighted_add, reference):
+        y, p, s = (t.clone().requires_grad_() for t in (y0, p0, s0))
+        out = add(None if first else y, p, s)
+        (out * r).sum().backward()
+        results.append((out.detach(), p.grad, s.grad, None if first else y.grad))
+    assert "WeightedAdd" in type(act_kernel.weighted_add(None, p0.requires_grad_(), s0).grad_fn).__name__
+    for got, want in zip(*results, strict=True):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_compiler
+def test_training_gradients_are_the_same_with_and_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step's gradients (ACT, samples halting apart, compaction) do not depend on the kernel."""
+    torch.manual_seed(0)
+    x = torch.randn(12, 3, 16, 16) * torch.logspace(-1, 1, 12)[:, None, None, None]
+    model = spread_halting(iamnn.create_model("iamnn_r34", stem="cifar", num_classes=7, width=1 / 16), x).train()
+    grads = []
+    for built in (True, False):
+        if not built:
+            monkeypatch.setattr(act_kernel, "library", lambda: None)
+        model.zero_grad()
+        torch.manual_seed(1)  # the same BatchNorm batch statistics and halting: the same graph
+        logits, stats = model(x.contiguous(memory_format=torch.channels_last), return_stats=True)
+        (logits.square().mean() + 0.01 * stats.ponder.sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("halting_unit" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-4, msg=name)

@@ -170,3 +170,30 @@ long iamnn_act_iteration(const struct iamnn_unit *w, long batch, const float *co
     }
     return failed ? -1 : halted;
 }
+
+/* The backward of y = y_prev + p·s (training): for each sample, grad_s = p·g and grad_p = Σ g·s
+ * in one pass over g and s. PyTorch's addcmul backward writes the product g·s as a map, sums it,
+ * and multiplies g by p in another pass: twice the memory traffic. */
+void iamnn_weighted_add_backward(long batch, long size, const float *g, const float *s, const float *p,
+                                 float *grad_s, float *grad_p) {
+#pragma omp parallel for if (batch * size > PARALLEL_MIN)
+    for (long b = 0; b < batch; b++) {
+        const float *gb = g + b * size, *sb = s + b * size;
+        float *out = grad_s + b * size;
+        const float w = p[b];
+        float lane[LANES] = {0.0f};
+        long i = 0;
+        for (; i + LANES <= size; i += LANES)
+            for (int l = 0; l < LANES; l++) {
+                lane[l] += gb[i + l] * sb[i + l];
+                out[i + l] = w * gb[i + l];
+            }
+        float acc = 0.0f;
+        for (; i < size; i++) {
+            acc += gb[i] * sb[i];
+            out[i] = w * gb[i];
+        }
+        for (int l = 0; l < LANES; l++) acc += lane[l];
+        grad_p[b] = acc;
+    }
+}

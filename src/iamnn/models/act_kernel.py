@@ -25,6 +25,7 @@ import subprocess
 import warnings
 import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,6 +118,8 @@ def library() -> ctypes.CDLL | None:
     lib.iamnn_act_iteration.argtypes = [unit, long, ptr, ptr, long, ptr, long, f32, f32, ptr, ctypes.c_int]
     lib.iamnn_act_iteration.argtypes += [ptr] * 3
     lib.iamnn_act_iteration.restype = long
+    lib.iamnn_weighted_add_backward.argtypes = [long, long, ptr, ptr, ptr, ptr, ptr]
+    lib.iamnn_weighted_add_backward.restype = None
     return lib
 
 
@@ -277,3 +280,45 @@ def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple
 def available() -> bool:
     """Whether the kernel built on this machine (batch-1 ACT inference of folded models uses it)."""
     return library() is not None
+
+
+class _WeightedAdd(torch.autograd.Function):
+    """y = y_prev + p·s per sample (y_prev None: p·s), whose backward is one kernel pass."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
+        ctx.save_for_backward(p, s)
+        ctx.has_y = y is not None
+        p_map = p[:, None, None, None]
+        return p_map * s if y is None else torch.addcmul(y, p_map, s)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        p, s = ctx.saved_tensors
+        lib = library()
+        if lib is None or g.stride() != s.stride() or g.dtype != s.dtype or _current_dispatch_mode() is not None:
+            grad_p, grad_s = (g * s).sum((1, 2, 3)), g * p[:, None, None, None]  # what addcmul's backward does
+        else:
+            grad_s, grad_p, p = torch.empty_like(s), torch.empty_like(p), p.contiguous()
+            lib.iamnn_weighted_add_backward(
+                len(s), s[0].numel(), g.data_ptr(), s.data_ptr(), p.data_ptr(), grad_s.data_ptr(), grad_p.data_ptr()
+            )
+        return (g if ctx.has_y else None), grad_p, grad_s
+
+
+def weighted_add(y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
+    """y + p·s for (B,) weights p and (B, C, H, W) states s (y None: p·s), differentiable.
+
+    Under autograd on float32 CPU maps its backward is one kernel pass (measured on 2 cores, three
+    iterations at 128x32x28x28, forward and backward: 11 against 18 ms for ``torch.addcmul``);
+    elsewhere, and when the kernel did not build, it is ``addcmul`` itself.
+    """
+    p_map = p[:, None, None, None]
+    if (
+        not torch.is_grad_enabled() or s.device.type != "cpu" or s.dtype != torch.float32 or p.dtype != s.dtype
+        or _rows(s) is None or (y is not None and y.stride() != s.stride())
+        or _current_dispatch_mode() is not None or library() is None
+    ):  # fmt: skip
+        return p_map * s if y is None else torch.addcmul(y, p_map, s)
+    return _WeightedAdd.apply(y, p, s)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import SqueezeExcitation
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
-from .act_kernel import KernelStep, act_one_sample, halting_step
+from .act_kernel import KernelStep, act_one_sample, halting_step, weighted_add
 from .halting import HaltingPolicy, HaltingSpec, initial_states, normalize_halting, stage_policies
 from .halting_unit import HaltingUnit
 
@@ -255,13 +255,10 @@ class IterativeStage(nn.Module):
                 h = self.halting_unit(s, context, u) if wants else x0.new_full((len(x0),), float(is_last))
                 p, halt, next_state = policy.step(state, h)
                 # y = Σ_n p_n · s_n, accumulated while the sample is active (one fused pass per iteration)
-                p_map = p[:, None, None, None]
-                if y_active is None:
-                    y_active = p_map * s
-                elif torch.is_grad_enabled():
-                    y_active = torch.addcmul(y_active, p_map, s)
+                if y_active is None or torch.is_grad_enabled():  # training: its backward is one kernel pass
+                    y_active = weighted_add(y_active, p, s)
                 else:  # in place: no fresh (uncached) buffer for every iteration's output
-                    y_active.addcmul_(p_map, s)
+                    y_active.addcmul_(p[:, None, None, None], s)
                 n_halt = len(halt) if is_last else int(halt.sum())  # the one host sync of an iteration
             if n_halt == 0:
                 state = next_state
