@@ -210,3 +210,22 @@ def test_training_gradients_are_the_same_with_and_without_the_kernel(monkeypatch
     assert grads[0].keys() == grads[1].keys() and any("halting_unit" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+@needs_compiler
+def test_replaced_weights_are_packed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel holds pointers to the halting units' tensors: when ``.to()`` replaces them (or a
+    bias changes in place), it reads the new ones, never freed memory or a stale copy."""
+    x, model = _folded(batch=6)
+    before = _one_by_one(model, x, "act")
+    model.to(torch.float64).to(torch.float32)  # every buffer is a new tensor now
+    torch.testing.assert_close(_one_by_one(model, x, "act")[0], before[0], atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        for stage in model.stages:
+            stage.halting_unit.b3 += 2.0  # higher scores: samples stop earlier
+    after = _one_by_one(model, x, "act")
+    assert after[1].sum() < before[1].sum()
+    monkeypatch.setattr(act_kernel, "library", lambda: None)
+    reference = _one_by_one(model, x, "act")
+    assert torch.equal(after[1], reference[1])
+    torch.testing.assert_close(after[0], reference[0], atol=1e-5, rtol=1e-5)

@@ -18,8 +18,7 @@
 /* A folded halting unit (fold.py FoldedHaltingUnit), weights as (in, out) row-major float32. */
 struct iamnn_unit {
     long hidden, s_channels, u_channels, x_channels;
-    const float *w1s_t, *w1u_t, *w1x_t, *b1, *w2_t, *b2, *w3;
-    float b3;
+    const float *w1s_t, *w1u_t, *w1x_t, *b1, *w2_t, *b2, *w3, *b3;
 };
 
 /* sums[k] = mean over the pixels of channel k of one sample's map. */
@@ -118,7 +117,7 @@ static int score_group(const struct iamnn_unit *w, long g, const float *context,
     for (long i = 0; i < g * n; i++) z1[i] = z1[i] > 0.0f ? z1[i] : 0.0f;
     group_product(g, n, z1, n, w->w2_t, z2);
     for (long b = 0; b < g; b++) {
-        float logit = w->b3;
+        float logit = w->b3[0];
         for (long j = 0; j < n; j++) logit += (z2[b * n + j] > 0.0f ? z2[b * n + j] : 0.0f) * w->w3[j];
         h[b] = 1.0f / (1.0f + expf(-logit));
     }

@@ -1,16 +1,18 @@
-r"""ACT at batch 1 in one C call per iteration: the halting machinery without operator dispatch.
+r"""ACT's halting step in C: the halting machinery without operator dispatch.
 
-At batch 1 an iteration's convolutions take 50–150 µs, and the halting step after it is about
-fifteen tiny operator calls (pooling of s and u, three small matrix products, ReLUs, a sigmoid,
-ACT's rule, ``y += p·s``) that cost more in dispatch than in arithmetic: measured on 2 cores, the
-shipped model spent 1.45–1.55x the time of "no-halt" (the same iterations with no halting). Here
-:func:`act_one_sample` runs that step as one call into ``act_kernel.c`` (compiled on first use with
-the system's C compiler, cached under ``~/.cache/iamnn/kernels``), for a BatchNorm-folded model
-(``fold.py``) under the paper's policy, :class:`~iamnn.models.halting.ACT`.
+After each iteration of an ACT stage, PyTorch runs about twenty small operator calls (pooling of s
+and u, the halting unit's three layers, ReLUs, a sigmoid, ACT's rule, ``y += p·s``, counting the
+halted samples) that at these sizes cost more in dispatch than in arithmetic: measured on 2 cores,
+the shipped model spent 1.58–1.70x the time of "no-halt" (the same iterations with no halting) at
+batch 1. For a BatchNorm-folded model (``fold.py``) under the paper's policy,
+:class:`~iamnn.models.halting.ACT`, at inference, that step is one call into ``act_kernel.c``:
+:func:`act_one_sample` at batch 1, :class:`KernelStep` for a batch. In training,
+:func:`weighted_add` gives ``y += p·s`` a backward of one pass. The C source is compiled on first
+use with the system's C compiler and cached under ``~/.cache/iamnn/kernels``.
 
 It is an optimisation, never a requirement: with no C compiler, on another device or dtype, for
-another policy, or with ``IAMNN_KERNELS=0`` in the environment, the stage takes its PyTorch path;
-tests check that both give the same iterations, output and ponder cost.
+another policy, or with ``IAMNN_KERNELS=0`` in the environment, the PyTorch ops run; tests check
+that both give the same iterations, outputs, ponder costs and gradients.
 """
 
 from __future__ import annotations
@@ -52,8 +54,7 @@ class _Unit(ctypes.Structure):
     """``struct iamnn_unit`` of act_kernel.c."""
 
     _fields_ = [(name, ctypes.c_long) for name in ("hidden", "s_channels", "u_channels", "x_channels")]
-    _fields_ += [(name, ctypes.c_void_p) for name in ("w1s_t", "w1u_t", "w1x_t", "b1", "w2_t", "b2", "w3")]
-    _fields_ += [("b3", ctypes.c_float)]
+    _fields_ += [(name, ctypes.c_void_p) for name in ("w1s_t", "w1u_t", "w1x_t", "b1", "w2_t", "b2", "w3", "b3")]
 
 
 def cache_dir() -> Path:
@@ -109,7 +110,7 @@ def library() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(_compile(compiler)))
     except (OSError, subprocess.SubprocessError) as err:
-        warnings.warn(f"iamnn: the batch-1 ACT kernel did not build, using PyTorch ({err})", stacklevel=2)
+        warnings.warn(f"iamnn: the ACT kernel did not build, using PyTorch ops ({err})", stacklevel=2)
         return None
     long, ptr, f32 = ctypes.c_long, ctypes.c_void_p, ctypes.c_float
     unit = ctypes.POINTER(_Unit)
@@ -135,18 +136,24 @@ def _rows(x: Tensor) -> int | None:
 
 
 class PackedUnit:
-    """A folded halting unit's weights as the kernel's struct (the tensors are the unit's own)."""
+    """A folded halting unit's weights as the kernel's struct: pointers to the unit's own tensors,
+    so that the kernel reads them as they are now (a tensor replaced, e.g. by ``.to()``, is
+    noticed by :func:`_packed`, which packs again)."""
 
     def __init__(self, unit: nn.Module, in_channels: int, out_channels: int) -> None:
-        self.weights = [unit.w1s_t, unit.w1u_t, unit.w1x_t, unit.b1, unit.w2_t, unit.b2, unit.w3_t]
+        self.weights = _weights(unit)  # kept alive while the struct points at them
         if not all(w.dtype == torch.float32 and w.device.type == "cpu" and w.is_contiguous() for w in self.weights):
             raise ValueError("the kernel takes contiguous float32 CPU weights")
         pointers = [w.data_ptr() for w in self.weights]
-        self.struct = _Unit(unit.b1.numel(), out_channels, unit.w1u_t.shape[0], in_channels, *pointers,
-                            float(unit.b3))  # fmt: skip
+        self.struct = _Unit(unit.b1.numel(), out_channels, unit.w1u_t.shape[0], in_channels, *pointers)
         self.ref = ctypes.byref(self.struct)
         self.hidden = unit.b1.numel()
         self.pointers = pointers
+
+
+def _weights(unit: nn.Module) -> list[Tensor]:
+    """The folded halting unit's tensors, in ``struct iamnn_unit``'s order."""
+    return [unit.w1s_t, unit.w1u_t, unit.w1x_t, unit.b1, unit.w2_t, unit.b2, unit.w3_t, unit.b3]
 
 
 _PACKED: weakref.WeakKeyDictionary[nn.Module, PackedUnit] = weakref.WeakKeyDictionary()
@@ -159,7 +166,7 @@ def _packed(stage: nn.Module) -> PackedUnit | None:
     if not hasattr(unit, "w1s_t"):
         return None
     packed = _PACKED.get(unit)
-    if packed is None or packed.pointers != [w.data_ptr() for w in packed.weights]:  # weights moved: repack
+    if packed is None or packed.pointers != [w.data_ptr() for w in _weights(unit)]:  # replaced: pack again
         try:
             packed = _PACKED[unit] = PackedUnit(unit, stage.in_channels, stage.out_channels)
         except ValueError:  # weights of another dtype or device
@@ -278,7 +285,7 @@ def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple
 
 
 def available() -> bool:
-    """Whether the kernel built on this machine (batch-1 ACT inference of folded models uses it)."""
+    """Whether the kernel built on this machine (folded models under ACT then use it)."""
     return library() is not None
 
 
