@@ -1,4 +1,5 @@
-/* ACT's per-iteration work at inference, in one call (see act_kernel.py).
+/* ACT's per-iteration work at inference in one call, and the backward of y += p·s in training
+ * in one pass (see act_kernel.py).
  *
  * In eager PyTorch a halting step is about twenty small operator calls (pooling of s, three small
  * matrix products, ReLUs, a sigmoid, the ACT rule, y += p·s, counting the halted), each costing
@@ -133,7 +134,8 @@ static int score_group(const struct iamnn_unit *w, long g, const float *context,
  * while it is still in cache (pooling, then y), and samples run in parallel under OpenMP.
  * Returns how many samples halt, or -1 on failure. */
 long iamnn_act_iteration(const struct iamnn_unit *w, long batch, const float *context, const float *s, long s_rows,
-                         const float *u, long u_rows, float h_given, float threshold, float *y, int first, float *cum_h, float *p, unsigned char *halt) {
+                         const float *u, long u_rows, float h_given, float threshold, float *y, int first,
+                         float *cum_h, float *p, unsigned char *halt) {
     const long s_size = labs(s_rows) * w->s_channels, u_size = labs(u_rows) * w->u_channels;
     const long groups = (batch + GROUP - 1) / GROUP;
     long halted = 0;
