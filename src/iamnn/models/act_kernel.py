@@ -178,15 +178,14 @@ class KernelStep:
     """ACT's halting step for one stage through the kernel: :meth:`context` once, then one call per
     iteration (see ``IterativeStage._batched``)."""
 
-    def __init__(self, lib: ctypes.CDLL, packed: PackedUnit, threshold: float, batch: int) -> None:
+    def __init__(self, lib: ctypes.CDLL, packed: PackedUnit, threshold: float) -> None:
         self.lib, self.packed, self.threshold = lib, packed, threshold
-        self.p, self.halt = torch.empty(batch), torch.empty(batch, dtype=torch.bool)  # reused every iteration
 
     def context(self, x0: Tensor) -> Tensor:
         """c = W_1x · GAP(x0) + b_1, (B, hidden)."""
-        x0 = _readable(x0)
+        x0, x_rows = _readable(x0)
         context = x0.new_empty(len(x0), self.packed.hidden)
-        if self.lib.iamnn_context(self.packed.ref, len(x0), x0.data_ptr(), _rows(x0), context.data_ptr()):
+        if self.lib.iamnn_context(self.packed.ref, len(x0), x0.data_ptr(), x_rows, context.data_ptr()):
             raise MemoryError("iamnn: the ACT kernel could not allocate its buffers")
         return context
 
@@ -196,33 +195,33 @@ class KernelStep:
         """One iteration: ``(y, p, halt, next state, how many halt)``, as the PyTorch step's.
 
         ``u`` None: no halting call (h := 1 at the stage's last iteration, else 0); ``y`` None at
-        the first iteration; ``cum_h`` (Σ_{i<n} h_i) is updated in place and returned. The
-        returned p and halt are overwritten by the next call.
+        the first iteration; ``cum_h`` (Σ_{i<n} h_i) is updated in place and returned.
         """
-        s = _readable(s)
-        if u is not None:
-            u = _readable(u)
-        if y is None:
-            y, first = torch.empty_like(s), True
-        else:
-            first = False
-            if y.stride() != s.stride():  # an index (compaction) may have changed y's layout
-                y = torch.empty_like(s).copy_(y)
-        batch = len(s)
-        p, halt = (self.p, self.halt) if batch == len(self.p) else (self.p[:batch], self.halt[:batch])
+        s, s_rows = _readable(s)
+        u, u_rows = (None, 0) if u is None else _readable(u)
+        first = y is None
+        if first:
+            y = torch.empty_like(s)
+        elif y.stride() != s.stride():  # an index (compaction) may have changed y's layout
+            y = torch.empty_like(s).copy_(y)
+        p, halt = torch.empty_like(cum_h), torch.empty(len(s), dtype=torch.bool)
         n_halt = self.lib.iamnn_act_iteration(
-            self.packed.ref, batch, context.data_ptr(), s.data_ptr(), _rows(s),
-            None if u is None else u.data_ptr(), 0 if u is None else _rows(u), float(is_last), self.threshold,
-            y.data_ptr(), first, cum_h.data_ptr(), p.data_ptr(), halt.data_ptr(),
+            self.packed.ref, len(s), context.data_ptr(), s.data_ptr(), s_rows, None if u is None else u.data_ptr(),
+            u_rows, float(is_last), self.threshold, y.data_ptr(), first, cum_h.data_ptr(), p.data_ptr(),
+            halt.data_ptr(),
         )  # fmt: skip
         if n_halt < 0:
             raise MemoryError("iamnn: the ACT kernel could not allocate its buffers")
         return y, p, halt, cum_h, n_halt
 
 
-def _readable(x: Tensor) -> Tensor:
-    """``x`` in a layout the kernel reads (it already is, from the folded blocks)."""
-    return x if _rows(x) is not None else x.contiguous()
+def _readable(x: Tensor) -> tuple[Tensor, int]:
+    """``x`` in a layout the kernel reads (it already is, from the folded blocks), and its rows."""
+    rows = _rows(x)
+    if rows is None:
+        x = x.contiguous()
+        rows = _rows(x)
+    return x, rows
 
 
 def _applies(x0: Tensor, policy: HaltingPolicy) -> bool:
@@ -241,7 +240,7 @@ def halting_step(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> KernelS
     dispatch mode counting operators)."""
     lib = library() if _applies(x0, policy) else None
     packed = None if lib is None else _packed(stage)
-    return None if packed is None else KernelStep(lib, packed, policy.threshold, len(x0))
+    return None if packed is None else KernelStep(lib, packed, policy.threshold)
 
 
 def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -289,6 +288,12 @@ def available() -> bool:
     return library() is not None
 
 
+def _add_weighted(y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
+    """y + p·s per sample in PyTorch ops (y None: p·s)."""
+    p_map = p[:, None, None, None]
+    return p_map * s if y is None else torch.addcmul(y, p_map, s)
+
+
 class _WeightedAdd(torch.autograd.Function):
     """y = y_prev + p·s per sample (y_prev None: p·s), whose backward is one kernel pass."""
 
@@ -296,8 +301,7 @@ class _WeightedAdd(torch.autograd.Function):
     def forward(ctx: Any, y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
         ctx.save_for_backward(p, s)
         ctx.has_y = y is not None
-        p_map = p[:, None, None, None]
-        return p_map * s if y is None else torch.addcmul(y, p_map, s)
+        return _add_weighted(y, p, s)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -321,11 +325,10 @@ def weighted_add(y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
     iterations at 128x32x28x28, forward and backward: 11 against 18 ms for ``torch.addcmul``);
     elsewhere, and when the kernel did not build, it is ``addcmul`` itself.
     """
-    p_map = p[:, None, None, None]
     if (
         not torch.is_grad_enabled() or s.device.type != "cpu" or s.dtype != torch.float32 or p.dtype != s.dtype
         or _rows(s) is None or (y is not None and y.stride() != s.stride())
         or _current_dispatch_mode() is not None or library() is None
     ):  # fmt: skip
-        return p_map * s if y is None else torch.addcmul(y, p_map, s)
+        return _add_weighted(y, p, s)
     return _WeightedAdd.apply(y, p, s)
