@@ -65,18 +65,18 @@ def test_kernel_gives_the_pytorch_paths_answers(
     x, model = _folded(channels_last=channels_last, name=name)
     used: dict[str, list[object]] = {"act_one_sample": [], "halting_step": []}
 
-    def spy(name: str) -> object:
+    def spy(path: str) -> object:
         def run(*args: object) -> object:
-            used[name].append(getattr(act_kernel, name)(*args))
-            return used[name][-1]
+            used[path].append(getattr(act_kernel, path)(*args))
+            return used[path][-1]
 
         return run
 
-    for name in used:
-        monkeypatch.setattr(f"iamnn.models.iamnn.{name}", spy(name))
+    for path in used:
+        monkeypatch.setattr(f"iamnn.models.iamnn.{path}", spy(path))
     kernel_runs = _one_by_one(model, x, policy), _batched(model, x, policy)
-    for name, results in used.items():  # batch 1 took act_one_sample, the batch halting_step
-        assert results and all(r is not None for r in results), f"the kernel did not run ({name})"
+    for path, results in used.items():  # batch 1 took act_one_sample, the batch halting_step
+        assert results and all(r is not None for r in results), f"the kernel did not run ({path})"
     monkeypatch.setattr(act_kernel, "library", lambda: None)
     reference = _one_by_one(model, x, policy)
     if policy.min_iterations == 0:  # (with a minimum, the mobile model's samples all take 3/2/6/3)
@@ -89,9 +89,9 @@ def test_kernel_gives_the_pytorch_paths_answers(
 
 
 @needs_compiler
-def test_kernel_stays_out_of_what_it_does_not_cover(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Other policies, unfolded models, float64 and autograd take the PyTorch path."""
-    x, folded = _folded(batch=2)
+def test_kernel_stays_out_of_what_it_does_not_cover() -> None:
+    """Other policies, unfolded models, float64, autograd and an operator counter take the PyTorch path."""
+    _, folded = _folded(batch=2)
     stage, x0 = folded.stages[0], torch.randn(1, folded.stages[0].in_channels, 8, 8)
     with torch.inference_mode():
         unfolded = iamnn.create_model("iamnn_r34", stem="cifar", num_classes=7, width=1 / 16).eval()
