@@ -234,13 +234,19 @@ def _applies(x0: Tensor, policy: HaltingPolicy) -> bool:
     )  # fmt: skip
 
 
+def _kernel_for(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple[ctypes.CDLL, PackedUnit] | None:
+    """The library and the stage's packed halting unit, where the kernel applies to this call."""
+    lib = library() if _applies(x0, policy) else None
+    packed = None if lib is None else _packed(stage)
+    return None if packed is None else (lib, packed)
+
+
 def halting_step(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> KernelStep | None:
     """The kernel's halting step for ``stage`` under ``policy``, or None where it does not apply
     (another policy, an unfolded halting unit, autograd, not float32 on the CPU, no build, a
     dispatch mode counting operators)."""
-    lib = library() if _applies(x0, policy) else None
-    packed = None if lib is None else _packed(stage)
-    return None if packed is None else KernelStep(lib, packed, policy.threshold)
+    kernel = _kernel_for(stage, x0, policy)
+    return None if kernel is None else KernelStep(*kernel, policy.threshold)
 
 
 def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -248,11 +254,11 @@ def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple
     not apply. The lean twin of :class:`KernelStep` for a single sample: at batch 1 every Python
     line between two iterations' convolutions shows in the latency (measured on 2 cores with
     other models run in between, as ``iamnn bench`` does: about 20 µs a line-heavy call)."""
-    lib = library() if _applies(x0, policy) else None
-    packed = None if lib is None else _packed(stage)
-    x_rows = None if packed is None else _rows(x0)
+    kernel = _kernel_for(stage, x0, policy)
+    x_rows = None if kernel is None else _rows(x0)
     if x_rows is None:
         return None
+    lib, packed = kernel
     context_map = x0.new_empty(1, packed.hidden)  # this call's own buffers: threads may share a model
     context = context_map.data_ptr()
     if lib.iamnn_context(packed.ref, 1, x0.data_ptr(), x_rows, context):
