@@ -102,6 +102,16 @@ def test_graph_keeps_a_data_dependent_loop_per_stage(act_onnx: Path) -> None:
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
 
 
+def test_act_with_min_iterations_matches_pytorch(act_model: IamNN, tmp_path: Path) -> None:
+    """Iterations before ``min_iterations`` get no score (the policy's ``wants_score``), as in PyTorch:
+    with 3, iteration 1 (before the Loop) and iteration 2 (inside it) are unscored."""
+    least = 3
+    halting = iamnn.ACT(min_iterations=least)
+    path = export_onnx(act_model, tmp_path / "min.onnx", input_size=HW, halting=halting)
+    iterations = _assert_matches(act_model, OnnxModel(path, threads=1), _varied_input(16), halting=halting)
+    assert (iterations >= least).all() and len(np.unique(iterations)) > 1
+
+
 def test_config_is_stored_in_the_onnx_file(act_onnx: Path) -> None:
     assert OnnxModel(act_onnx).config == CONFIG
 

@@ -93,11 +93,15 @@ class ExportableStage(nn.Module):
 
         # the policy's step after the first iteration
         context = self.halting_unit.context(x0)  # the halting unit's view of x0, once per stage
-        h = self.halting_unit(s, context, u)
+        h = self.halting_unit(s, context, u) if policy.wants_score(0) else torch.zeros_like(n, dtype=s.dtype)
         p, halt, state = policy.step(initial_states(policy, x0), h)
         y = p[:, None, None, None] * s
         active = ~halt
         last = self.iterations - 1
+        # where the policy wants no score (e.g. ACT's min_iterations) the step gets 0: a 0/1 table
+        # indexed by i, in the graph only if some iteration is unscored
+        scored = [float(policy.wants_score(j)) for j in range(self.iterations)]
+        table = None if min(scored[1:last] or [1.0]) else torch.tensor(scored, device=x0.device)
 
         def cond(i: Tensor, s: Tensor, y: Tensor, state: Tensor, n: Tensor, active: Tensor) -> Tensor:
             return active.any()
@@ -108,6 +112,8 @@ class ExportableStage(nn.Module):
             u = self._block(torch.cat([x0, s], 1), i)
             s = update(s, u)
             h = self.halting_unit(s, context, u)  # also run at the last iteration, where h_{N_k} := 1
+            if table is not None:
+                h = h * table.index_select(0, i)
             p, halt, next_state = policy.step(state, torch.where(i == last, 1.0, h))
             y = torch.where(active[:, None, None, None], y + p[:, None, None, None] * s, y)
             n = torch.where(active, n + 1, n)
