@@ -193,6 +193,39 @@ def test_weighted_add_has_addcmuls_gradients(channels_last: bool, first: bool, u
 
 
 @needs_compiler
+@pytest.mark.parametrize("first", [True, False], ids=["from-zero", "residual"])
+@pytest.mark.parametrize("upstream", ["same-layout", "other-layout"])
+def test_pooled_update_has_pytorchs_values_and_gradients(first: bool, upstream: str) -> None:
+    """Training's s = ReLU(s_prev + u) with GAP(s) and GAP(u) in one pass == the PyTorch ops, values
+    and gradients (a gradient for every output, some of s's entries exactly 0 after the ReLU)."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last
+    s0, u0 = (torch.randn(6, 16, 5, 5).contiguous(memory_format=fmt) for _ in range(2))
+    r, rs, ru = torch.randn(6, 16, 5, 5), torch.randn(6, 16), torch.randn(6, 16)
+    r = r.contiguous(memory_format=fmt if upstream == "same-layout" else torch.contiguous_format)
+
+    def reference(s_prev: torch.Tensor | None, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = torch.relu(u if s_prev is None else s_prev + u)
+        return s, s.mean((2, 3)), u.mean((2, 3))
+
+    results = []
+    for update in (act_kernel.pooled_relu_update, reference):
+        s_prev, u = (t.clone().requires_grad_() for t in (s0, u0))
+        s, s_gap, u_gap = update(None if first else s_prev, u)
+        ((s * r).sum() + (s_gap * rs).sum() + (u_gap * ru).sum()).backward()
+        results.append((s.detach(), s_gap.detach(), u_gap.detach(), u.grad, None if first else s_prev.grad))
+    assert "PooledUpdate" in type(act_kernel.pooled_relu_update(None, u0.requires_grad_())[0].grad_fn).__name__
+    for got, want in zip(*results, strict=True):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # inference, another layout: the PyTorch path
+        assert act_kernel.pooled_relu_update(None, u0) is None
+    assert act_kernel.pooled_relu_update(None, u0.contiguous().requires_grad_()) is None
+
+
+@needs_compiler
 def test_training_gradients_are_the_same_with_and_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step's gradients (ACT, samples halting apart, compaction) do not depend on the kernel."""
     torch.manual_seed(0)

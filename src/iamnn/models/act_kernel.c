@@ -1,5 +1,5 @@
-/* ACT's per-iteration work at inference in one call, and the backward of y += p·s in training
- * in one pass (see act_kernel.py).
+/* ACT's per-iteration work at inference in one call; in training, the residual update with the
+ * poolings the halting unit reads, and the backward of y += p·s, each in one pass (see act_kernel.py).
  *
  * In eager PyTorch a halting step is about twenty small operator calls (pooling of s, three small
  * matrix products, ReLUs, a sigmoid, the ACT rule, y += p·s, counting the halted), each costing
@@ -197,4 +197,84 @@ void iamnn_weighted_add_backward(long batch, long size, const float *g, const fl
         for (int l = 0; l < LANES; l++) acc += lane[l];
         grad_p[b] = acc;
     }
+}
+
+/* Training, channels-last maps of `pixels` x c floats a sample: s = ReLU(s_prev + u) (s_prev NULL:
+ * the zero state) and the spatial means of s and u, in one pass over the maps. PyTorch writes the
+ * sum, then the ReLU, then reads each map again for its mean. */
+static void pooled_update_sample(long pixels, long c, const float *restrict s_prev, const float *restrict u,
+                                 float *restrict s, float *restrict s_mean, float *restrict u_mean) {
+    for (long k = 0; k < c; k++) s_mean[k] = u_mean[k] = 0.0f;
+    for (long q = 0; q < pixels; q++) {
+        const float *restrict uq = u + q * c;
+        const float *restrict pq = s_prev ? s_prev + q * c : uq;
+        const float keep = s_prev ? 1.0f : 0.0f; /* s_0 = 0 adds nothing */
+        float *restrict sq = s + q * c;
+        for (long k = 0; k < c; k++) {
+            float v = uq[k] + keep * pq[k];
+            v = v > 0.0f ? v : 0.0f;
+            sq[k] = v;
+            s_mean[k] += v;
+            u_mean[k] += uq[k];
+        }
+    }
+    const float inv = 1.0f / (float)pixels;
+    for (long k = 0; k < c; k++) {
+        s_mean[k] *= inv;
+        u_mean[k] *= inv;
+    }
+}
+
+void iamnn_pooled_update(long batch, long pixels, long c, const float *s_prev, const float *u, float *s,
+                         float *s_mean, float *u_mean) {
+#pragma omp parallel for if (batch * pixels * c > PARALLEL_MIN)
+    for (long b = 0; b < batch; b++) {
+        const long at = b * pixels * c;
+        pooled_update_sample(pixels, c, s_prev ? s_prev + at : NULL, u + at, s + at, s_mean + b * c, u_mean + b * c);
+    }
+}
+
+/* Its backward, one pass: with g the gradient reaching s and g_sm, g_um those of the means,
+ *   grad_s_prev = (g + g_sm / pixels) · [s > 0],   grad_u = grad_s_prev + g_um / pixels
+ * (grad_s_prev NULL: not wanted). PyTorch adds each mean's broadcast gradient to a map, then
+ * applies the ReLU's mask: three passes more. */
+static void pooled_update_backward_sample(long pixels, long c, const float *restrict g, const float *restrict s,
+                                          const float *restrict ds, const float *restrict du,
+                                          float *restrict grad_u, float *restrict grad_prev) {
+    for (long q = 0; q < pixels; q++) {
+        const float *restrict gq = g + q * c, *restrict sq = s + q * c;
+        float *restrict uq = grad_u + q * c;
+        if (grad_prev) {
+            float *restrict pq = grad_prev + q * c;
+            for (long k = 0; k < c; k++) {
+                const float v = sq[k] > 0.0f ? gq[k] + ds[k] : 0.0f;
+                pq[k] = v;
+                uq[k] = v + du[k];
+            }
+        } else {
+            for (long k = 0; k < c; k++) uq[k] = (sq[k] > 0.0f ? gq[k] + ds[k] : 0.0f) + du[k];
+        }
+    }
+}
+
+int iamnn_pooled_update_backward(long batch, long pixels, long c, const float *g, const float *s,
+                                 const float *g_s_mean, const float *g_u_mean, float *grad_u, float *grad_prev) {
+    int failed = 0;
+#pragma omp parallel for reduction(| : failed) if (batch * pixels * c > PARALLEL_MIN)
+    for (long b = 0; b < batch; b++) {
+        float *scaled = malloc(sizeof(float) * (size_t)(2 * c));
+        if (!scaled) {
+            failed = 1;
+            continue;
+        }
+        for (long k = 0; k < c; k++) {
+            scaled[k] = g_s_mean[b * c + k] / (float)pixels;
+            scaled[c + k] = g_u_mean[b * c + k] / (float)pixels;
+        }
+        const long at = b * pixels * c;
+        pooled_update_backward_sample(pixels, c, g + at, s + at, scaled, scaled + c, grad_u + at,
+                                      grad_prev ? grad_prev + at : NULL);
+        free(scaled);
+    }
+    return failed;
 }

@@ -121,6 +121,10 @@ def library() -> ctypes.CDLL | None:
     lib.iamnn_act_iteration.restype = long
     lib.iamnn_weighted_add_backward.argtypes = [long, long, ptr, ptr, ptr, ptr, ptr]
     lib.iamnn_weighted_add_backward.restype = None
+    lib.iamnn_pooled_update.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr]
+    lib.iamnn_pooled_update.restype = None
+    lib.iamnn_pooled_update_backward.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.iamnn_pooled_update_backward.restype = ctypes.c_int
     return lib
 
 
@@ -338,3 +342,57 @@ def weighted_add(y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
     ):  # fmt: skip
         return _add_weighted(y, p, s)
     return _WeightedAdd.apply(y, p, s)
+
+
+class _PooledUpdate(torch.autograd.Function):
+    """(s, GAP(s), GAP(u)) with s = ReLU(s_prev + u) on channels-last maps, forward and backward one
+    kernel pass each (``iamnn_pooled_update`` in ``act_kernel.c``)."""
+
+    @staticmethod
+    def forward(ctx: Any, s_prev: Tensor | None, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch, channels, height, width = u.shape
+        s, s_mean, u_mean = torch.empty_like(u), u.new_empty(batch, channels), u.new_empty(batch, channels)
+        library().iamnn_pooled_update(
+            batch, height * width, channels, None if s_prev is None else s_prev.data_ptr(), u.data_ptr(),
+            s.data_ptr(), s_mean.data_ptr(), u_mean.data_ptr(),
+        )  # fmt: skip
+        ctx.save_for_backward(s)
+        ctx.has_prev = s_prev is not None
+        return s, s_mean, u_mean
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: Any, g: Tensor | None, g_s_mean: Tensor | None, g_u_mean: Tensor | None
+    ) -> tuple[Tensor | None, Tensor]:
+        (s,) = ctx.saved_tensors
+        batch, channels, height, width = s.shape
+        g = torch.zeros_like(s) if g is None else g.contiguous(memory_format=torch.channels_last)
+        means = [torch.zeros(batch, channels) if m is None else m.contiguous() for m in (g_s_mean, g_u_mean)]
+        grad_u = torch.empty_like(s)
+        grad_prev = torch.empty_like(s) if ctx.has_prev else None
+        if library().iamnn_pooled_update_backward(
+            batch, height * width, channels, g.data_ptr(), s.data_ptr(), means[0].data_ptr(), means[1].data_ptr(),
+            grad_u.data_ptr(), None if grad_prev is None else grad_prev.data_ptr(),
+        ):  # fmt: skip
+            raise MemoryError("iamnn: the ACT kernel could not allocate its buffers")
+        return grad_prev, grad_u
+
+
+def pooled_relu_update(s_prev: Tensor | None, u: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Training: s = ReLU(s_prev + u) (s_prev None: the zero state) with GAP(s) and GAP(u), the
+    halting unit's inputs, in one pass forward and one backward; None where the kernel does not
+    apply (no build, no autograd, not float32 channels-last CPU maps, a dispatch mode watching).
+
+    Measured on 2 cores, the shipped r34 training step at batch 128 (forward, backward), taking
+    turns with the PyTorch ops: ``act`` about 10 % faster, the fixed schedules unchanged.
+    """
+    channels_last = torch.channels_last
+    if (
+        not torch.is_grad_enabled() or u.device.type != "cpu" or u.dtype != torch.float32 or u.ndim != 4
+        or not u.is_contiguous(memory_format=channels_last) or _current_dispatch_mode() is not None
+        or (s_prev is not None and (s_prev.dtype != u.dtype or s_prev.stride() != u.stride()))
+        or library() is None
+    ):  # fmt: skip
+        return None
+    return _PooledUpdate.apply(s_prev, u)

@@ -42,14 +42,14 @@ class HaltingUnit(nn.Module):
     def forward(self, s: Tensor, x0: Tensor, u: Tensor) -> Tensor:
         """(B, C_s, H, W), (B, C_x, H, W), (B, C_s, H, W) -> (B,) scores in (0, 1).
 
-        x0 and u may also be given as their GAPs, (B, C): x0 is the same at every iteration of a
-        stage, so the stage passes :meth:`context` (x0's GAP), computed once; a BatchNorm-folded
-        block gets u's GAP from its narrower inner map (see ``fold.py``).
+        Each may also be given as its GAP, (B, C): x0 is the same at every iteration of a stage,
+        so the stage passes :meth:`context` (x0's GAP), computed once; a BatchNorm-folded block
+        gets u's GAP from its narrower inner map (see ``fold.py``); in training the stage pools s
+        and u in the pass that forms s (``act_kernel.pooled_relu_update``).
         """
         # GAP of the concatenation == concatenation of the per-tensor GAPs (no (B, C, H, W) copy)
-        x0_gap = x0 if x0.ndim == 2 else global_avg_pool(x0)
-        u_gap = u if u.ndim == 2 else global_avg_pool(u)
-        z = torch.cat([global_avg_pool(s), x0_gap, u_gap], dim=1)
+        s_gap, x0_gap, u_gap = (t if t.ndim == 2 else global_avg_pool(t) for t in (s, x0, u))
+        z = torch.cat([s_gap, x0_gap, u_gap], dim=1)
         z = torch.relu(self.fc1(z))
         z = torch.relu(self.fc2(z))
         return torch.sigmoid(self.fc3(z)).squeeze(1)

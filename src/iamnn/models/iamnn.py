@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import SqueezeExcitation
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
-from .act_kernel import KernelStep, act_one_sample, halting_step, weighted_add
+from .act_kernel import KernelStep, act_one_sample, halting_step, pooled_relu_update, weighted_add
 from .halting import HaltingPolicy, HaltingSpec, initial_states, normalize_halting, stage_policies
 from .halting_unit import HaltingUnit
 
@@ -246,13 +246,13 @@ class IterativeStage(nn.Module):
         for i in range(limit):
             is_last = i == limit - 1
             wants = not is_last and policy.wants_score(i)
-            s, u = self.block.step(x0, s, i, need_u=wants)
+            s, u, s_seen = self._iterate(x0, s, i, wants)
             if kernel is not None:
                 u = u if wants else None
                 y_active, p, halt, next_state, n_halt = kernel(s, u, context, state, y_active, is_last)
             else:
                 # h_{N_k} := 1 at the last iteration (no halting call); 0 where the policy wants no score
-                h = self.halting_unit(s, context, u) if wants else x0.new_full((len(x0),), float(is_last))
+                h = self.halting_unit(s_seen, context, u) if wants else x0.new_full((len(x0),), float(is_last))
                 p, halt, next_state = policy.step(state, h)
                 # y = Σ_n p_n · s_n, accumulated while the sample is active (one fused pass per iteration)
                 if y_active is None or torch.is_grad_enabled():  # training: its backward is one kernel pass
@@ -279,6 +279,22 @@ class IterativeStage(nn.Module):
         order = torch.cat([d[0] for d in done])  # order[j] = full-batch row of the j-th finished sample
         position = torch.empty_like(order).index_copy_(0, order, torch.arange(batch, device=order.device))
         return tuple(torch.cat([d[j] for d in done])[position] for j in (1, 2, 3))  # type: ignore[return-value]
+
+    def _iterate(self, x0: Tensor, s: Tensor | None, i: int, wants: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Iteration ``i``: (s_i, u_i or None, s_i as the halting unit reads it). In training, a
+        bottleneck's update s_i = ReLU(s_{i-1} + u_i) and the GAPs of s_i and u_i the unit reads
+        are one kernel pass (:func:`~iamnn.models.act_kernel.pooled_relu_update`), and u_i, s_i
+        are then given to the unit as their GAPs."""
+        if wants and type(self.block) is ProcessingBlock and torch.is_grad_enabled():
+            u = self.block(x0, s, i)
+            pooled = pooled_relu_update(s, u)
+            if pooled is not None:
+                s, s_gap, u_gap = pooled
+                return s, u_gap, s_gap
+            s = self.block.update(s, u)
+            return s, u, s
+        s, u = self.block.step(x0, s, i, need_u=wants)
+        return s, u, s
 
     def _one_sample(self, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor]:
         """The policy's rule for a single sample at inference, decided on the host.
