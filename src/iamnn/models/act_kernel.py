@@ -7,7 +7,8 @@ the shipped model spent 1.58–1.70x the time of "no-halt" (the same iterations 
 batch 1. For a BatchNorm-folded model (``fold.py``) under the paper's policy,
 :class:`~iamnn.models.halting.ACT`, at inference, that step is one call into ``act_kernel.c``:
 :func:`act_one_sample` at batch 1, :class:`KernelStep` for a batch. In training,
-:func:`weighted_add` gives ``y += p·s`` a backward of one pass. The C source is compiled on first
+:func:`weighted_add` gives ``y += p·s`` a backward of one pass, and :func:`pooled_relu_update`
+forms s = ReLU(s + u) with the poolings the halting unit reads in one pass. The C source is compiled on first
 use with the system's C compiler and cached under ``~/.cache/iamnn/kernels``.
 
 It is an optimisation, never a requirement: with no C compiler, on another device or dtype, for
