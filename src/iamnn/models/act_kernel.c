@@ -207,11 +207,10 @@ static void pooled_update_sample(long pixels, long c, const float *restrict s_pr
     for (long k = 0; k < c; k++) s_mean[k] = u_mean[k] = 0.0f;
     for (long q = 0; q < pixels; q++) {
         const float *restrict uq = u + q * c;
-        const float *restrict pq = s_prev ? s_prev + q * c : uq;
-        const float keep = s_prev ? 1.0f : 0.0f; /* s_0 = 0 adds nothing */
+        const float *restrict pq = s_prev ? s_prev + q * c : NULL; /* NULL: s_0 = 0 adds nothing */
         float *restrict sq = s + q * c;
         for (long k = 0; k < c; k++) {
-            float v = uq[k] + keep * pq[k];
+            float v = pq ? uq[k] + pq[k] : uq[k];
             v = v > 0.0f ? v : 0.0f;
             sq[k] = v;
             s_mean[k] += v;
