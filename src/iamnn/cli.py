@@ -438,12 +438,22 @@ def _warn_if_disturbed(result: dict) -> None:
                   file=sys.stderr)  # fmt: skip
 
 
+def _act_steps(result: dict) -> str:
+    """Where act's halting steps ran: in the C kernel or as PyTorch ops; in onnxruntime, in the graph
+    (the kernel then serves the training-step row only)."""
+    if "act_kernel" not in result:
+        return ""
+    if result["runtime"] != "torch":
+        return ", ACT steps in the ONNX graph"
+    return f", ACT steps in {'C' if result['act_kernel'] else 'PyTorch'}"
+
+
 def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
     title = (
         f"iamnn bench ({result['runtime']}): {result['model']} on {result['inputs']}, "
         f"{result['threads']} threads, device {result['device']}, "
         f"BN folded: {result['folded_batchnorm']}"
-        + (f", ACT steps in {'C' if result['act_kernel'] else 'PyTorch'}" if "act_kernel" in result else "")
+        + _act_steps(result)
     )
     table = Table(title=title)
     # one unit per batch size: batch 1 in ms per image (its median, 95th percentile and, from the
