@@ -452,8 +452,7 @@ def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
     title = (
         f"iamnn bench ({result['runtime']}): {result['model']} on {result['inputs']}, "
         f"{result['threads']} threads, device {result['device']}, "
-        f"BN folded: {result['folded_batchnorm']}"
-        + _act_steps(result)
+        f"BN folded: {result['folded_batchnorm']}" + _act_steps(result)
     )
     table = Table(title=title)
     # one unit per batch size: batch 1 in ms per image (its median, 95th percentile and, from the

@@ -334,6 +334,15 @@ class _WeightedAdd(torch.autograd.Function):
         return (g if ctx.has_y else None), grad_p, grad_s
 
 
+def _trains_in_c(x: Tensor) -> bool:
+    """Whether the training kernels may take ``x``: autograd on, a float32 CPU tensor, no dispatch
+    mode watching every operator, and the library built."""
+    return (
+        torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+        and _current_dispatch_mode() is None and library() is not None
+    )  # fmt: skip
+
+
 def weighted_add(y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
     """y + p·s for (B,) weights p and (B, C, H, W) states s (y None: p·s), differentiable.
 
@@ -342,9 +351,8 @@ def weighted_add(y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
     elsewhere, and when the kernel did not build, it is ``addcmul`` itself.
     """
     if (
-        not torch.is_grad_enabled() or s.device.type != "cpu" or s.dtype != torch.float32 or p.dtype != s.dtype
-        or _rows(s) is None or (y is not None and y.stride() != s.stride())
-        or _current_dispatch_mode() is not None or library() is None
+        not _trains_in_c(s) or p.dtype != s.dtype or _rows(s) is None
+        or (y is not None and y.stride() != s.stride())
     ):  # fmt: skip
         return _add_weighted(y, p, s)
     return _WeightedAdd.apply(y, p, s)
@@ -394,12 +402,9 @@ def pooled_relu_update(s_prev: Tensor | None, u: Tensor) -> tuple[Tensor, Tensor
     rounds taking turns with the PyTorch ops: ``act`` about 3 % faster. The fixed schedules, which
     pool nothing, gained nothing from it and keep the PyTorch ops.
     """
-    channels_last = torch.channels_last
     if (
-        not torch.is_grad_enabled() or u.device.type != "cpu" or u.dtype != torch.float32 or u.ndim != 4
-        or not u.is_contiguous(memory_format=channels_last) or _current_dispatch_mode() is not None
+        not _trains_in_c(u) or u.ndim != 4 or not u.is_contiguous(memory_format=torch.channels_last)
         or (s_prev is not None and (s_prev.dtype != u.dtype or s_prev.stride() != u.stride()))
-        or library() is None
     ):  # fmt: skip
         return None
     return _PooledUpdate.apply(s_prev, u)

@@ -247,8 +247,7 @@ class IterativeStage(nn.Module):
             is_last = i == limit - 1
             wants = not is_last and policy.wants_score(i)
             s, u, s_seen = self._iterate(x0, s, i, wants)
-            if kernel is not None:
-                u = u if wants else None
+            if kernel is not None:  # u is None where the policy wants no score
                 y_active, p, halt, next_state, n_halt = kernel(s, u, context, state, y_active, is_last)
             else:
                 # h_{N_k} := 1 at the last iteration (no halting call); 0 where the policy wants no score
