@@ -162,34 +162,50 @@ def test_threads_sharing_a_model_get_their_own_answers() -> None:
 @needs_compiler
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("first", [True, False], ids=["first", "accumulate"])
+@pytest.mark.parametrize("states", [1, 3])
 @pytest.mark.parametrize("upstream", ["same-layout", "other-layout"])
-def test_weighted_add_has_addcmuls_gradients(channels_last: bool, first: bool, upstream: str) -> None:
-    """The training-time y += p·s (one-pass backward in C) == ``torch.addcmul``, values and gradients;
-    a gradient in another layout takes PyTorch's formulas."""
+def test_weighted_sum_has_addcmuls_values_and_gradients(
+    channels_last: bool, first: bool, states: int, upstream: str
+) -> None:
+    """y + Σ p_j·s_j in one C pass (forward, and backward under autograd) == one ``torch.addcmul``
+    per state, values and gradients; at inference in place, the same float32 numbers; a gradient
+    in another layout is read in the states' layout."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    s0, y0 = (torch.randn(6, 8, 5, 5).contiguous(memory_format=fmt) for _ in range(2))
-    p0, r = torch.rand(6), torch.randn(6, 8, 5, 5)
-    if upstream == "same-layout":
-        r = r.contiguous(memory_format=fmt)
-    else:
-        r = r.contiguous(memory_format=torch.contiguous_format if channels_last else torch.channels_last)
+    y0, *s0 = (
+        torch.randn(6, 8, 13, 11).contiguous(memory_format=fmt) for _ in range(1 + states)
+    )  # 1144 floats a sample: more than one of the kernel's blocks
+    p0, r = [torch.rand(6) for _ in range(states)], torch.randn(6, 8, 13, 11)
+    other = torch.contiguous_format if channels_last else torch.channels_last
+    r = r.contiguous(memory_format=fmt if upstream == "same-layout" else other)
 
-    def reference(y: torch.Tensor | None, p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return p[:, None, None, None] * s if y is None else y + p[:, None, None, None] * s
+    def reference(y: torch.Tensor | None, terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        for p, s in terms:
+            y = p[:, None, None, None] * s if y is None else torch.addcmul(y, p[:, None, None, None], s)
+        return y
 
     results = []
-    for add in (act_kernel.weighted_add, reference):
-        y, p, s = (t.clone().requires_grad_() for t in (y0, p0, s0))
-        out = add(None if first else y, p, s)
+    for add in (act_kernel.weighted_sum, reference):
+        y, ps, ss = (
+            y0.clone().requires_grad_(),
+            [p.clone().requires_grad_() for p in p0],
+            [s.clone().requires_grad_() for s in s0],
+        )
+        out = add(None if first else y, list(zip(ps, ss, strict=True)))
         (out * r).sum().backward()
-        results.append((out.detach(), p.grad, s.grad, None if first else y.grad))
-    assert "WeightedAdd" in type(act_kernel.weighted_add(None, p0.requires_grad_(), s0).grad_fn).__name__
+        results.append((out.detach(), *(p.grad for p in ps), *(s.grad for s in ss), None if first else y.grad))
+    assert "WeightedSum" in type(act_kernel.weighted_sum(None, [(p0[0].requires_grad_(), s0[0])]).grad_fn).__name__
     for got, want in zip(*results, strict=True):
         if want is None:
             assert got is None
         else:
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():  # no autograd: in place into y, the numbers the per-iteration kernel adds
+        y = y0.clone()
+        out = act_kernel.weighted_sum(None if first else y, list(zip(p0, s0, strict=True)))
+        want = reference(None if first else y0.clone(), list(zip(p0, s0, strict=True)))
+        assert first or out.data_ptr() == y.data_ptr()
+        torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-6)
 
 
 @needs_compiler

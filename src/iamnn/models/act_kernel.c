@@ -1,5 +1,6 @@
 /* ACT's per-iteration work at inference in one call; in training, the residual update with the
- * poolings the halting unit reads, and the backward of y += p·s, each in one pass (see act_kernel.py).
+ * poolings the halting unit reads, and the weighted sum of states with its backward, each in one pass
+ * (see act_kernel.py).
  *
  * In eager PyTorch a halting step is about twenty small operator calls (pooling of s, three small
  * matrix products, ReLUs, a sigmoid, the ACT rule, y += p·s, counting the halted), each costing
@@ -175,10 +176,9 @@ long iamnn_act_iteration(const struct iamnn_unit *w, long batch, const float *co
 }
 
 /* y = base + Σ_j p_j·s_j over n maps of `size` floats a sample (base NULL: none; p is n x batch),
- * added in the order iamnn_act_iteration's y += p·s would add them, so the sum is the same float32
+ * added in the order iamnn_act_iteration's y += p·s adds them, so the sum is the same float32
  * number. A batch keeps each iteration's (p, s) and forms the sum here only where samples halt:
- * one pass over the states and y, where accumulating every iteration reads and writes y each time
- * (measured on 2 cores, r34 at batch 64: that y traffic cost ~15 % of the time of the iterations).
+ * one pass over the states and y, where accumulating every iteration reads and writes y each time.
  * Blocks of BLOCK floats stay in L1 between the n maps' passes; y may be base (in place). */
 #define BLOCK 1024
 void iamnn_weighted_sum(long batch, long size, long n, const float *const *maps, const float *p, const float *base,
@@ -204,30 +204,39 @@ void iamnn_weighted_sum(long batch, long size, long n, const float *const *maps,
     }
 }
 
-/* The backward of y = y_prev + p·s (training): for each sample, grad_s = p·g and grad_p = Σ g·s
- * in one pass over g and s. PyTorch's addcmul backward writes the product g·s as a map, sums it,
- * and multiplies g by p in another pass: twice the memory traffic. */
-void iamnn_weighted_add_backward(long batch, long size, const float *g, const float *s, const float *p,
-                                 float *grad_s, float *grad_p) {
-#pragma omp parallel for if (batch * size > PARALLEL_MIN)
+/* Its backward (training): with g the gradient reaching y, for each map j and sample b
+ *   grad_s_j = p_j·g,   grad_p_j = Σ g·s_j
+ * in one pass: a block of g stays in L1 while each map's block is read and its gradient written.
+ * PyTorch's addcmul backward writes the product g·s as a map, sums it, and multiplies g by p in
+ * another pass, once per iteration. */
+void iamnn_weighted_sum_backward(long batch, long size, long n, const float *g, const float *const *maps,
+                                 const float *p, float *const *grad_maps, float *grad_p) {
+#pragma omp parallel for if (batch * size * n > PARALLEL_MIN)
     for (long b = 0; b < batch; b++) {
-        const float *gb = g + b * size, *sb = s + b * size;
-        float *out = grad_s + b * size;
-        const float w = p[b];
-        float lane[LANES] = {0.0f};
-        long i = 0;
-        for (; i + LANES <= size; i += LANES)
-            for (int l = 0; l < LANES; l++) {
-                lane[l] += gb[i + l] * sb[i + l];
-                out[i + l] = w * gb[i + l];
+        const long at = b * size;
+        for (long j = 0; j < n; j++) grad_p[j * batch + b] = 0.0f;
+        for (long i0 = 0; i0 < size; i0 += BLOCK) {
+            const long end = i0 + BLOCK < size ? i0 + BLOCK : size;
+            const float *gb = g + at;
+            for (long j = 0; j < n; j++) {
+                const float *sj = maps[j] + at, w = p[j * batch + b];
+                float *out = grad_maps[j] + at;
+                float lane[LANES] = {0.0f};
+                long i = i0;
+                for (; i + LANES <= end; i += LANES)
+                    for (int l = 0; l < LANES; l++) {
+                        lane[l] += gb[i + l] * sj[i + l];
+                        out[i + l] = w * gb[i + l];
+                    }
+                float acc = 0.0f;
+                for (; i < end; i++) {
+                    acc += gb[i] * sj[i];
+                    out[i] = w * gb[i];
+                }
+                for (int l = 0; l < LANES; l++) acc += lane[l];
+                grad_p[j * batch + b] += acc;
             }
-        float acc = 0.0f;
-        for (; i < size; i++) {
-            acc += gb[i] * sb[i];
-            out[i] = w * gb[i];
         }
-        for (int l = 0; l < LANES; l++) acc += lane[l];
-        grad_p[b] = acc;
     }
 }
 
@@ -278,12 +287,16 @@ static void pooled_update_backward_sample(long pixels, long c, const float *rest
         if (grad_prev) {
             float *restrict pq = grad_prev + q * c;
             for (long k = 0; k < c; k++) {
-                const float v = sq[k] > 0.0f ? gq[k] + ds[k] : 0.0f;
+                const float sum = gq[k] + ds[k]; /* loaded whatever the mask: a select, which vectorises */
+                const float v = sq[k] > 0.0f ? sum : 0.0f;
                 pq[k] = v;
                 uq[k] = v + du[k];
             }
         } else {
-            for (long k = 0; k < c; k++) uq[k] = (sq[k] > 0.0f ? gq[k] + ds[k] : 0.0f) + du[k];
+            for (long k = 0; k < c; k++) {
+                const float sum = gq[k] + ds[k];
+                uq[k] = (sq[k] > 0.0f ? sum : 0.0f) + du[k];
+            }
         }
     }
 }

@@ -6,9 +6,9 @@ halted samples) that at these sizes cost more in dispatch than in arithmetic: me
 the shipped model spent 1.58–1.70x the time of "no-halt" (the same iterations with no halting) at
 batch 1. For a BatchNorm-folded model (``fold.py``) under the paper's policy,
 :class:`~iamnn.models.halting.ACT`, at inference, that step is one call into ``act_kernel.c``:
-:func:`act_one_sample` at batch 1, :class:`KernelStep` for a batch. In training,
-:func:`weighted_add` gives ``y += p·s`` a backward of one pass, and :func:`pooled_relu_update`
-forms s = ReLU(s + u) with the poolings the halting unit reads in one pass. The C source is
+:func:`act_one_sample` at batch 1, :class:`KernelStep` for a batch. :func:`weighted_sum` forms y = Σ p_n·s_n where
+samples halt, in one pass over the states (forward and backward), and in training
+:func:`pooled_relu_update` forms s = ReLU(s + u) with the poolings the halting unit reads in one pass. The C source is
 compiled on first use with the system's C compiler and cached under ``~/.cache/iamnn/kernels``.
 
 It is an optimisation, never a requirement: with no C compiler, on another device or dtype, for
@@ -46,9 +46,16 @@ except ImportError:  # pragma: no cover
 
 
 SOURCE = Path(__file__).with_name("act_kernel.c")
-# tried in turn: -march=native for this CPU's vector units; -fopenmp to split a batch over the
-# threads of PyTorch's own OpenMP runtime (the same libgomp.so.1, already loaded by torch)
-FLAGS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-march=native"), ("-O3",))
+# tried in turn: -march=native for this CPU's vector units; -fno-trapping-math so that a select
+# (the ReLU mask of a gradient) vectorises (GCC keeps it a branch, element by element, when a
+# comparison may raise a floating-point exception: the pooled update's backward ran 10x slower than
+# its forward); it changes no value. -fopenmp to split a batch over the threads of PyTorch's own
+# OpenMP runtime (the same libgomp.so.1, already loaded by torch)
+FLAGS = (
+    ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp"),
+    ("-O3", "-march=native", "-fno-trapping-math"),
+    ("-O3",),
+)
 
 
 class _Unit(ctypes.Structure):
@@ -122,8 +129,9 @@ def library() -> ctypes.CDLL | None:
     lib.iamnn_act_iteration.restype = long
     lib.iamnn_weighted_sum.argtypes = [long, long, long, ctypes.POINTER(ptr), ptr, ptr, ptr]
     lib.iamnn_weighted_sum.restype = None
-    lib.iamnn_weighted_add_backward.argtypes = [long, long, ptr, ptr, ptr, ptr, ptr]
-    lib.iamnn_weighted_add_backward.restype = None
+    lib.iamnn_weighted_sum_backward.argtypes = [long, long, long, ptr, ctypes.POINTER(ptr), ptr]
+    lib.iamnn_weighted_sum_backward.argtypes += [ctypes.POINTER(ptr), ptr]
+    lib.iamnn_weighted_sum_backward.restype = None
     lib.iamnn_pooled_update.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr]
     lib.iamnn_pooled_update.restype = None
     lib.iamnn_pooled_update_backward.argtypes = [long, long, long, ptr, ptr, ptr, ptr, ptr, ptr]
@@ -188,17 +196,10 @@ def _packed(stage: nn.Module) -> PackedUnit | None:
 
 class KernelStep:
     """ACT's halting step for one stage through the kernel: :meth:`context` once, then one call per
-    iteration (see ``IterativeStage._batched``).
-
-    The weighted sum y = Σ_n p_n·s_n is formed lazily: each call keeps its (p, s), and the call at
-    which samples halt adds the kept states to y in one pass (``iamnn_weighted_sum``). Adding every
-    iteration would read and write y each time; measured on 2 cores (r34, batch 64, whole
-    forwards taking turns) that traffic cost about 15 % of the time of the iterations themselves.
-    """
+    iteration (see ``IterativeStage._batched``, which forms y with :func:`weighted_sum`)."""
 
     def __init__(self, lib: ctypes.CDLL, packed: PackedUnit, threshold: float) -> None:
         self.lib, self.packed, self.threshold = lib, packed, threshold
-        self.pending: list[tuple[Tensor, Tensor]] = []  # (p, s) of the iterations not yet in y
 
     def context(self, x0: Tensor) -> Tensor:
         """c = W_1x · GAP(x0) + b_1, (B, hidden)."""
@@ -209,11 +210,9 @@ class KernelStep:
         return context
 
     def __call__(
-        self, s: Tensor, u: Tensor | None, context: Tensor, cum_h: Tensor, y: Tensor | None, is_last: bool
-    ) -> tuple[Tensor | None, Tensor, Tensor, Tensor, int]:
-        """One iteration: ``(y, p, halt, next state, how many halt)``, as the PyTorch step's, except
-        that y is complete (Σ_{j≤n} p_j·s_j) only when some sample halts, the one place the stage
-        reads it; until then it is the y given (None before the first halting).
+        self, s: Tensor, u: Tensor | None, context: Tensor, cum_h: Tensor, is_last: bool
+    ) -> tuple[Tensor, Tensor, Tensor, int]:
+        """One iteration: ``(p, halt, next state, how many halt)``, as the PyTorch step's.
 
         ``u`` None: no halting call (h := 1 at the stage's last iteration, else 0); ``cum_h``
         (Σ_{i<n} h_i) is updated in place and returned.
@@ -227,25 +226,7 @@ class KernelStep:
         )  # fmt: skip
         if n_halt < 0:
             raise MemoryError("iamnn: the ACT kernel could not allocate its buffers")
-        self.pending.append((p, s))
-        if n_halt:
-            y = self._add_pending(y)
-        return y, p, halt, cum_h, n_halt
-
-    def _add_pending(self, y: Tensor | None) -> Tensor:
-        """y + Σ p_j·s_j over the kept iterations, in one pass (y None: from zero); empties the list."""
-        like = self.pending[-1][1]  # an index (compaction) may have left an older map in another layout
-        maps = [m if m.stride() == like.stride() else torch.empty_like(like).copy_(m) for _, m in self.pending]
-        if y is not None and y.stride() != like.stride():
-            y = torch.empty_like(like).copy_(y)
-        weights = torch.stack([p for p, _ in self.pending])  # (n, B)
-        out = torch.empty_like(like) if y is None else y  # in place: y is the stage's own buffer
-        self.lib.iamnn_weighted_sum(
-            len(like), like[0].numel(), len(maps), (ctypes.c_void_p * len(maps))(*(m.data_ptr() for m in maps)),
-            weights.data_ptr(), None if y is None else y.data_ptr(), out.data_ptr(),
-        )  # fmt: skip
-        self.pending.clear()
-        return out
+        return p, halt, cum_h, n_halt
 
 
 def _readable(x: Tensor) -> tuple[Tensor, int]:
@@ -327,34 +308,76 @@ def available() -> bool:
     return library() is not None
 
 
-def _add_weighted(y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
-    """y + p·s per sample in PyTorch ops (y None: p·s)."""
-    p_map = p[:, None, None, None]
-    return p_map * s if y is None else torch.addcmul(y, p_map, s)
+def _pointers(tensors: list[Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
 
-class _WeightedAdd(torch.autograd.Function):
-    """y = y_prev + p·s per sample (y_prev None: p·s), whose backward is one kernel pass."""
+def _sum_in_c(y: Tensor | None, weights: Tensor, maps: list[Tensor], out: Tensor) -> Tensor:
+    """out = y + Σ_j weights[j]·maps[j] (y None: from zero) by ``iamnn_weighted_sum``."""
+    library().iamnn_weighted_sum(
+        len(out), out[0].numel(), len(maps), _pointers(maps), weights.data_ptr(),
+        None if y is None else y.data_ptr(), out.data_ptr(),
+    )  # fmt: skip
+    return out
+
+
+class _WeightedSum(torch.autograd.Function):
+    """y = y_prev + Σ_j p_j·s_j per sample (y_prev None: from zero), forward and backward one kernel
+    pass each over the n states (``iamnn_weighted_sum{,_backward}``)."""
 
     @staticmethod
-    def forward(ctx: Any, y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
-        ctx.save_for_backward(p, s)
+    def forward(ctx: Any, y: Tensor | None, weights: Tensor, *maps: Tensor) -> Tensor:
+        ctx.save_for_backward(weights, *maps)
         ctx.has_y = y is not None
-        return _add_weighted(y, p, s)
+        return _sum_in_c(y, weights, list(maps), torch.empty_like(maps[0]))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
-        p, s = ctx.saved_tensors
-        lib = library()
-        if lib is None or g.stride() != s.stride() or g.dtype != s.dtype or _current_dispatch_mode() is not None:
-            grad_p, grad_s = (g * s).sum((1, 2, 3)), g * p[:, None, None, None]  # what addcmul's backward does
-        else:
-            grad_s, grad_p, p = torch.empty_like(s), torch.empty_like(p), p.contiguous()
-            lib.iamnn_weighted_add_backward(
-                len(s), s[0].numel(), g.data_ptr(), s.data_ptr(), p.data_ptr(), grad_s.data_ptr(), grad_p.data_ptr()
-            )
-        return (g if ctx.has_y else None), grad_p, grad_s
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        weights, *maps = ctx.saved_tensors
+        if g.stride() != maps[0].stride():  # the kernel reads g in the states' layout
+            g = torch.empty_like(maps[0]).copy_(g)
+        grad_maps, grad_weights = [torch.empty_like(m) for m in maps], torch.empty_like(weights)
+        library().iamnn_weighted_sum_backward(
+            len(g), g[0].numel(), len(maps), g.data_ptr(), _pointers(maps), weights.data_ptr(),
+            _pointers(grad_maps), grad_weights.data_ptr(),
+        )  # fmt: skip
+        return (g if ctx.has_y else None), grad_weights, *grad_maps
+
+
+def weighted_sum(y: Tensor | None, terms: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """y + Σ_j p_j·s_j for the (p, s) pairs ``terms``: (B,) weights and (B, C, H, W) states (y None:
+    from zero), differentiable; the stage calls it where samples halt, with the iterations since.
+
+    On float32 CPU maps in one layout it is one C pass over the states and y, forward, and under
+    autograd backward (measured on 2 cores, r34, whole forwards taking turns with adding every
+    iteration: about 2.5 % faster at batch 64 and 256, y bit for bit the same); elsewhere, and when
+    the kernel did not build, ``addcmul`` per state, in place at inference.
+    """
+    weights, maps = [p for p, _ in terms], [s for _, s in terms]
+    like = maps[0]
+    usable = (
+        library() is not None and like.device.type == "cpu" and like.dtype == torch.float32
+        and _current_dispatch_mode() is None and _rows(like) is not None
+        and all(m.stride() == like.stride() and m.dtype == like.dtype for m in maps)
+        and all(p.dtype == like.dtype for p in weights)
+    )  # fmt: skip
+    if not usable:
+        for p, s in terms:  # y = Σ_n p_n · s_n in order
+            p_map = p[:, None, None, None]
+            if y is None:
+                y = p_map * s
+            elif torch.is_grad_enabled():
+                y = torch.addcmul(y, p_map, s)
+            else:  # in place: no fresh buffer for every iteration
+                y.addcmul_(p_map, s)
+        return y
+    if y is not None and y.stride() != like.stride():  # an index (compaction) may have changed y's layout
+        y = torch.empty_like(like).copy_(y)
+    weights = torch.stack(weights)  # (n, B)
+    if torch.is_grad_enabled():
+        return _WeightedSum.apply(y, weights, *maps)
+    return _sum_in_c(y, weights, maps, torch.empty_like(like) if y is None else y)  # in place: y is the stage's
 
 
 def _trains_in_c(x: Tensor) -> bool:
@@ -364,21 +387,6 @@ def _trains_in_c(x: Tensor) -> bool:
         torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
         and _current_dispatch_mode() is None and library() is not None
     )  # fmt: skip
-
-
-def weighted_add(y: Tensor | None, p: Tensor, s: Tensor) -> Tensor:
-    """y + p·s for (B,) weights p and (B, C, H, W) states s (y None: p·s), differentiable.
-
-    Under autograd on float32 CPU maps its backward is one kernel pass (measured on 2 cores, three
-    iterations at 128x32x28x28, forward and backward: 11 against 18 ms for ``torch.addcmul``);
-    elsewhere, and when the kernel did not build, it is ``addcmul`` itself.
-    """
-    if (
-        not _trains_in_c(s) or p.dtype != s.dtype or _rows(s) is None
-        or (y is not None and y.stride() != s.stride())
-    ):  # fmt: skip
-        return _add_weighted(y, p, s)
-    return _WeightedAdd.apply(y, p, s)
 
 
 class _PooledUpdate(torch.autograd.Function):

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import SqueezeExcitation
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
-from .act_kernel import KernelStep, act_one_sample, halting_step, pooled_relu_update, weighted_add
+from .act_kernel import KernelStep, act_one_sample, halting_step, pooled_relu_update, weighted_sum
 from .halting import HaltingPolicy, HaltingSpec, initial_states, normalize_halting, stage_policies
 from .halting_unit import HaltingUnit
 
@@ -239,7 +239,8 @@ class IterativeStage(nn.Module):
         s: Tensor | None = None  # s_0 = 0
         rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
         state = initial_states(policy, x0)  # the policy's per-sample state (ACT: Σ_{i<n} h_i)
-        y_active: Tensor | None = None  # Σ_{j≤i} p_j · s_j of the active samples
+        y_active: Tensor | None = None  # Σ_j p_j · s_j of the active samples, up to the last halting
+        terms: list[tuple[Tensor, Tensor]] = []  # (p_n, s_n) since then: added to y where samples halt
         # the halting unit's view of x0, the same at every iteration
         context = self.halting_unit.context(x0) if kernel is None else kernel.context(x0)
         done: list[tuple[Tensor | None, Tensor, Tensor, Tensor]] = []  # per halting event: rows, y, N, ρ
@@ -248,20 +249,19 @@ class IterativeStage(nn.Module):
             wants = not is_last and policy.wants_score(i)
             s, u, s_seen = self._iterate(x0, s, i, wants)
             if kernel is not None:  # u is None where the policy wants no score
-                y_active, p, halt, next_state, n_halt = kernel(s, u, context, state, y_active, is_last)
+                p, halt, next_state, n_halt = kernel(s, u, context, state, is_last)
             else:
                 # h_{N_k} := 1 at the last iteration (no halting call); 0 where the policy wants no score
                 h = self.halting_unit(s_seen, context, u) if wants else x0.new_full((len(x0),), float(is_last))
                 p, halt, next_state = policy.step(state, h)
-                # y = Σ_n p_n · s_n, accumulated while the sample is active (one fused pass per iteration)
-                if y_active is None or torch.is_grad_enabled():  # training: its backward is one kernel pass
-                    y_active = weighted_add(y_active, p, s)
-                else:  # in place: no fresh (uncached) buffer for every iteration's output
-                    y_active.addcmul_(p[:, None, None, None], s)
                 n_halt = len(halt) if is_last else int(halt.sum())  # the one host sync of an iteration
+            terms.append((p, s))
             if n_halt == 0:
                 state = next_state
                 continue
+            # y = Σ_n p_n · s_n, formed only now, in one pass over the states (adding each iteration's
+            # term as it comes would read and write y every iteration)
+            y_active, terms = weighted_sum(y_active, terms), []
             if n_halt == len(halt):  # everyone left stops now
                 rho = policy.ponder(p, i + 1, next_state)
                 done.append((rows, y_active, torch.full_like(p, i + 1, dtype=torch.long), rho))
