@@ -6,10 +6,11 @@ halted samples) that at these sizes cost more in dispatch than in arithmetic: me
 the shipped model spent 1.58–1.70x the time of "no-halt" (the same iterations with no halting) at
 batch 1. For a BatchNorm-folded model (``fold.py``) under the paper's policy,
 :class:`~iamnn.models.halting.ACT`, at inference, that step is one call into ``act_kernel.c``:
-:func:`act_one_sample` at batch 1, :class:`KernelStep` for a batch. :func:`weighted_sum` forms y = Σ p_n·s_n where
-samples halt, in one pass over the states (forward and backward), and in training
-:func:`pooled_relu_update` forms s = ReLU(s + u) with the poolings the halting unit reads in one pass. The C source is
-compiled on first use with the system's C compiler and cached under ``~/.cache/iamnn/kernels``.
+:func:`act_one_sample` at batch 1, :class:`KernelStep` for a batch. :func:`weighted_sum` forms
+y = Σ p_n·s_n where samples halt, in one pass over the states (forward and backward), and in
+training :func:`pooled_relu_update` forms s = ReLU(s + u) with the poolings the halting unit reads
+in one pass. The C source is compiled on first use with the system's C compiler and cached under
+``~/.cache/iamnn/kernels``.
 
 It is an optimisation, never a requirement: with no C compiler, on another device or dtype, for
 another policy, or with ``IAMNN_KERNELS=0`` in the environment, the PyTorch ops run; tests check
@@ -308,6 +309,15 @@ def available() -> bool:
     return library() is not None
 
 
+def _takes(x: Tensor) -> bool:
+    """Whether the library may take ``x``: a float32 CPU tensor, no dispatch mode watching every
+    operator (its arithmetic would be invisible to it), and the library built."""
+    return (
+        x.device.type == "cpu" and x.dtype == torch.float32 and _current_dispatch_mode() is None
+        and library() is not None
+    )  # fmt: skip
+
+
 def _pointers(tensors: list[Tensor]) -> ctypes.Array:
     return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
@@ -357,8 +367,7 @@ def weighted_sum(y: Tensor | None, terms: list[tuple[Tensor, Tensor]]) -> Tensor
     weights, maps = [p for p, _ in terms], [s for _, s in terms]
     like = maps[0]
     usable = (
-        library() is not None and like.device.type == "cpu" and like.dtype == torch.float32
-        and _current_dispatch_mode() is None and _rows(like) is not None
+        _takes(like) and _rows(like) is not None
         and all(m.stride() == like.stride() and m.dtype == like.dtype for m in maps)
         and all(p.dtype == like.dtype for p in weights)
     )  # fmt: skip
@@ -378,15 +387,6 @@ def weighted_sum(y: Tensor | None, terms: list[tuple[Tensor, Tensor]]) -> Tensor
     if torch.is_grad_enabled():
         return _WeightedSum.apply(y, weights, *maps)
     return _sum_in_c(y, weights, maps, torch.empty_like(like) if y is None else y)  # in place: y is the stage's
-
-
-def _trains_in_c(x: Tensor) -> bool:
-    """Whether the training kernels may take ``x``: autograd on, a float32 CPU tensor, no dispatch
-    mode watching every operator, and the library built."""
-    return (
-        torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-        and _current_dispatch_mode() is None and library() is not None
-    )  # fmt: skip
 
 
 class _PooledUpdate(torch.autograd.Function):
@@ -434,7 +434,8 @@ def pooled_relu_update(s_prev: Tensor | None, u: Tensor) -> tuple[Tensor, Tensor
     pool nothing, gained nothing from it and keep the PyTorch ops.
     """
     if (
-        not _trains_in_c(u) or u.ndim != 4 or not u.is_contiguous(memory_format=torch.channels_last)
+        not torch.is_grad_enabled() or not _takes(u)
+        or u.ndim != 4 or not u.is_contiguous(memory_format=torch.channels_last)
         or (s_prev is not None and (s_prev.dtype != u.dtype or s_prev.stride() != u.stride()))
     ):  # fmt: skip
         return None
