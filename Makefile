@@ -25,8 +25,9 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m iamnn.data ensure-fashion-mnist
 	$(BIN)/iamnn demo
 
+# one test process per core (pytest-xdist); each uses one thread (tests/conftest.py)
 test: $(VENV)/.installed-dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/pytest -m slow

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (`make test`: one worker per core), each worker and the commands it starts
+# use one OpenMP thread: N workers with N threads each on N cores would slow each other several
+# times over. Set before anything imports torch; an explicit OMP_NUM_THREADS is kept.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 DIGITS_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "iamnn_r18.yaml"
 
