@@ -26,9 +26,12 @@ import torchmetrics
 import yaml
 from filelock import FileLock, Timeout
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from .data import DATAMODULES, ImageDataModule
@@ -36,6 +39,7 @@ from .errors import CLIError, TrainingDivergedError, one_line
 from .files import atomic_write, load_yaml
 from .models import ACT, IamNN, upgrade_state_dict
 from .models.halting import HaltingPolicy, ponder_loss
+from .runtime import cpu_emulates_bf16
 from .weights import (
     check_fits,
     config_from_hparams,
@@ -533,7 +537,14 @@ class IamNNCLI(LightningCLI):
             self._check_length(config)
         if config.get("enable_model_summary") is not False and not config.get("barebones"):
             callbacks = [*callbacks, MACsSummary()]  # Lightning's own (with "Total FLOPs: 0") is then left out
-        return super()._instantiate_trainer({**config, **given_batch_counts(self._args)}, callbacks)
+        trainer = super()._instantiate_trainer({**config, **given_batch_counts(self._args)}, callbacks)
+        if isinstance(trainer.accelerator, CPUAccelerator) and "bf16" in str(trainer.precision) and cpu_emulates_bf16():
+            rank_zero_warn(
+                f"precision {trainer.precision}: this CPU has no native bfloat16 (no AVX-512 or AMX), so bf16 "
+                "autocast is emulated and trains several times slower than --trainer.precision 32-true",
+                category=PossibleUserWarning,
+            )
+        return trainer
 
     def _check_length(self, trainer: dict[str, Any]) -> None:
         epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")

@@ -36,3 +36,19 @@ def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2*
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+@functools.cache
+def cpu_emulates_bf16() -> bool:
+    """True where oneDNN has no bfloat16 path on this CPU (on x86: neither AVX-512 nor AMX).
+
+    bf16 autocast still runs there, converting each operand, and is several times slower than
+    float32: a training step of the shipped model at batch 128 took 1133 ms under bf16 autocast
+    against 220 ms in float32 on a 2-core AVX2-only AMD EPYC. False where PyTorch cannot tell.
+    """
+    import torch
+
+    try:
+        return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
