@@ -60,6 +60,22 @@ def test_bench_onnxruntime_smoke(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert result["act_kernel"] is False  # the graph's own ops, not the kernel
 
 
+@pytest.mark.parametrize(
+    "device, runtime, says",
+    [("cuda:7", "torch", "CUDA device"), ("tpu", "torch", "--device tpu:"), ("mps", "torch", "cpu or cuda"),
+     ("cuda", "onnxruntime", "onnxruntime rows run on the CPU")],
+)  # fmt: skip
+def test_bench_refuses_a_device_it_cannot_use_in_one_line(device: str, runtime: str, says: str, capsys) -> None:
+    import torch
+
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--model", "iamnn_r18", "--smoke", "--device", device, "--runtime", runtime])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and says in err, err
+
+
 def test_the_bench_notices_another_process_on_its_cores() -> None:
     import subprocess
     import sys

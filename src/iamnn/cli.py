@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -25,6 +26,9 @@ from rich.table import Table
 from .errors import CLIError, IamNNError, one_line
 from .files import atomic_path, write_text_atomic
 from .runtime import keep_freed_memory
+
+if TYPE_CHECKING:
+    import torch
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # the recipes of a source checkout
@@ -391,6 +395,7 @@ def _bench(args: argparse.Namespace) -> None:
         args.model = source.get("pretrained", args.model)
     if args.onnx and args.runtime != "onnxruntime":
         raise CLIError("--onnx needs --runtime onnxruntime")
+    device = _bench_device(args.device, args.runtime)
     data = None
     if args.weights or args.pretrained:
         model, config = _load_source(args)
@@ -409,6 +414,7 @@ def _bench(args: argparse.Namespace) -> None:
         config = BenchConfig(batch_sizes=sizes, latency_images=4, throughput_images=8, warmup=1, train_batch=8)
         count = max(8, max(sizes))
     images, labels, source = bench_inputs(data, model, count, args.input_size)
+    model, images, labels = model.to(device), images.to(device), labels.to(device)
     try:
         result = run_bench(model, images, labels, config, runtime=args.runtime, onnx_path=args.onnx)
     except ImportError as err:
@@ -427,6 +433,25 @@ def _bench(args: argparse.Namespace) -> None:
     path = args.json or str(default)
     write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def _bench_device(name: str, runtime: str) -> torch.device:
+    """The device named by ``--device``, checked: one line instead of a CUDA traceback mid-run."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise CLIError(f"--device {name}: {one_line(err)}") from None
+    if device.type != "cpu" and runtime != "torch":
+        raise CLIError(f"--device {name}: the {runtime} rows run on the CPU; give --device cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: this PyTorch sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CLIError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {name}: bench runs on cpu or cuda")
+    return device
 
 
 def _warn_if_disturbed(result: dict) -> None:
@@ -628,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default="1,64,256", help="comma-separated (default 1,64,256)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm unfolded at inference")
+    p.add_argument("--device", default="cpu", help="torch device of the PyTorch rows, e.g. cuda (default: cpu)")
     p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
     p.add_argument("--onnx", help="with --runtime onnxruntime: an `iamnn export` file, timed as the act row")
     p.add_argument(
