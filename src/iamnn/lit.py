@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +31,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from .data import DATAMODULES, ImageDataModule
@@ -539,10 +539,9 @@ class IamNNCLI(LightningCLI):
             callbacks = [*callbacks, MACsSummary()]  # Lightning's own (with "Total FLOPs: 0") is then left out
         trainer = super()._instantiate_trainer({**config, **given_batch_counts(self._args)}, callbacks)
         if isinstance(trainer.accelerator, CPUAccelerator) and "bf16" in str(trainer.precision) and cpu_emulates_bf16():
-            rank_zero_warn(
+            _warn(
                 f"precision {trainer.precision}: this CPU has no native bfloat16 (no AVX-512 or AMX), so bf16 "
-                "autocast is emulated and trains several times slower than --trainer.precision 32-true",
-                category=PossibleUserWarning,
+                "autocast is emulated and trains several times slower than --trainer.precision 32-true"
             )
         return trainer
 
@@ -635,6 +634,12 @@ class IamNNCLI(LightningCLI):
             (run_dir / ".lock").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # only if the lock was all that was in it
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    """One line on stderr, from the first process only (``iamnn bench`` warns the same way)."""
+    print(f"iamnn fit: warning: {message}", file=sys.stderr)
 
 
 def _drop_tip(record: logging.LogRecord) -> bool:
