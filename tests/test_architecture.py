@@ -9,7 +9,6 @@ tests (a test may reach into its own module only, and there is none such).
 from __future__ import annotations
 
 import ast
-import os
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,8 @@ from importlinter.cli import lint_imports
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_import_contracts_hold(capsys: pytest.CaptureFixture[str]) -> None:
-    os.chdir(REPO)  # import-linter reads the contracts from ./pyproject.toml
+def test_import_contracts_hold(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # import-linter reads the contracts from ./pyproject.toml
     code = lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True, no_logo=True)
     out = capsys.readouterr().out
     assert code == 0, out
