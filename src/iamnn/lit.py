@@ -538,7 +538,8 @@ class IamNNCLI(LightningCLI):
         if config.get("enable_model_summary") is not False and not config.get("barebones"):
             callbacks = [*callbacks, MACsSummary()]  # Lightning's own (with "Total FLOPs: 0") is then left out
         trainer = super()._instantiate_trainer({**config, **given_batch_counts(self._args)}, callbacks)
-        if isinstance(trainer.accelerator, CPUAccelerator) and "bf16" in str(trainer.precision) and cpu_emulates_bf16():
+        bf16_on_cpu = "bf16" in str(trainer.precision) and isinstance(trainer.accelerator, CPUAccelerator)
+        if self.subcommand == "fit" and bf16_on_cpu and cpu_emulates_bf16():
             _warn(
                 f"precision {trainer.precision}: this CPU has no native bfloat16 (no AVX-512 or AMX), so bf16 "
                 "autocast is emulated and trains several times slower than --trainer.precision 32-true"
