@@ -437,3 +437,13 @@ def test_predict_takes_paths_that_are_not_utf8(tmp_path: Path, capsys: pytest.Ca
     assert [p["label"] for p in result["predictions"]] == ["Ankle boot"] and not result["errors"]
     main(["predict", "--pretrained", str(tmp_path)])  # the table prints it too
     assert "Ankle boot" in capsys.readouterr().out
+
+
+def test_demo_passes_its_other_arguments_to_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`iamnn demo --trainer.max_epochs 1 ...` (both `--key value` and `--key=value`), then its report."""
+    monkeypatch.chdir(tmp_path)
+    main(["demo", "--config", str(DIGITS_RECIPE), "--trainer.max_epochs", "1", "-o", "report",
+          "--trainer.enable_progress_bar=false", "--model.tau", "0.02"])  # fmt: skip
+    config = yaml.safe_load((tmp_path / "runs" / "digits_iamnn_r18" / "config.yaml").read_text())
+    assert config["trainer"]["max_epochs"] == 1 and config["model"]["tau"] == 0.02
+    assert (tmp_path / "report" / "report.md").is_file() and "report/report.md" in capsys.readouterr().out

@@ -664,11 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny measurement, for tests")
     p.set_defaults(run=_bench)
 
-    p = sub.add_parser("demo", help="train the demo recipe on Fashion-MNIST, then print its report")
+    p = sub.add_parser(
+        "demo", help="train the demo recipe on Fashion-MNIST, then print its report",
+        epilog="Any other arguments go to `iamnn fit`, e.g. --trainer.max_epochs 1 --trainer.precision bf16-mixed.",
+    )  # fmt: skip
     p.add_argument("--config", default=None, help="recipe (default: recipes/fashion_mnist/demo.yaml)")
     p.add_argument("-o", "--output", default="report/demo", help="report folder (default: report/demo)")
-    p.add_argument("overrides", nargs="*", help="extra LightningCLI arguments, e.g. --trainer.max_epochs=1")
-    p.set_defaults(run=_demo)
+    p.set_defaults(run=_demo, overrides=[])  # overrides: the arguments left over, in main()
     return parser
 
 
@@ -686,7 +688,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             run_lightning_cli(argv)
             return
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # only `iamnn demo` passes arguments of its own on (to LightningCLI, in order)
+            if not hasattr(args, "overrides"):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides = extra
         args.run(args)
     except IamNNError as err:
         print(f"iamnn {command}: error: {err}", file=sys.stderr)
