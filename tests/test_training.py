@@ -370,8 +370,22 @@ def test_evaluate_gives_the_table_row_of_trained_weights(digits_run: Path, capsy
     row = json.loads(capsys.readouterr().out)
     assert row["test_samples"] == 297 and 50 < row["top1"] <= 100
     assert row["macs_min"] <= row["macs_mean"] <= row["macs_max"] and len(row["iterations_mean"]) == 4
+    assert row["bn_reestimated"] is False
     main(["evaluate", "--weights", str(digits_run / "model.safetensors"), "--halting", "1"])
-    assert "1.00 / 1.00 / 1.00 / 1.00" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "1.00 / 1.00 / 1.00 / 1.00" in out and "add --recalibrate" in err  # another regime than training's
+    # --recalibrate: the BatchNorm statistics re-estimated for k = 1 on training images first
+    main(["evaluate", "--weights", str(digits_run / "model.safetensors"), "--halting", "1", "--recalibrate", "--json"])
+    out, err = capsys.readouterr()
+    recalibrated = json.loads(out)
+    assert recalibrated["bn_reestimated"] is True and "--recalibrate" not in err
+    assert recalibrated["iterations_mean"] == [1.0] * 4 and recalibrated["test_samples"] == 297
+    model = load_model(digits_run / "model.safetensors")
+    from iamnn.report import evaluate_weights
+
+    before = {n: b.clone() for n, b in model.named_buffers() if "running_mean" in n}
+    evaluate_weights(model, read_config(digits_run / "model.safetensors")["data"], "m", 1, recalibrate=True)
+    assert any(not torch.equal(b, before[n]) for n, b in model.named_buffers() if n in before)
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate"])
     assert exit_info.value.code == 2 and "--pretrained" in capsys.readouterr().err

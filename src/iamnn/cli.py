@@ -273,6 +273,7 @@ def _load_source(args: argparse.Namespace):
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .models.halting import halting_json
     from .report import evaluate_weights
 
     model, config = _load_source(args)
@@ -281,12 +282,19 @@ def _evaluate(args: argparse.Namespace) -> None:
                        "`iamnn report` instead")  # fmt: skip
     name = args.model or DEFAULT_PRETRAINED if not args.weights else Path(args.weights).stem
     try:
-        summary = evaluate_weights(model, config["data"], name, args.halting, args.test_subset).summary()
+        summary = evaluate_weights(model, config["data"], name, args.halting, args.test_subset, args.recalibrate)
     except ValueError as err:
         raise CLIError(str(err)) from None
+    summary = summary.summary() | {"bn_reestimated": args.recalibrate}
+    own = halting_json(model.halting)
+    if args.halting is not None and not args.recalibrate and halting_json(args.halting) != own:
+        print(f"iamnn evaluate: note: the BatchNorm statistics are those of training, under "
+              f"{own!r}; under another regime they can cost accuracy: add "
+              "--recalibrate to re-estimate them for it", file=sys.stderr)  # fmt: skip
     if _json_out(args, summary):
         return
-    _console().print(_table1([summary], f"{name} on the {config['data']['dataset']} test set"))
+    reestimated = " (BatchNorm re-estimated for this regime)" if args.recalibrate else ""
+    _console().print(_table1([summary], f"{name} on the {config['data']['dataset']} test set{reestimated}"))
 
 
 def _app(args: argparse.Namespace) -> None:
@@ -572,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name, with --pretrained")
     p.add_argument("--weights", help="safetensors weights or Lightning .ckpt")
     p.add_argument("--halting", default=None, help="an inference regime instead of the model's own: act, full, k")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="first re-estimate the BatchNorm statistics for that regime on training images")  # fmt: skip
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     _add_json(p)
     p.set_defaults(run=_evaluate)

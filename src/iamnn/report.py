@@ -10,7 +10,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .evaluation import EPSILONS, FIXED_K, QUICK_EPSILONS, QUICK_FIXED_K, Evaluation, evaluate, sweep_regimes
+from .evaluation import (
+    EPSILONS,
+    FIXED_K,
+    QUICK_EPSILONS,
+    QUICK_FIXED_K,
+    Evaluation,
+    evaluate,
+    recalibrate_batchnorm,
+    sweep_regimes,
+)
 from .files import atomic_folder
 from .models import IamNN
 from .plots import plot_easy_hard, plot_iterations, plot_tradeoff
@@ -35,14 +44,24 @@ def evaluate_run(
 
 
 def evaluate_weights(
-    model: Any, data: dict[str, Any], name: str, halting: Any = None, test_subset: int | None = None
+    model: Any,
+    data: dict[str, Any],
+    name: str,
+    halting: Any = None,
+    test_subset: int | None = None,
+    recalibrate: bool = False,
 ) -> Evaluation:
-    """Trained weights on the full test set of the dataset their metadata names (``iamnn evaluate``)."""
+    """Trained weights on the full test set of the dataset their metadata names (``iamnn evaluate``);
+    ``recalibrate``: first re-estimate ``model``'s BatchNorm statistics for ``halting`` on training
+    images (in place, as ``iamnn recalibrate`` does for a run)."""
     from .data import datamodule_class
 
     dm = datamodule_class(data["dataset"])(
         val_size=0, augment=False, **({"test_subset": test_subset} if test_subset else {})
     )
+    if recalibrate:
+        dm.setup("fit")
+        recalibrate_batchnorm(model, dm.train_dataloader(), halting=halting)
     dm.setup("test")
     return evaluate(model, dm.test_dataloader(), name, halting=halting)
 
