@@ -557,7 +557,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="iamnn", description=__doc__.splitlines()[0])
+    parser = OneLineParser(
+        prog="iamnn",
+        description="IamNN, ResNets whose stages iterate one shared block and halt per image: train, evaluate, "
+        "explore, export and time them. `iamnn COMMAND --help` for each command.",
+    )
     parser.add_argument("--version", action="version", version=f"iamnn {version('iamnn')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in LIGHTNING_COMMANDS:
