@@ -391,6 +391,26 @@ def test_evaluate_gives_the_table_row_of_trained_weights(digits_run: Path, capsy
     assert exit_info.value.code == 2 and "--pretrained" in capsys.readouterr().err
 
 
+def test_recalibrate_takes_a_weights_file_and_saves_a_model_for_the_regime(
+    digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from iamnn.models.halting import halting_json
+
+    out = tmp_path / "k1.safetensors"
+    weights = digits_run / "model.safetensors"
+    main(["recalibrate", "--weights", str(weights), "--halting", "1", "-o", str(out), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["halting"] == 1 and result["saved"] == str(out) and 0 < result["test_top1_reestimated"] <= 100
+    trained, recalibrated = load_model(weights).state_dict(), load_model(out)
+    assert halting_json(recalibrated.halting) == 1  # the saved model loads in its regime
+    changed = [k for k, v in recalibrated.state_dict().items() if not torch.equal(v, trained[k])]
+    assert changed and all("running_" in k or "num_batches_tracked" in k for k in changed)  # statistics only
+    for sources in ([], ["--pretrained", "--weights", str(weights)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["recalibrate", "--halting", "1", *sources])
+        assert exit_info.value.code == 2 and "give one of --ckpt RUN, --weights FILE" in capsys.readouterr().err
+
+
 def test_predict_scales_16_bit_images_and_skips_decompression_bombs(
     digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

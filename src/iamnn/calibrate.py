@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .evaluation import calibrate_threshold, evaluate, recalibrate_batchnorm
+from .models import IamNN
 from .models.halting import HaltingSpec, halting_json
 from .runs import load_iamnn_run
 from .weights import save_weights
@@ -50,14 +51,28 @@ def recalibrate_run(
     """Re-estimate a run's BatchNorm statistics for an inference regime (``halting``: ``act``,
     ``full`` or k) on its training data; test accuracy before and after; optionally save the model."""
     weights, model, config, dm = load_iamnn_run(source, test_subset)
+    return recalibrate_model(model, dm, halting, str(weights), config.get("data"), save)
+
+
+def recalibrate_model(
+    model: IamNN,
+    dm: Any,
+    halting: HaltingSpec,
+    source: str,
+    data: dict[str, Any] | None = None,
+    save: str | Path | None = None,
+) -> dict[str, Any]:
+    """:func:`recalibrate_run` for a model and its data module (``dm``: set up with training and
+    test images): ``model`` keeps the re-estimated statistics and ``halting`` as its own regime;
+    ``save`` writes it as weights (with ``data`` as their preprocessing) that load in that regime."""
     model.halting = halting  # the regime the saved model loads in
     before = evaluate(model, dm.test_dataloader())
     recalibrate_batchnorm(model, dm.train_dataloader())
     after = evaluate(model, dm.test_dataloader())
-    result = {"weights": str(weights), "halting": halting_json(model.halting), "test_macs_mean": after.macs_mean,
+    result = {"weights": source, "halting": halting_json(model.halting), "test_macs_mean": after.macs_mean,
               "test_top1_trained_statistics": before.top1, "test_top1_reestimated": after.top1}  # fmt: skip
     if save:
-        save_weights(model, save, data=config.get("data"), extra={"recalibrated_from": str(weights), **result})
+        save_weights(model, save, data=data, extra={"recalibrated_from": source, **result})
     return {**result, "saved": str(save) if save else None}
 
 

@@ -24,7 +24,7 @@ from .files import atomic_folder
 from .models import IamNN
 from .plots import plot_easy_hard, plot_iterations, plot_tradeoff
 from .progress import track
-from .runs import find_weights, load_datamodule
+from .runs import datamodule_of_weights, find_weights, load_datamodule
 from .weights import load_model
 
 
@@ -54,15 +54,9 @@ def evaluate_weights(
     """Trained weights on the full test set of the dataset their metadata names (``iamnn evaluate``);
     ``recalibrate``: first re-estimate ``model``'s BatchNorm statistics for ``halting`` on training
     images (in place, as ``iamnn recalibrate`` does for a run)."""
-    from .data import datamodule_class
-
-    dm = datamodule_class(data["dataset"])(
-        val_size=0, augment=False, **({"test_subset": test_subset} if test_subset else {})
-    )
+    dm = datamodule_of_weights(data, test_subset, train=recalibrate)
     if recalibrate:
-        dm.setup("fit")
         recalibrate_batchnorm(model, dm.train_dataloader(), halting=halting)
-    dm.setup("test")
     return evaluate(model, dm.test_dataloader(), name, halting=halting)
 
 

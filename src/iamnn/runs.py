@@ -19,7 +19,15 @@ from .files import load_yaml
 from .models import IamNN
 from .weights import load_model_with_config
 
-__all__ = ["find_run_dir", "find_weights", "load_datamodule", "load_iamnn_run", "read_recipe", "run_folders"]
+__all__ = [
+    "datamodule_of_weights",
+    "find_run_dir",
+    "find_weights",
+    "load_datamodule",
+    "load_iamnn_run",
+    "read_recipe",
+    "run_folders",
+]
 
 
 def read_recipe(run_dir: Path) -> dict[str, Any]:
@@ -94,3 +102,16 @@ def load_iamnn_run(source: str | Path, test_subset: int | None = None) -> tuple[
         raise ValueError(f"{weights}: {type(model).__name__} has no halting regimes (give an IamNN run)")
     dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
     return weights, model, config, dm
+
+
+def datamodule_of_weights(data: dict[str, Any], test_subset: int | None = None, train: bool = False) -> ImageDataModule:
+    """The data module that a weights file's ``data`` config names (``iamnn evaluate``,
+    ``iamnn recalibrate --weights``): no augmentation, no validation split, set up for testing,
+    and also for its training images when ``train``."""
+    dm = datamodule_class(data["dataset"])(
+        val_size=0, augment=False, **({"test_subset": test_subset} if test_subset else {})
+    )
+    if train:
+        dm.setup("fit")
+    dm.setup("test")
+    return dm
