@@ -23,3 +23,20 @@ def spread_halting(model: IamNN, x: torch.Tensor) -> IamNN:
         fc3.weight.mul_(gain)
         fc3.bias.copy_((fc3.bias - z.median()) * gain)
     return model.train(mode)
+
+
+def varied_model(name: str = "iamnn_r34", batch: int = 12) -> tuple[torch.Tensor, IamNN]:
+    """Inputs spanning two decades of scale and an eval-mode tiny model (cifar stem, width 1/16, 7
+    classes) whose samples halt at different iterations on them, with non-trivial BatchNorm
+    statistics so that folding changes the weights."""
+    import iamnn
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 16, 16) * torch.logspace(-1, 1, batch)[:, None, None, None]
+    model = spread_halting(iamnn.create_model(name, stem="cifar", num_classes=7, width=1 / 16), x).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.2, 0.2)
+    return x, model

@@ -14,7 +14,7 @@ import iamnn
 from iamnn.models import act_kernel
 from iamnn.models.fold import FoldedProcessingBlock, fold_batchnorm
 from iamnn.models.halting import ACT
-from tests.helpers import spread_halting
+from tests.helpers import spread_halting, varied_model
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler: the kernel cannot build"
@@ -25,14 +25,7 @@ def _folded(
     batch: int = 12, channels_last: bool = True, name: str = "iamnn_r34"
 ) -> tuple[torch.Tensor, torch.nn.Module]:
     """A folded model whose samples halt at different iterations, and its inputs (two decades of scale)."""
-    torch.manual_seed(0)
-    x = torch.randn(batch, 3, 16, 16) * torch.logspace(-1, 1, batch)[:, None, None, None]
-    model = spread_halting(iamnn.create_model(name, stem="cifar", num_classes=7, width=1 / 16), x).eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding changes the weights
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-                m.bias.uniform_(-0.2, 0.2)
+    x, model = varied_model(name, batch)
     return x, fold_batchnorm(model, channels_last=channels_last)
 
 
