@@ -30,6 +30,8 @@ from .runtime import keep_freed_memory
 if TYPE_CHECKING:
     import torch
 
+    from .models import IamNN
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # the recipes of a source checkout
 
@@ -284,15 +286,14 @@ def _load_source(args: argparse.Namespace):
     raise CLIError("give --weights FILE, or --pretrained [--model NAME]")
 
 
-def _note_other_regime(command: str, model: object, halting: object, fix: str) -> None:
+def _note_other_regime(command: str, model: IamNN, halting: str | None, fix: str) -> None:
     """One stderr line when ``halting`` is another regime than the one ``model`` trained (and keeps
     its BatchNorm statistics) in: the shipped model gives 20 % under ``full`` with them, 91 % with
     them re-estimated."""
     from .models.halting import halting_json
 
-    own = halting_json(model.halting)
-    if halting is not None and halting_json(halting) != own:
-        other = halting_json(halting)
+    own, other = halting_json(model.halting), None if halting is None else halting_json(halting)
+    if other is not None and other != own:
         print(f"iamnn {command}: note: the BatchNorm statistics are those of the model's own regime "
               f"{own!r}; under {other!r} they can cost much accuracy: {fix}", file=sys.stderr)  # fmt: skip
 
@@ -306,10 +307,10 @@ def _evaluate(args: argparse.Namespace) -> None:
                        "`iamnn report` instead")  # fmt: skip
     name = args.model or DEFAULT_PRETRAINED if not args.weights else Path(args.weights).stem
     try:
-        summary = evaluate_weights(model, config["data"], name, args.halting, args.test_subset, args.recalibrate)
+        evaluation = evaluate_weights(model, config["data"], name, args.halting, args.test_subset, args.recalibrate)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    summary = summary.summary() | {"bn_reestimated": args.recalibrate}
+    summary = evaluation.summary() | {"bn_reestimated": args.recalibrate}
     if not args.recalibrate:
         _note_other_regime("evaluate", model, args.halting, "add --recalibrate to re-estimate them for it")
     if _json_out(args, summary):
