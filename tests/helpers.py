@@ -1,9 +1,10 @@
-"""Helpers shared by the model, export and halting-policy tests (``import helpers``)."""
+"""Helpers shared by the model, export, halting-policy, kernel and CUDA tests (``import helpers``)."""
 
 from __future__ import annotations
 
 import torch
 
+import iamnn
 from iamnn import IamNN
 
 
@@ -29,8 +30,6 @@ def varied_model(name: str = "iamnn_r34", batch: int = 12) -> tuple[torch.Tensor
     """Inputs spanning two decades of scale and an eval-mode tiny model (cifar stem, width 1/16, 7
     classes) whose samples halt at different iterations on them, with non-trivial BatchNorm
     statistics so that folding changes the weights."""
-    import iamnn
-
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 16, 16) * torch.logspace(-1, 1, batch)[:, None, None, None]
     model = spread_halting(iamnn.create_model(name, stem="cifar", num_classes=7, width=1 / 16), x).eval()
