@@ -249,6 +249,36 @@ def test_shipped_weights_load_without_network() -> None:
     assert stats.macs.float().mean() < model.max_macs((28, 28))  # it exits early on real images
 
 
+def test_export_shows_a_spinner_on_a_terminal(digits_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The ONNX export runs for 10-30 s with nothing to count: on a terminal a spinner says what runs."""
+    import io
+
+    from rich.console import Console
+
+    import iamnn.export
+    from iamnn import progress
+
+    screen, drawn_during = io.StringIO(), []
+
+    def export_onnx(model: object, path: Path, **kwargs: object) -> Path:  # the real one: test_export.py
+        drawn_during.append(screen.getvalue())
+        Path(path).write_bytes(b"onnx")
+        return Path(path)
+
+    monkeypatch.setattr(iamnn.export, "export_onnx", export_onnx)
+    monkeypatch.setattr(progress, "console", lambda: Console(file=screen, force_terminal=True, width=200))
+    out = tmp_path / "m.onnx"
+    monkeypatch.setattr(progress, "enabled", lambda: True)
+    main(["export", "--weights", str(digits_run / "model.safetensors"), "-o", str(out)])
+    assert drawn_during[0] and out.read_bytes() == b"onnx"  # the display had started when the export ran
+    assert f"exporting {out}" in screen.getvalue()
+    assert screen.getvalue().endswith("\x1b[2K")  # transient: the line is erased when the export ends
+    monkeypatch.setattr(progress, "enabled", lambda: False)  # not a terminal: nothing is drawn
+    screen.truncate(0)
+    main(["export", "--weights", str(digits_run / "model.safetensors"), "-o", str(out), "--force"])
+    assert screen.getvalue() == ""
+
+
 def test_onnx_export_of_trained_model_matches_pytorch(digits_run: Path, digits_onnx: Path) -> None:
     """The digits model trained a few epochs: onnxruntime and PyTorch agree on 64 test inputs."""
     from iamnn.export import OnnxModel

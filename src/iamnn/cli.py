@@ -382,6 +382,7 @@ def _export(args: argparse.Namespace) -> None:
         save_weights(model, out, data=config.get("data"))
         print(f"wrote {out} and {out.with_suffix('.json')}")
         return
+    from . import progress
     from .export import export_onnx
 
     try:
@@ -394,8 +395,8 @@ def _export(args: argparse.Namespace) -> None:
         else {"pretrained": args.model or DEFAULT_PRETRAINED}
     )
     kwargs = {**config.get("kwargs", {}), "halting": halting}
-    try:
-        with atomic_path(out) as tmp:  # a kill mid-export leaves no partial file under the output's name
+    try:  # a kill mid-export leaves no partial file under the output's name
+        with progress.status(f"exporting {out} (torch.export traces every stage: 10-30 s)"), atomic_path(out) as tmp:
             export_onnx(model, tmp, config={**config, "kwargs": kwargs, "source": source}, halting=halting)
     except ImportError as err:
         raise CLIError(str(err)) from None

@@ -1,4 +1,5 @@
-"""Progress bars with ETA for the commands that take minutes (report, calibrate, frontier, bench).
+"""Progress bars with ETA for the commands that take minutes (report, calibrate, frontier, bench),
+and a spinner for a step of unknown length (the ONNX export).
 
 One rich display on stderr, shared by nested tasks: a command's outer loop (regimes, run folders,
 bisection steps) and the batches of the evaluation inside it each get a line, and each line goes
@@ -72,3 +73,13 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             advance(1)
+
+
+@contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner with ``message`` for the duration of the block: a step whose length is unknown."""
+    if not enabled() or _display is not None:  # rich draws one live display at a time: inside a bar, no spinner
+        yield
+        return
+    with console().status(message):
+        yield
