@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,13 @@ def test_python_predict_api_matches_the_cli_on_the_sample_images(tmp_path: Path,
     cli = json.loads(capsys.readouterr().out)["predictions"]
     assert [vars(p) for p in predictions] == cli
     image = Image.open(sorted(samples.glob("*.png"))[0])
-    (one,) = iamnn.predict(image, iamnn.create_model("iamnn_r34_fmnist", pretrained=True), halting="full")
+    shipped = iamnn.create_model("iamnn_r34_fmnist", pretrained=True)
+    with pytest.warns(UserWarning, match="own regime 'act'; under 'full' .*iamnn recalibrate"):  # 20 % top-1 so
+        (one,) = iamnn.predict(image, shipped, halting="full")
     assert one.label == predictions[0].label and one.iterations == [3, 4, 6, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the model's own regime, named or not: no warning
+        iamnn.predict(image, shipped, halting="act")
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(ValueError, match="notes.png: not a readable image"):
         iamnn.predict([samples, tmp_path / "notes.png"])

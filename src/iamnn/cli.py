@@ -287,15 +287,11 @@ def _load_source(args: argparse.Namespace):
 
 
 def _note_other_regime(command: str, model: IamNN, halting: str | None, fix: str) -> None:
-    """One stderr line when ``halting`` is another regime than the one ``model`` trained (and keeps
-    its BatchNorm statistics) in: the shipped model gives 20 % under ``full`` with them, 91 % with
-    them re-estimated."""
-    from .models.halting import halting_json
+    """One stderr line when ``halting`` is another regime than the model's own, naming ``fix``."""
+    from .models.halting import other_regime_note
 
-    own, other = halting_json(model.halting), None if halting is None else halting_json(halting)
-    if other is not None and other != own:
-        print(f"iamnn {command}: note: the BatchNorm statistics are those of the model's own regime "
-              f"{own!r}; under {other!r} they can cost much accuracy: {fix}", file=sys.stderr)  # fmt: skip
+    if note := other_regime_note(model.halting, halting):
+        print(f"iamnn {command}: note: {note}: {fix}", file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

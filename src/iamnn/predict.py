@@ -22,7 +22,7 @@ from .errors import one_line
 from .export import OnnxModel
 from .models import IamNN, build_model, pretrained_file
 from .models.fold import fold_batchnorm
-from .models.halting import HaltingSpec
+from .models.halting import HaltingSpec, other_regime_note
 from .weights import WeightsError, checked_config, create_model, load_model_with_config
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -173,6 +173,8 @@ def predict(
             (safetensors or Lightning ``.ckpt``), or a model loaded from one (``load_model``,
             ``create_model(..., pretrained=True)``), which carries its preprocessing.
         halting: the halting policy to run (default: the model's own), e.g. ``"full"`` or ``2``.
+            Another regime than the model's own warns: its BatchNorm statistics are the own
+            regime's; ``iamnn recalibrate`` writes weights with them re-estimated for another.
 
     Returns one :class:`Prediction` per image (class name, index, confidence, iterations per
     stage, MACs), in order; an unreadable file raises ``ValueError`` naming it.
@@ -183,6 +185,9 @@ def predict(
         net = create_model(model, pretrained=True)
     else:
         net = load_model_with_config(model)[0]
+    if isinstance(net, IamNN) and (note := other_regime_note(net.halting, halting)):
+        warnings.warn(f"{note}: predict with the weights of `iamnn recalibrate --weights FILE --halting H -o NEW`",
+                      stacklevel=2)  # fmt: skip
     data = getattr(net, "data_config", None)
     if not data:
         raise ValueError("the model carries no preprocessing (input size, mean, std): load it from a weights file")
