@@ -50,3 +50,22 @@ def test_private_import_detector_sees_one(tmp_path: Path) -> None:
         "from iamnn.models.iamnn import _hidden\nfrom .x import _y\nimport iamnn._z\nfrom os import _exit\n"
     )
     assert [h.split()[-1] for h in _private_imports(probe, tmp_path)] == ["_hidden", "_y", "iamnn._z"]
+
+
+def test_the_package_imports_its_names_on_first_use() -> None:
+    import subprocess
+    import sys
+
+    # the `iamnn` command starts without PyTorch: `iamnn --help` and a parse error answer at once
+    probe = "import sys, iamnn.cli; assert 'torch' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", probe], check=True)
+    import iamnn
+    import iamnn.prediction  # the module named apart from the function, which it does not replace
+
+    assert sorted(iamnn.__all__) == sorted(iamnn._HOMES)
+    for name in iamnn.__all__:
+        home = __import__(f"iamnn.{iamnn._HOMES[name]}", fromlist=[name])
+        assert getattr(iamnn, name) is getattr(home, name), name
+    assert callable(iamnn.predict) and set(iamnn.__all__) <= set(dir(iamnn))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        iamnn.nope  # noqa: B018

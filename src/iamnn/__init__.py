@@ -1,32 +1,65 @@
-"""iamnn: IamNN (Iterative and Adaptive Mobile Neural Network, Leroux et al. 2018) in PyTorch."""
+"""iamnn: IamNN (Iterative and Adaptive Mobile Neural Network, Leroux et al. 2018) in PyTorch.
 
-from .cost import count_params, measure_macs
-from .models import (
-    ACT,
-    Fixed,
-    Full,
-    HaltingPolicy,
-    IamNN,
-    IamNNStats,
-    MobileNet,
-    PonderNet,
-    ResNet,
-    list_models,
-    register_model,
-)
-from .models.halting import register_policy
-from .predict import Prediction, predict  # noqa: E402 - after the modules it uses; shadows the submodule's name
-from .weights import create_model, load_model
+The names below are imported on first use (PEP 562), so that ``import iamnn.cli`` — the ``iamnn``
+command — does not wait for PyTorch: ``iamnn --help`` or a mistyped flag answers at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = [
+
+# public name -> the module that defines it
+_HOMES = {
     # building and loading models
-    "create_model", "list_models", "load_model", "register_model", "IamNN", "IamNNStats", "ResNet",
-    "MobileNet",
+    "create_model": "weights", "list_models": "models", "load_model": "weights", "register_model": "models",
+    "IamNN": "models", "IamNNStats": "models", "ResNet": "models", "MobileNet": "models",
     # halting policies
-    "HaltingPolicy", "ACT", "Fixed", "Full", "PonderNet", "register_policy",
+    "HaltingPolicy": "models", "ACT": "models", "Fixed": "models", "Full": "models", "PonderNet": "models",
+    "register_policy": "models.halting",
     # inference
-    "predict", "Prediction",
+    "predict": "prediction", "Prediction": "prediction",
     # cost
+    "count_params": "cost", "measure_macs": "cost",
+}  # fmt: skip
+# the keys of _HOMES, spelled out for linters (tests/test_architecture.py checks that they agree)
+__all__ = [
+    "create_model", "list_models", "load_model", "register_model", "IamNN", "IamNNStats", "ResNet", "MobileNet",
+    "HaltingPolicy", "ACT", "Fixed", "Full", "PonderNet", "register_policy",
+    "predict", "Prediction",
     "count_params", "measure_macs",
 ]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'iamnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from .cost import count_params, measure_macs
+    from .models import (
+        ACT,
+        Fixed,
+        Full,
+        HaltingPolicy,
+        IamNN,
+        IamNNStats,
+        MobileNet,
+        PonderNet,
+        ResNet,
+        list_models,
+        register_model,
+    )
+    from .models.halting import register_policy
+    from .prediction import Prediction, predict
+    from .weights import create_model, load_model

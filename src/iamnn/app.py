@@ -34,7 +34,7 @@ from .errors import one_line
 from .models import IamNN
 from .models.halting import stage_policies
 from .plots import pyplot_agg
-from .predict import load_image, skip_reason
+from .prediction import load_image, skip_reason
 
 THRESHOLDS = (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9)  # ε of the start-up accuracy curve
 GALLERY_SIZE = 12

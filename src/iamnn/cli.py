@@ -334,7 +334,7 @@ def _app(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .predict import onnx_runner, predict_files, torch_runner
+    from .prediction import onnx_runner, predict_files, torch_runner
 
     if args.onnx:
         try:
