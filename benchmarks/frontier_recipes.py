@@ -52,12 +52,13 @@ DATA = {"batch_size": 128, "eval_batch_size": 500, "val_size": 2000, "train_subs
 
 def recipe(
     name: str, model: dict, trainer: dict, base_model: dict = BASE_MODEL, data: dict = DATA,
-    epochs: int = EPOCHS, save_dir: str = "runs/frontier",
+    epochs: int = EPOCHS, save_dir: str = "runs/frontier", seed: int = 0,
 ) -> dict:  # fmt: skip
-    """One study point: the shared recipe with the point's model and trainer overrides."""
+    """One study point: the shared recipe with the point's model and trainer overrides; ``seed``
+    seeds the weights' initialisation and the training order (the validation split stays)."""
     logger = {"save_dir": save_dir, "name": name, "version": ""}
     return {
-        "seed_everything": 0,
+        "seed_everything": seed,
         "trainer": {
             "max_epochs": epochs, "accelerator": "auto", "precision": "bf16-mixed", "enable_model_summary": False,
             "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger}],
@@ -68,11 +69,16 @@ def recipe(
     }  # fmt: skip
 
 
-def write_recipes(out: Path, points: dict[str, tuple[str, dict, dict]], title: str, writer: str, **shared) -> None:
-    """``out/<point>.yaml`` for every point, each headed by what it is about."""
+def write_recipes(
+    out: Path, points: dict[str, tuple[str, dict, dict]], title: str, writer: str,
+    seeds: dict[str, int] | None = None, **shared,
+) -> None:  # fmt: skip
+    """``out/<point>.yaml`` for every point, each headed by what it is about; ``seeds``: a point's
+    seed where it is not 0."""
     out.mkdir(parents=True, exist_ok=True)
     for name, (comment, model, trainer) in points.items():
-        text = yaml.safe_dump(recipe(name, model, trainer, **shared), sort_keys=False, width=100)
+        seed = (seeds or {}).get(name, 0)
+        text = yaml.safe_dump(recipe(name, model, trainer, seed=seed, **shared), sort_keys=False, width=100)
         (out / f"{name}.yaml").write_text(f"# {title} point '{name}': {comment}.\n# Written by {writer}.\n" + text)
     print(f"wrote {len(points)} recipes to {out}")
 

@@ -81,7 +81,18 @@ POINTS: dict[str, tuple[str, dict, dict]] = {
         },
         {"max_epochs": 3},
     ),
+    # the cascade study: second seeds of the fixed depths, and one network whose depths are trained
+    # to be each accurate and different (a cascade over its depths wants them to disagree)
+    "fixed_k1_seed1": ("fixed_k1, seed 1 (initial weights and training order)", {"halting": 1, "tau": 0.0}, {}),
+    "fixed_k2_seed1": ("fixed_k2, seed 1 (initial weights and training order)", {"halting": 2, "tau": 0.0}, {}),
+    "depth_ce": (
+        "deep supervision over depth: every step trains 1 and 2 iterations per stage, each on the "
+        "labels (mean of the two cross-entropies, no distillation); validation runs 2",
+        {"halting": 2, "tau": 0.0, "depth_supervision": [1, 2]},
+        {},
+    ),
 }  # fmt: skip
+SEEDS = {"fixed_k1_seed1": 1, "fixed_k2_seed1": 1}
 
 # Before the study's points: does separately trained depth pay >= 1 point on some recipe? The study
 # recipe gives k = 2 only +0.39 over k = 1; these probe narrower and longer variants of it.
@@ -104,7 +115,7 @@ DATA = {"batch_size": 128, "eval_batch_size": 500, "val_size": 5000}
 
 def main() -> None:
     write_recipes(OUT, POINTS, "Full-data study", "benchmarks/study_recipes.py", base_model=BASE_MODEL, data=DATA,
-                  epochs=EPOCHS, save_dir="runs/study")  # fmt: skip
+                  epochs=EPOCHS, save_dir="runs/study", seeds=SEEDS)  # fmt: skip
     write_recipes(PROBES_OUT, PROBES, "Depth probe", "benchmarks/study_recipes.py", base_model=BASE_MODEL, data=DATA,
                   epochs=EPOCHS, save_dir="runs/depth_probes")  # fmt: skip
 

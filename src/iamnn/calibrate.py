@@ -1,5 +1,6 @@
-"""Budgets: the halting threshold that meets an average-MACs budget (``iamnn calibrate``), and
-BatchNorm statistics re-estimated for an inference regime (``iamnn recalibrate``)."""
+"""Budgets: the halting threshold that meets an average-MACs budget (``iamnn calibrate``; a
+cascade's confidence threshold too), and BatchNorm statistics re-estimated for an inference regime
+(``iamnn recalibrate``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .evaluation import calibrate_threshold, evaluate, recalibrate_batchnorm
-from .models import IamNN
-from .models.halting import HaltingSpec, halting_json
+from .headroom import cascade_points, opinions
+from .models import Cascade, IamNN
+from .models.halting import HaltingSpec, halting_json, network_policy
 from .runs import load_iamnn_run
 from .weights import save_weights
 
@@ -20,17 +22,24 @@ def calibrate_run(
     recalibrate: bool = True,
     test_subset: int | None = None,
     save: str | Path | None = None,
+    halting: HaltingSpec | None = None,
 ) -> dict[str, Any]:
-    """``calibrate_threshold`` for each budget on a run's validation split, then its test accuracy.
+    """``calibrate_threshold`` for each budget on a run's validation split, then its test accuracy;
+    with a cascade as ``halting`` (``cascade:1,flip-1``), its confidence threshold instead.
 
     ``save``: write the model at the (single) budget's threshold, with its re-estimated BatchNorm
     statistics, as a weights file that loads in that regime.
     """
     if save and len(budgets) != 1:
         raise ValueError("saving the calibrated model needs exactly one budget")
+    cascade = network_policy(halting)
+    if halting is not None and (cascade is None or len(cascade.passes) < 2):
+        raise ValueError(f"calibrate --halting takes a cascade of 2+ passes (cascade:1,flip-1), got {halting!r}")
     weights, model, config, dm = load_iamnn_run(source, test_subset)
     if dm.val_set is None:
         raise ValueError(f"{weights}: the recipe holds out no validation split (val_size: 0) to calibrate on")
+    if cascade is not None:
+        return calibrate_cascade(model, cascade, dm, budgets, str(weights), config.get("data"), save)
     val, test, train = dm.val_dataloader(), dm.test_dataloader(), dm.train_dataloader() if recalibrate else None
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     rows = []
@@ -43,6 +52,29 @@ def calibrate_run(
     if save:
         save_weights(model, save, data=config.get("data"), extra={"calibrated_from": str(weights), **rows[0]})
     return {"weights": str(weights), "budgets": rows, "saved": str(save) if save else None}
+
+
+def calibrate_cascade(
+    model: IamNN,
+    cascade: Cascade,
+    dm: Any,
+    budgets: list[float],
+    source: str,
+    data: dict[str, Any] | None = None,
+    save: str | Path | None = None,
+) -> dict[str, Any]:
+    """A cascade's threshold for each budget, chosen on the validation split (every pass run once
+    on it, then replayed), and its test top-1 and MACs (replayed as well: equal to running it)."""
+    items = opinions(model, dm.val_dataloader(), dm.test_dataloader(), cascade.passes, Path(source).stem)
+    rows = []
+    for point in cascade_points(cascade, items, budgets):
+        point.pop("correct")
+        rows.append({**point, "feasible": point["val_macs_mean"] <= point["budget_macs"],
+                     "test_macs_mean": point.pop("macs_mean"), "test_top1": point.pop("top1")})  # fmt: skip
+    if save:
+        model.halting = rows[0]["halting"]
+        save_weights(model, save, data=data, extra={"calibrated_from": source, **rows[0]})
+    return {"weights": source, "budgets": rows, "saved": str(save) if save else None}
 
 
 def recalibrate_run(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -213,28 +214,70 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     try:
         budgets = [parse_macs(b) for b in args.budget_macs]
-        result = calibrate_run(args.ckpt, budgets, not args.no_recalibrate, args.test_subset, save=args.save)
+        result = calibrate_run(args.ckpt, budgets, not args.no_recalibrate, args.test_subset, args.save, args.halting)
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
-    statistics = "BatchNorm re-estimated" if not args.no_recalibrate else "trained BatchNorm statistics"
-    saved = f"wrote {result['saved']} (loads at ε = {result['budgets'][0]['epsilon']:.4f}, {statistics})"
+    if args.halting:  # a cascade: its confidence threshold
+        for r in result["budgets"]:
+            r["epsilon"], r["val_macs_range"] = r["thresholds"][0] or -math.inf, [r["val_macs_mean"]] * 2
+    statistics = (
+        "BatchNorm re-estimated" if not args.no_recalibrate and not args.halting else "trained BatchNorm statistics"
+    )
+    threshold = "cascade threshold" if args.halting else "ε"
+    saved = f"wrote {result['saved']} (loads at {threshold} = {result['budgets'][0]['epsilon']:.4f}, {statistics})"
     if _json_out(args, result):
         if result["saved"]:
             _say(args, saved)
         return
     table = Table(title=f"Halting thresholds for MACs budgets: {result['weights']}")
-    for col in ("budget", "ε", "val avg MACs", "test avg MACs", "test top-1", "mean iterations per stage", "note"):
+    spent = "share answered by each pass" if args.halting else "mean iterations per stage"
+    for col in ("budget", threshold, "val avg MACs", "test avg MACs", "test top-1", spent, "note"):
         table.add_column(col, justify="right")
     for r in result["budgets"]:
         note = "" if r["feasible"] else f"infeasible: the cheapest threshold costs {human(r['val_macs_range'][0])}"
+        shares = r["answered_by"] if args.halting else r["iterations_mean"]
         table.add_row(
             human(r["budget_macs"]), f"{r['epsilon']:.4f}", human(r["val_macs_mean"]), human(r["test_macs_mean"]),
-            f"{r['test_top1']:.2f}", " / ".join(f"{v:.2f}" for v in r["iterations_mean"]), note,
+            f"{r['test_top1']:.2f}", " / ".join(f"{v:.2f}" for v in shares), note,
         )  # fmt: skip
     _console().print(table)
     if result["saved"]:
         print(saved)
     _json_out(args, result)
+
+
+def _cascade_arg(text: str) -> str:
+    """``--halting`` of calibrate: a cascade, whose thresholds it chooses (``@…`` may be left out)."""
+    from .models.cascade import Cascade
+
+    if not text.startswith("cascade:"):
+        raise argparse.ArgumentTypeError(f"expected a cascade:PASS,PASS (e.g. cascade:1,flip-1), got {text!r}")
+    try:
+        return Cascade.parse(text if "@" in text else f"{text}@" + ",".join(["inf"] * text.count(","))).spec
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(one_line(err)) from None
+
+
+def _headroom(args: argparse.Namespace) -> None:
+    from .headroom import headroom, markdown_headroom, opinions
+    from .models.cascade import Cascade
+    from .runs import load_iamnn_run
+
+    items = []
+    for text in args.opinions:
+        run, _, passes = text.rpartition(":")
+        try:
+            cascade = Cascade.parse(_cascade_arg(f"cascade:{passes}"))
+            weights, model, _, dm = load_iamnn_run(run, args.test_subset)
+            if dm.val_set is None:
+                raise ValueError(f"{weights}: the recipe holds out no validation split")
+        except (ValueError, FileNotFoundError, argparse.ArgumentTypeError) as err:
+            raise CLIError(f"{text}: {one_line(err)}") from None
+        items += opinions(model, dm.val_dataloader(), dm.test_dataloader(), cascade.passes, Path(run).name)
+    result = headroom(items)
+    if not _json_out(args, result):
+        print(markdown_headroom(result))
+        _json_out(args, result)
 
 
 def _recalibrate(args: argparse.Namespace) -> None:
@@ -367,7 +410,8 @@ def _predict(args: argparse.Namespace) -> None:
 
 # -- export ------------------------------------------------------------------------------------
 def _export(args: argparse.Namespace) -> None:
-    from .models.halting import halting_json
+    from .export import CASCADE_NOT_EXPORTED
+    from .models.halting import halting_json, network_policy
     from .weights import save_weights
 
     model, config = _load_source(args)
@@ -383,6 +427,8 @@ def _export(args: argparse.Namespace) -> None:
 
     try:
         halting = halting_json(model.halting if args.halting is None else args.halting)
+        if network_policy(halting) is not None:
+            raise ValueError(CASCADE_NOT_EXPORTED)
     except ValueError as err:
         raise CLIError(str(err)) from None
     source = (
@@ -636,10 +682,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="a run directory, or a weights/checkpoint file inside one")
     p.add_argument("--budget-macs", required=True, nargs="+", help="average MACs per image, e.g. 20M 1.5G")
     p.add_argument("--no-recalibrate", action="store_true", help="keep the trained BatchNorm statistics")
+    p.add_argument("--halting", default=None, type=_cascade_arg,
+                   help="a cascade to calibrate instead of the halting threshold, e.g. cascade:1,flip-1")  # fmt: skip
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     _add_json(p)
     p.add_argument("--save", default=None, help="write the calibrated model (one budget) as safetensors here")
     p.set_defaults(run=_calibrate)
+
+    p = sub.add_parser("headroom", help="can per-image compute pay? disagreement and per-image oracle of opinions")
+    p.add_argument("opinions", nargs="+", metavar="RUN:PASS,PASS",
+                   help="a run folder and the passes of it to compare (1, 2, full, act, flip-1 …), e.g. "
+                   "runs/study/fixed_k1:1,flip-1 runs/study/fixed_k2:2")  # fmt: skip
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    _add_json(p, "headroom.json")
+    p.set_defaults(run=_headroom)
 
     p = sub.add_parser("recalibrate", help="re-estimate BatchNorm statistics for an inference regime (fixed k…)")
     p.add_argument("--ckpt", help="a run directory, or a weights/checkpoint file inside one")

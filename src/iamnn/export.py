@@ -31,7 +31,7 @@ from torch._higher_order_ops import while_loop
 from torch.nn import functional as F
 
 from .models.fold import FoldedInvertedResidualBlock, FoldedProcessingBlock, fold_batchnorm
-from .models.halting import HaltingPolicy, HaltingSpec, halting_json, initial_states
+from .models.halting import HaltingPolicy, HaltingSpec, halting_json, initial_states, network_policy
 from .models.iamnn import IamNN, IterativeStage
 from .weights import CONFIG_KEY
 
@@ -146,6 +146,12 @@ class ExportableIamNN(nn.Module):
         return logits, torch.stack(iterations, 1)
 
 
+CASCADE_NOT_EXPORTED = (
+    "a cascade is not exported: ONNX's If takes one branch for a whole batch, while a cascade sends each "
+    "image its own way; export its passes (--halting 1) and compare the confidence in your runtime"
+)
+
+
 def _default_input_size(model: IamNN, config: dict[str, Any] | None) -> tuple[int, int]:
     data = (config or {}).get("data") or {}
     if "input_size" in data:
@@ -182,6 +188,8 @@ def export_onnx(
     _require("onnxscript")
     if not isinstance(model, IamNN):
         raise TypeError(f"export_onnx exports an IamNN, got {type(model).__name__}")
+    if network_policy(model.halting if halting is None else halting) is not None:
+        raise ValueError(CASCADE_NOT_EXPORTED)
     path = Path(path)
     if config is None:
         config = getattr(model, "model_config", None)

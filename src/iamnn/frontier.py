@@ -51,7 +51,7 @@ def frontier_records(run_dir: str | Path, test_subset: int | None = None, budget
     hparams_path = run_dir / "hparams.yaml"
     hparams = (load_yaml(hparams_path) or {}) if hparams_path.is_file() else {}
     options = ("tau", "tau_warmup_epochs", "min_iterations", "min_iterations_epochs", "ponder_norm", "halting_bias",
-               "anytime", "freeze_backbone", "init_weights")  # fmt: skip
+               "anytime", "depth_supervision", "freeze_backbone", "init_weights")  # fmt: skip
     record = {
         "name": run_dir.name,
         "run": str(run_dir),

@@ -87,6 +87,10 @@ class Classifier(L.LightningModule):
             random per-stage depths against the detached soft targets of ``full`` (in-place
             distillation, KL). The halting units get no gradient; train them afterwards with
             ``freeze_backbone``. Validation runs the model's own ``halting``.
+        depth_supervision: train these fixed depths (iterations per stage, e.g. ``[1, 2]``) at
+            every step, each on the labels (deep supervision over depth, no distillation):
+            the loss is the mean of their cross-entropies, so that each depth is accurate on its
+            own and free to disagree with the others. Validation runs the model's own ``halting``.
         freeze_backbone: train only the halting units (the second phase of two-phase training:
             the backbone's weights stay; its BatchNorm statistics follow the halting regime).
         init_weights: start from the weights of this file (safetensors or ``.ckpt`` of the same
@@ -121,6 +125,7 @@ class Classifier(L.LightningModule):
         ponder_norm: bool = False,
         anytime: bool = False,
         anytime_random: int = 2,
+        depth_supervision: Sequence[int] = (),
         freeze_backbone: bool = False,
         init_weights: str | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
@@ -145,8 +150,14 @@ class Classifier(L.LightningModule):
         self.adaptive = isinstance(self.model, IamNN)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        if (anytime or freeze_backbone) and not self.adaptive:
-            raise ValueError(f"anytime and freeze_backbone train an IamNN's depths, not a {type(self.model).__name__}")
+        if (anytime or freeze_backbone or depth_supervision) and not self.adaptive:
+            raise ValueError(f"anytime, depth_supervision and freeze_backbone train an IamNN's depths, "
+                             f"not a {type(self.model).__name__}")  # fmt: skip
+        if depth_supervision and (anytime or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
+                                                 for k in depth_supervision)):  # fmt: skip
+            raise ValueError(
+                f"depth_supervision takes ints k >= 1 and not with anytime, got {list(depth_supervision)!r}"
+            )
         if init_weights:
             load_weights(self.model, init_weights)
         if freeze_backbone:
@@ -178,12 +189,15 @@ class Classifier(L.LightningModule):
         policies = self._policies(train)
         if train and hp.anytime:
             logits, stats, ce = self._sandwich(x, y)
+        elif train and hp.get("depth_supervision"):
+            logits, stats, ce = self._depth_supervised(x, y)
         else:
             logits, stats = self.model(x, return_stats=True, halting=policies)
             ce = self.criterion(logits, y)
         # ponder cost: τ · Σ_k mean_batch(ρ_k), optionally ρ_k / N_k (the policies' own loss)
         ponder = logits.new_zeros(())
-        if self.adaptive and not (train and hp.anytime):  # anytime: fixed depths, no ponder to learn
+        # anytime and depth supervision train fixed depths: no ponder to learn
+        if self.adaptive and not (train and (hp.anytime or hp.get("depth_supervision"))):
             ponder = ponder_loss(policies, stats.ponder, self.model.max_iterations if hp.ponder_norm else None)
         tau = hp.tau
         if train and hp.tau_warmup_epochs > 0:
@@ -225,6 +239,19 @@ class Classifier(L.LightningModule):
             student = self.model(x, halting=halting).float().log_softmax(1)
             loss = loss + nn.functional.kl_div(student, target, reduction="batchmean")
         return logits, stats, loss
+
+    def _depth_supervised(self, x: Tensor, y: Tensor) -> tuple[Tensor, Any, Tensor]:
+        r"""Each depth k of ``depth_supervision`` on the labels:
+        :math:`\mathcal{L} = \frac{1}{|K|} \sum_{k \in K} \mathrm{CE}(z_k, y)`.
+
+        Returns the deepest depth's logits and stats (what the step logs) and the loss.
+        """
+        depths = sorted(self.hparams.depth_supervision)
+        losses = []
+        for k in depths:
+            logits, stats = self.model(x, return_stats=True, halting=k)
+            losses.append(self.criterion(logits, y))
+        return logits, stats, torch.stack(losses).mean()
 
     def _policies(self, train: bool) -> tuple[HaltingPolicy, ...] | None:
         """The model's halting policies for this step: during the first ``min_iterations_epochs``

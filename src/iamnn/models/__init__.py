@@ -4,6 +4,7 @@ per preset (presets are data: iterations per stage, or block and units)."""
 from __future__ import annotations
 
 from .baselines import MOBILENETS, RESNETS, MobileNet, ResNet
+from .cascade import Cascade, Pass
 from .halting import ACT, Fixed, Full, HaltingPolicy, PonderNet, halting_policy, policy_names, register_policy
 from .iamnn import (
     BLOCKS,
@@ -21,6 +22,7 @@ from .registry import build_model, list_models, pretrained_file, register_model,
 
 __all__ = [
     "ACT",
+    "Cascade",
     "Fixed",
     "Full",
     "HaltingPolicy",
@@ -29,6 +31,7 @@ __all__ = [
     "InvertedResidualBlock",
     "IterativeStage",
     "MobileNet",
+    "Pass",
     "PonderNet",
     "ProcessingBlock",
     "ResNet",

@@ -274,6 +274,24 @@ def ponder_loss(
     return torch.stack(per_stage).sum()
 
 
+# network-level policies (a cascade of whole passes, ``cascade.py``), written "name:…": name -> class
+_NETWORK_POLICIES: dict[str, type] = {}
+
+
+def register_network_policy(name: str, cls: type) -> None:
+    """Register a network-level policy class, written ``name:…`` and read by ``cls.parse``; its
+    instances have ``spec`` (their text) and ``run(model, x)`` (what ``IamNN.forward`` calls)."""
+    _NETWORK_POLICIES[name] = cls
+
+
+def network_policy(spec: HaltingSpec) -> Any:
+    """The network-level policy ``spec`` is or names, else None."""
+    if isinstance(spec, tuple(_NETWORK_POLICIES.values())):
+        return spec
+    name, colon, _ = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    return _NETWORK_POLICIES[name].parse(spec) if colon and name in _NETWORK_POLICIES else None
+
+
 def policy_names() -> list[str]:
     """The registered policy names (an int k, a fixed number of iterations, is always accepted too)."""
     return sorted(_POLICIES)
@@ -284,6 +302,8 @@ def normalize_halting(spec: HaltingSpec) -> Any:
     per-stage list a tuple; raises ValueError for anything that is not a policy."""
     if isinstance(spec, HaltingPolicy):
         return spec
+    if (network := network_policy(spec)) is not None:
+        return network
     if isinstance(spec, (list, tuple)):
         return tuple(normalize_halting(s) for s in spec)
     if isinstance(spec, str) and spec.strip().isdigit():
@@ -293,7 +313,7 @@ def normalize_halting(spec: HaltingSpec) -> Any:
     if isinstance(spec, str) and spec in _POLICIES:
         return spec
     names = ", ".join(repr(n) for n in policy_names())
-    raise ValueError(f"halting must be {names} or an int k >= 1, got {spec!r}")
+    raise ValueError(f"halting must be {names}, an int k >= 1 or a cascade:PASS,PASS@T, got {spec!r}")
 
 
 def halting_json(spec: HaltingSpec) -> str | int | list[str | int]:
@@ -302,7 +322,7 @@ def halting_json(spec: HaltingSpec) -> str | int | list[str | int]:
     spec = normalize_halting(spec)
     if isinstance(spec, tuple):
         return [halting_json(s) for s in spec]
-    return spec.spec if isinstance(spec, HaltingPolicy) else spec
+    return spec.spec if isinstance(spec, HaltingPolicy) or network_policy(spec) is not None else spec
 
 
 def other_regime_note(own: HaltingSpec, halting: HaltingSpec | None) -> str | None:
@@ -331,6 +351,8 @@ def halting_policy(spec: HaltingSpec, epsilon: float = 0.01) -> HaltingPolicy:
 def stage_policies(spec: HaltingSpec, stages: int, epsilon: float = 0.01) -> tuple[HaltingPolicy, ...]:
     """One policy per stage: a single spec applies to every stage, a sequence gives each its own."""
     spec = normalize_halting(spec)
+    if network_policy(spec) is not None:
+        raise ValueError(f"{spec.spec!r} chooses between whole passes, not per stage: run it as model(x, halting=...)")
     if isinstance(spec, tuple):
         if len(spec) != stages:
             raise ValueError(f"halting gives {len(spec)} modes for {stages} stages")

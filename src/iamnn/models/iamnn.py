@@ -19,7 +19,7 @@ from torchvision.ops import SqueezeExcitation
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
 from .act_kernel import KernelStep, act_one_sample, halting_step, pooled_relu_update, weighted_sum
-from .halting import HaltingPolicy, HaltingSpec, initial_states, normalize_halting, stage_policies
+from .halting import HaltingPolicy, HaltingSpec, initial_states, network_policy, normalize_halting, stage_policies
 from .halting_unit import HaltingUnit
 
 Stem = Literal["imagenet", "cifar"]
@@ -41,11 +41,15 @@ class IamNNStats:
     iterations: (B, 4) long, iterations N used in each stage.
     ponder: (B, 4) float, ponder cost ρ = N + R per stage (differentiable in ``act`` mode).
     macs: (B,) long, multiply-accumulates this sample cost.
+    answered_by: under a cascade (``cascade.py``), (B,) long, the 0-based pass whose answer the
+        sample left with; its iterations are then those computed over every pass it ran, and its
+        ponder those iterations as floats. None otherwise.
     """
 
     iterations: Tensor
     ponder: Tensor
     macs: Tensor
+    answered_by: Tensor | None = None
 
 
 def iteration_norms(iterations: int, *channels: int) -> nn.ModuleList:
@@ -216,15 +220,22 @@ class IterativeStage(nn.Module):
         self.block = BLOCKS[block](in_channels, out_channels, max_iterations, **block_kwargs)
         self.halting_unit = HaltingUnit(2 * out_channels + in_channels, halting_hidden, halting_bias)
 
-    def forward(self, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long, ponder ρ (B,)."""
+    def forward(
+        self, x0: Tensor, policy: HaltingPolicy, resume: tuple[Tensor, int] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long, ponder ρ (B,).
+
+        ``resume``: (s_m, m), the state after m iterations of an earlier fixed schedule on the same
+        x0; a fixed schedule then goes on from iteration m + 1 (a cascade's deeper pass)."""
         if not policy.uses_scores:  # a fixed schedule: N iterations, p one-hot on the last state
             n = policy.limit(self.max_iterations)
-            s = None  # s_0 = 0
-            for i in range(n):
+            s, start = resume or (None, 0)  # s_0 = 0
+            for i in range(start, n):
                 s, _ = self.block.step(x0, s, i, need_u=False)
             iterations = torch.full((x0.shape[0],), n, dtype=torch.long, device=x0.device)
             return s, iterations, policy.ponder(1.0, iterations.to(x0.dtype))
+        if resume is not None:
+            raise ValueError("only a fixed schedule resumes a stage")
         # a folded model under ACT at inference: each iteration's halting step is one C call
         if x0.shape[0] == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32:
             return act_one_sample(self, x0, policy) or self._one_sample(x0, policy)
@@ -456,8 +467,10 @@ class IamNN(nn.Module):
 
     @halting.setter
     def halting(self, spec: HaltingSpec) -> None:
-        self.policies(spec)  # fails now, with the accepted values, rather than at the next forward
-        self._halting = normalize_halting(spec)
+        spec = normalize_halting(spec)  # fails now, with the accepted values, rather than at the next forward
+        if network_policy(spec) is None:
+            self.policies(spec)
+        self._halting = spec
 
     def policies(self, halting: HaltingSpec | None = None) -> tuple[HaltingPolicy, ...]:
         """One policy per stage for ``halting`` (default: :attr:`halting`, with :attr:`epsilon`)."""
@@ -466,6 +479,11 @@ class IamNN(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def forward_features(self, x: Tensor, halting: HaltingSpec | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(B, C, H, W) -> features (B, C_4, h, w), iterations (B, 4), ponder (B, 4)."""
+        features, iterations, ponder, _ = self.forward_stages(self.forward_stem(x), self.policies(halting))
+        return features, iterations, ponder
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> the stem's output, stage 1's input x_0."""
         check_input(x, self.in_chans)
         if min(self.stage_sizes(tuple(x.shape[-2:]))[-1]) < 1:
             raise ValueError(
@@ -474,15 +492,22 @@ class IamNN(nn.Module):
             )
         if self.memory_format is not None:  # None: the caller's layout stays (lit.Classifier sets its own)
             x = x.contiguous(memory_format=self.memory_format)
-        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
-        iterations, ponder = [], []
-        for k, (stage, policy) in enumerate(zip(self.stages, self.policies(halting), strict=True)):
+        return self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+
+    def forward_stages(
+        self, x: Tensor, policies: tuple[HaltingPolicy, ...], resume: tuple[Tensor, int] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The stem's output -> features, iterations (B, 4), ponder (B, 4), and stage 1's output;
+        ``resume``: stage 1 goes on from an earlier fixed schedule's state (``IterativeStage``)."""
+        iterations, ponder, first = [], [], x
+        for k, (stage, policy) in enumerate(zip(self.stages, policies, strict=True)):
             if k > 0:
                 x = self.pool(x)
-            x, n, rho = stage(x, policy)
+            x, n, rho = stage(x, policy, resume if k == 0 else None)
+            first = x if k == 0 else first
             iterations.append(n)
             ponder.append(rho)
-        return x, torch.stack(iterations, 1), torch.stack(ponder, 1)
+        return x, torch.stack(iterations, 1), torch.stack(ponder, 1), first
 
     def forward_head(self, features: Tensor) -> Tensor:
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1))
@@ -499,6 +524,13 @@ class IamNN(nn.Module):
         BatchNorm makes samples independent, so the result is the same, and smaller state maps
         stay in cache (measured on 2 CPU cores, folded model at batch 256: chunks of 128 beat 64 and 256).
         """
+        if (network := network_policy(self.halting if halting is None else halting)) is not None:  # whole passes
+            log_probs, iterations, macs, answered = network.run(self, x)
+            return (
+                (log_probs, IamNNStats(iterations, iterations.to(x.dtype), macs, answered))
+                if return_stats
+                else log_probs
+            )
         halting = self.policies(halting)  # resolved once: the stages and the MAC count use them
         chunk = self.inference_chunk
         if not self.training and chunk and x.shape[0] > chunk:
@@ -508,7 +540,7 @@ class IamNN(nn.Module):
                 return logits
             stats = [p[1] for p in parts]
             return logits, IamNNStats(
-                *(torch.cat([getattr(st, f) for st in stats]) for f in IamNNStats.__annotations__)
+                *(torch.cat([getattr(st, f) for st in stats]) for f in ("iterations", "ponder", "macs"))
             )
         features, iterations, ponder = self.forward_features(x, halting)
         logits = self.forward_head(features)
