@@ -246,6 +246,19 @@ def _calibrate(args: argparse.Namespace) -> None:
     _json_out(args, result)
 
 
+def _halting_arg(text: str) -> str | int:
+    """A ``--halting`` value, checked when the arguments are parsed (before any data loads)."""
+    from .models.halting import halting_json
+
+    try:
+        spec = halting_json(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(one_line(err)) from None
+    if isinstance(spec, list):
+        raise argparse.ArgumentTypeError(f"one regime for every stage, got {text!r}")
+    return spec
+
+
 def _cascade_arg(text: str) -> str:
     """``--halting`` of calibrate: a cascade, whose thresholds it chooses (``@…`` may be left out)."""
     from .models.cascade import Cascade
@@ -388,7 +401,10 @@ def _predict(args: argparse.Namespace) -> None:
             raise CLIError(f"{args.onnx}: cannot load ONNX model ({str(err).splitlines()[0][:200]})") from None
     else:
         model, config = _load_source(args)
-        run = torch_runner(model)
+        if args.halting is not None:
+            _note_other_regime("predict", model, args.halting,
+                               "predict with the weights of `iamnn recalibrate ... --halting H -o FILE`")  # fmt: skip
+        run = torch_runner(model, args.halting)
     if "data" not in config:
         raise CLIError("the weights carry no preprocessing config (input size, mean, std)")
     results, bad = predict_files(run, config["data"], args.images)
@@ -396,10 +412,13 @@ def _predict(args: argparse.Namespace) -> None:
         print(json.dumps({"predictions": [vars(r) for r in results], "errors": [list(b) for b in bad]}, indent=2))
     else:
         table = Table()
-        for col in ("image", "class", "confidence", "iterations per stage", "MACs"):
+        cascade = any(r.answered_by is not None for r in results)
+        columns = ("image", "class", "confidence", "iterations per stage", "MACs") + (("answered by pass",) * cascade)
+        for col in columns:
             table.add_column(col, justify="left" if col in ("image", "class") else "right")
         for r in results:
-            table.add_row(r.path, r.label, f"{r.confidence:.3f}", " / ".join(map(str, r.iterations)), human(r.macs))
+            table.add_row(r.path, r.label, f"{r.confidence:.3f}", " / ".join(map(str, r.iterations)), human(r.macs),
+                          *((str(r.answered_by + 1),) if cascade else ()))  # fmt: skip
         if results:
             _console().print(table)
     for path, reason in bad:
@@ -650,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="registered model name, with --pretrained")
     p.add_argument("--weights", help="safetensors weights or Lightning .ckpt")
-    p.add_argument("--halting", default=None, help="an inference regime instead of the model's own: act, full, k")
+    p.add_argument("--halting", default=None, type=_halting_arg,
+                   help="an inference regime instead of the model's own: act, full, k, or cascade:1,flip-1@0.72")  # fmt: skip
     p.add_argument("--recalibrate", action="store_true",
                    help="first re-estimate the BatchNorm statistics for that regime on training images")  # fmt: skip
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
@@ -702,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="or a weights file (its data config names the training images)")
     p.add_argument("--pretrained", action="store_true", help="or the shipped weights (of --model)")
     p.add_argument("--model", help="registered model name, with --pretrained")
-    p.add_argument("--halting", required=True, help="the regime: act, full or a fixed number of iterations k")
+    p.add_argument("--halting", required=True, type=_halting_arg,
+                   help="the regime: act, full or a fixed number of iterations k")  # fmt: skip
     p.add_argument("-o", "--output", default=None, help="write the re-estimated model as safetensors here")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     _add_json(p)
@@ -714,6 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name, with --pretrained")
     p.add_argument("--pretrained", action="store_true", help="use the weights shipped with the package")
     p.add_argument("--onnx", help="an ONNX file written by `iamnn export`, run with onnxruntime")
+    p.add_argument("--halting", default=None, type=_halting_arg,
+                   help="a regime instead of the model's own: act, full, k, or cascade:1,flip-1@0.72")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_predict)
 
@@ -732,7 +755,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true", help="use the weights shipped with the package")
     p.add_argument("--weights", help="safetensors weights or Lightning .ckpt")
     p.add_argument("--format", choices=("onnx", "safetensors"), default="onnx")
-    p.add_argument("--halting", default=None, help="halting mode baked into the ONNX graph: act, full or k")
+    p.add_argument("--halting", default=None, type=_halting_arg,
+                   help="halting mode baked into the ONNX graph: act, full or k")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output file")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(run=_export)

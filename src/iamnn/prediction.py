@@ -36,6 +36,8 @@ class Prediction:
     confidence: float
     iterations: list[int]
     macs: int
+    #: under a cascade, the 0-based pass whose answer the image left with; else None
+    answered_by: int | None = None
 
 
 def expand_paths(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -108,7 +110,8 @@ def _to_mode(img: Image.Image, in_chans: int) -> Image.Image:
     return img.convert("L" if in_chans == 1 else "RGB")
 
 
-Runner = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]  # images -> logits, iterations, macs
+# images -> logits, iterations, macs, and the pass that answered under a cascade (else None)
+Runner = Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor | None]]
 
 
 def torch_runner(model: nn.Module, halting: HaltingSpec | None = None) -> Runner:
@@ -116,9 +119,9 @@ def torch_runner(model: nn.Module, halting: HaltingSpec | None = None) -> Runner
     BatchNorm-folded, channels-last (``fold.py``): the same predictions, faster."""
     model = fold_batchnorm(model) if isinstance(model, IamNN) else model.eval()
 
-    def run(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def run(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         logits, stats = model(x, return_stats=True, halting=halting)
-        return logits, stats.iterations, stats.macs
+        return logits, stats.iterations, stats.macs, stats.answered_by
 
     return run
 
@@ -135,10 +138,10 @@ def onnx_runner(path: str | Path, threads: int | None = None) -> tuple[Runner, d
     with torch.device("meta"):  # only the cost table is needed: no weights are allocated
         cost_model = build_model(config["model"], **config.get("kwargs", {}))
 
-    def run(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def run(x: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         logits, iterations = onnx(x)
         iterations = torch.from_numpy(iterations)
-        return torch.from_numpy(logits), iterations, cost_model.macs(iterations, tuple(x.shape[-2:]))
+        return torch.from_numpy(logits), iterations, cost_model.macs(iterations, tuple(x.shape[-2:])), None
 
     return run, config
 
@@ -213,10 +216,11 @@ def classify(run: Runner, inputs: list[tuple[str, Tensor]], names: list[str], ba
     out = []
     for i in range(0, len(inputs), batch_size):
         chunk = inputs[i : i + batch_size]
-        logits, iterations, macs = run(torch.stack([x for _, x in chunk]))
+        logits, iterations, macs, answered = run(torch.stack([x for _, x in chunk]))
         conf, index = logits.softmax(1).max(1)
         for j, (name, _) in enumerate(chunk):
             k = int(index[j])
             label = names[k] if k < len(names) else str(k)
-            out.append(Prediction(name, label, k, float(conf[j]), iterations[j].tolist(), int(macs[j])))
+            by = None if answered is None else int(answered[j])
+            out.append(Prediction(name, label, k, float(conf[j]), iterations[j].tolist(), int(macs[j]), by))
     return out

@@ -329,12 +329,22 @@ def other_regime_note(own: HaltingSpec, halting: HaltingSpec | None) -> str | No
     """Why ``halting`` may cost accuracy, when it is another regime than ``own``, the one a model
     trained in, whose per-iteration BatchNorm statistics it keeps (other regimes feed its iterations
     other inputs: the shipped model gives 20 % under ``full`` with them, 91 % re-estimated); else None."""
-    if halting is None or (other := halting_json(halting)) == (mine := halting_json(own)):
+    if halting is None:
         return None
+    mine, others = regimes(own), [r for r in regimes(halting) if r not in regimes(own)]
+    if not others:  # a cascade over the model's own regime (other views of the image) is at home
+        return None
+    mine, other = (mine[0] if len(mine) == 1 else halting_json(own)), halting_json(halting)
     return (
         f"the BatchNorm statistics are those of the model's own regime {mine!r}; "
         f"under {other!r} they can cost much accuracy"
     )
+
+
+def regimes(spec: HaltingSpec) -> list[Any]:
+    """The per-stage regimes ``spec`` runs, as saved: itself, or a cascade's passes' regimes."""
+    network = network_policy(spec)
+    return [halting_json(p.halting) for p in network.passes] if network is not None else [halting_json(spec)]
 
 
 def halting_policy(spec: HaltingSpec, epsilon: float = 0.01) -> HaltingPolicy:
