@@ -670,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name, with --pretrained")
     p.add_argument("--weights", help="safetensors weights or Lightning .ckpt")
     p.add_argument("--halting", default=None, type=_halting_arg,
-                   help="an inference regime instead of the model's own: act, full, k, or cascade:1,flip-1@0.72")  # fmt: skip
+                   help="a regime instead of the model's own: act, full, k, or cascade:1,flip-1@0.72")  # fmt: skip
     p.add_argument("--recalibrate", action="store_true",
                    help="first re-estimate the BatchNorm statistics for that regime on training images")  # fmt: skip
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
