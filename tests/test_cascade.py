@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import iamnn
 from iamnn.cli import main
@@ -177,3 +178,33 @@ def test_calibrate_headroom_evaluate_and_export_take_a_cascade(run: Path, tmp_pa
     assert status == 2 and len(err.strip().splitlines()) == 1 and "cascade is not exported" in err
     status, out, err = _iamnn(capsys, "calibrate", "--ckpt", str(run), "--halting", "act", "--budget-macs", "1M")
     assert status == 2 and "cascade" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cascade_run_folder_reports_frontiers_and_explores(run: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from iamnn.app import Explorer, _figures, _summary_markdown
+
+    cascade_run = tmp_path / "cascade"
+    cascade_run.mkdir()
+    for name in ("config.yaml", "hparams.yaml"):
+        (cascade_run / name).write_bytes((run / name).read_bytes())
+    status, _, err = _iamnn(capsys, "calibrate", "--ckpt", str(run), "--halting", "cascade:1,flip-1",
+                            "--budget-macs", "1.3M", "--save", str(cascade_run / "model.safetensors"))  # fmt: skip
+    assert status == 0, err
+
+    status, out, err = _iamnn(capsys, "frontier", str(cascade_run), "-o", str(tmp_path / "f"), "--budgets", "2",
+                              "--json")  # fmt: skip
+    assert status == 0, err
+    records = json.loads(out)["models"]
+    assert [r["kind"] for r in records] == ["adaptive"] * 3 and records[0]["macs_min"] < records[0]["macs_max"]
+    assert all(r["val_macs_mean"] <= r["budget_macs"] for r in records[1:])
+
+    status, out, err = _iamnn(capsys, "report", str(cascade_run), "-o", str(tmp_path / "r"), "--json")
+    assert status == 0, err
+    assert {"cascade_iterations.png", "cascade_easy_hard.png"} <= set(json.loads(out)["figures"])
+
+    explorer = Explorer(load_model(cascade_run / "model.safetensors"), test_images=64)
+    assert explorer.cascade is not None and [c["epsilon"] for c in explorer.curve][-1] == 1.0
+    result = explorer.analyse(Image.fromarray((torch.rand(16, 16) * 255).byte().numpy()))
+    assert result.answered_by in (1, 2) and len(result.confidences) == result.answered_by
+    assert "answered by pass" in _summary_markdown(result)
+    assert all(html.startswith("<img") for html in _figures(explorer, result))

@@ -5,7 +5,9 @@ draw one; the page shows the top-5 classes, each stage's iterations against its 
 cumulative halting score per iteration with the threshold where the stage stopped, and the
 image's MACs against running every iteration and against the same-preset ResNet (or MobileNet).
 A slider moves the halting threshold and re-runs the image; the accuracy-vs-MACs curve of the
-model (measured at start-up on test images) marks the current setting.
+model (measured at start-up on test images) marks the current setting. For a model whose regime is
+a confidence cascade (``models/cascade.py``) the slider moves the cascade's threshold, and the page
+shows which pass answered and the confidence after each pass.
 
 Everything runs locally: no asset is fetched from the internet, requests are queued one at a
 time (a second user waits, nobody crashes), and an upload that is not an image gets a message
@@ -32,11 +34,13 @@ from .bench import baseline_for, baseline_label, baseline_name
 from .cost import model_macs
 from .errors import one_line
 from .models import IamNN
-from .models.halting import stage_policies
+from .models.cascade import confidence
+from .models.halting import network_policy, stage_policies
 from .plots import pyplot_agg
 from .prediction import load_image, skip_reason
 
 THRESHOLDS = (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9)  # ε of the start-up accuracy curve
+CASCADE_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  # a cascade's, for its curve
 GALLERY_SIZE = 12
 
 
@@ -55,6 +59,9 @@ class Analysis:
     epsilon: float
     threshold: float | None  # 1 − ε for ACT-style policies (None: the policy has no threshold)
     scores: list[list[float]]  # per stage, the halting score h_i after each iteration that called the unit
+    #: under a cascade: the 1-based pass that answered, and the confidence after each pass run
+    answered_by: int | None = None
+    confidences: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -87,13 +94,21 @@ class Explorer:
         self.baseline = baseline_name(self.model)
         shape = (self.data["in_chans"], *self.hw)
         self.macs_baseline = model_macs(baseline_for(self.model), shape)
-        self.default_epsilon = float(self.model.epsilon)
-        self.adaptive = any(p.uses_scores for p in self.model.policies())
+        self.cascade = network_policy(self.model.halting)
+        if self.cascade is not None:  # the slider is the cascade's threshold t (one for every pass)
+            self.default_epsilon = float(self.cascade.thresholds[0]) if self.cascade.thresholds else 1.0
+            self.adaptive = len(self.cascade.passes) > 1
+        else:
+            self.default_epsilon = float(self.model.epsilon)
+            self.adaptive = any(p.uses_scores for p in self.model.policies())
         if self.test_images > 0:
             self._measure_curve()
 
     def policies(self, epsilon: float) -> Any:
-        """The model's own halting policy with slack ``epsilon`` (one object when every stage shares it)."""
+        """The model's own halting policy with slack ``epsilon`` (one object when every stage shares
+        it); a cascade with ``epsilon`` as its threshold."""
+        if self.cascade is not None:
+            return self.cascade.with_thresholds((epsilon,) * len(self.cascade.thresholds))
         policies = stage_policies(self.model.halting, len(self.model.stages), epsilon)
         return policies[0] if all(p is policies[0] for p in policies) else policies
 
@@ -121,15 +136,22 @@ class Explorer:
             stage.halting_unit.register_forward_hook(lambda m, a, out, k=k: scores[k].append(float(out.reshape(-1)[0])))
             for k, stage in enumerate(self.model.stages)
         ]
+        x = self.preprocess(image)[None]
         try:
-            logits, stats = self.model(self.preprocess(image)[None], return_stats=True, halting=policies)
+            logits, stats = self.model(x, return_stats=True, halting=policies)
         finally:
             for hook in hooks:
                 hook.remove()
+        confidences = []
+        if self.cascade is not None:  # the confidence of the answer after each pass it ran
+            probs = [p for p, _ in policies.trace(self.model, x)][: int(stats.answered_by[0]) + 1]
+            confidences = [
+                float(confidence(policies.answer(probs[: j + 1]), policies.score)) for j in range(len(probs))
+            ]
         prob = logits.softmax(1)[0]
         top = prob.topk(min(5, len(prob)))
         label = lambda i: self.names[i] if i < len(self.names) else str(i)  # noqa: E731
-        act_like = all(p.name == "act" for p in self.model.policies(policies))
+        act_like = self.cascade is None and all(p.name == "act" for p in self.model.policies(policies))
         return Analysis(
             label=label(int(top.indices[0])),
             top5={label(int(i)): float(p) for p, i in zip(top.values, top.indices, strict=True)},
@@ -142,6 +164,8 @@ class Explorer:
             epsilon=eps,
             threshold=1.0 - eps if act_like else None,
             scores=scores,
+            answered_by=None if stats.answered_by is None else int(stats.answered_by[0]) + 1,
+            confidences=confidences,
         )
 
     # -- the test set ---------------------------------------------------------------------------
@@ -158,7 +182,8 @@ class Explorer:
             self.curve_note = f"no accuracy curve: the test set is not available ({one_line(err)})"
             return
         loader = dm.test_dataloader()
-        thresholds = sorted({*THRESHOLDS, self.default_epsilon}) if self.adaptive else [self.default_epsilon]
+        grid = CASCADE_THRESHOLDS if self.cascade is not None else THRESHOLDS
+        thresholds = sorted({*grid, self.default_epsilon}) if self.adaptive else [self.default_epsilon]
         for eps in thresholds:
             ev = evaluate(self.model, loader, "app", halting=self.policies(eps))
             self.curve.append({"epsilon": eps, "macs": ev.macs_mean, "top1": ev.top1})
@@ -198,7 +223,11 @@ def _figures(explorer: Explorer, result: Analysis | None) -> tuple[str, str]:
     inline PNGs. Both are cached: a figure drawn once is not drawn (and encoded) again."""
     if result is None:
         return _scores_html(explorer, None), _curve_html(explorer, None)
-    scores = (tuple(result.iterations), tuple(tuple(round(h, 6) for h in s) for s in result.scores), result.threshold)
+    if explorer.cascade is not None:
+        scores: tuple = ("cascade", tuple(round(c, 6) for c in result.confidences), result.epsilon)
+    else:
+        scores = (tuple(result.iterations), tuple(tuple(round(h, 6) for h in s) for s in result.scores),
+                  result.threshold)  # fmt: skip
     marked = (
         min(explorer.curve, key=lambda c: abs(c["epsilon"] - result.epsilon))["epsilon"] if explorer.curve else None
     )
@@ -207,6 +236,8 @@ def _figures(explorer: Explorer, result: Analysis | None) -> tuple[str, str]:
 
 @functools.lru_cache(maxsize=256)
 def _scores_html(explorer: Explorer, scores: tuple | None) -> str:
+    if explorer.cascade is not None:
+        return _passes_html(explorer, scores)
     plt = pyplot_agg()
     fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
     if scores is not None:
@@ -230,6 +261,23 @@ def _scores_html(explorer: Explorer, scores: tuple | None) -> str:
     return _figure_html(fig, "cumulative halting scores per stage")
 
 
+def _passes_html(explorer: Explorer, scores: tuple | None) -> str:
+    """A cascade's view of one image: the confidence of its answer after each pass it ran, and the
+    threshold it had to reach to leave."""
+    plt = pyplot_agg()
+    fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
+    specs = [p.spec for p in explorer.cascade.passes]
+    if scores is not None:
+        _, confidences, threshold = scores
+        ax.bar(range(1, len(confidences) + 1), confidences, color="tab:blue")
+        ax.axhline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold t = {threshold:.2f}")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xticks(range(1, len(specs) + 1), [f"pass {j + 1}\n{s}" for j, s in enumerate(specs)])
+    ax.set(xlim=(0.4, len(specs) + 0.6), ylim=(0, 1.02), ylabel="confidence of the answer",
+           title="a pass answers once its confidence reaches t")  # fmt: skip
+    return _figure_html(fig, "confidence after each pass")
+
+
 @functools.lru_cache(maxsize=64)
 def _curve_html(explorer: Explorer, marked: float | None) -> str:
     plt = pyplot_agg()
@@ -238,8 +286,9 @@ def _curve_html(explorer: Explorer, marked: float | None) -> str:
         ax.plot([c["macs"] / 1e6 for c in explorer.curve], [c["top1"] for c in explorer.curve], marker="o")
         for c in explorer.curve:
             if c["epsilon"] == marked:
+                knob = "t" if explorer.cascade is not None else "ε"
                 ax.plot([c["macs"] / 1e6], [c["top1"]], marker="*", markersize=16, color="tab:red",
-                        label=f"ε = {c['epsilon']:.2f}")  # fmt: skip
+                        label=f"{knob} = {c['epsilon']:.2f}")  # fmt: skip
                 ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, explorer.curve_note or "no curve", ha="center", va="center", wrap=True,
@@ -262,9 +311,10 @@ def _figure_html(fig: Any, alt: str) -> str:
 
 def _summary_markdown(r: Analysis) -> str:
     its = " / ".join(f"{n} of {m}" for n, m in zip(r.iterations, r.max_iterations, strict=True))
+    passes = "" if r.answered_by is None else f"answered by pass **{r.answered_by}** · "
     return (
         f"### {r.label} ({r.top5[r.label] * 100:.1f} %)\n"
-        f"iterations per stage: **{its}**\n\n"
+        f"{passes}iterations per stage{' (every pass)' if passes else ''}: **{its}**\n\n"
         f"MACs: **{r.macs:,}** ({r.macs / 1e6:.2f} M) · {100 * r.macs / r.macs_full:.0f} % of running every iteration "
         f"({r.macs_full / 1e6:.2f} M) · {100 * r.macs / r.macs_baseline:.0f} % of {baseline_label(r.baseline)} "
         f"({r.macs_baseline / 1e6:.2f} M)"
@@ -347,10 +397,15 @@ def build_app(explorer: Explorer) -> Any:
                     with gr.Tab("Draw"):
                         sketch = gr.Sketchpad(label="draw an object (dark on light)", type="numpy",
                                               image_mode="RGB", canvas_size=(280, 280), elem_id="sketch")  # fmt: skip
-                epsilon = gr.Slider(0.0, 0.99, value=explorer.default_epsilon, step=0.01, label="halting slack ε",
-                                    info="a stage stops once its scores sum to 1 − ε: larger ε, fewer MACs"
-                                    + ("" if explorer.adaptive else " (this model runs a fixed schedule)"),
-                                    elem_id="epsilon")  # fmt: skip
+                if explorer.cascade is not None:
+                    label = "cascade threshold t"
+                    info = "an image leaves after a pass once its confidence reaches t: larger t, more MACs"
+                else:
+                    label = "halting slack ε"
+                    info = "a stage stops once its scores sum to 1 − ε: larger ε, fewer MACs" + (
+                        "" if explorer.adaptive else " (this model runs a fixed schedule)")  # fmt: skip
+                epsilon = gr.Slider(0.0, 1.0 if explorer.cascade is not None else 0.99, value=explorer.default_epsilon,
+                                    step=0.01, label=label, info=info, elem_id="epsilon")  # fmt: skip
                 # inline (a data URL), not a file: Gradio writes output images to a cache file named by
                 # their content, and a second request rewriting it while the first one's is being
                 # served breaks that response (seen in the load test)

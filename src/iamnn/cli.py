@@ -286,7 +286,7 @@ def _headroom(args: argparse.Namespace) -> None:
                 raise ValueError(f"{weights}: the recipe holds out no validation split")
         except (ValueError, FileNotFoundError, argparse.ArgumentTypeError) as err:
             raise CLIError(f"{text}: {one_line(err)}") from None
-        items += opinions(model, dm.val_dataloader(), dm.test_dataloader(), cascade.passes, Path(run).name)
+        items += opinions(model, dm.val_dataloader(), dm.test_dataloader(), cascade.passes, Path(run).name, alone=True)
     result = headroom(items)
     if not _json_out(args, result):
         print(markdown_headroom(result))

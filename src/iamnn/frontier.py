@@ -6,7 +6,8 @@ the Pareto front drawn).
 
 A record's ``kind`` says what the point is: ``fixed`` (k iterations per stage), ``full``, ``act``
 (paper-style ACT trained end to end, or another halting policy by its name), ``adaptive`` (halting
-units trained on a frozen anytime backbone: one model, any budget), ``resnet`` or ``mobilenet``.
+units trained on a frozen anytime backbone: one model, any budget; or a model whose regime is a
+confidence cascade, ``models/cascade.py``), ``resnet`` or ``mobilenet``.
 An adaptive run is also calibrated to ``budgets`` average-MACs budgets between its k = 1 and
 ``full`` costs (threshold chosen on the validation split, BatchNorm re-estimated for each), each
 budget a record of its own: the model's accuracy-vs-MACs curve.
@@ -22,7 +23,9 @@ from typing import Any
 from .errors import IamNNError, one_line
 from .evaluation import calibrate_threshold, evaluate
 from .files import atomic_folder, load_yaml, write_text_atomic
-from .models import IamNN, MobileNet, ResNet, halting_policy
+from .headroom import cascade_points, opinions
+from .models import Cascade, IamNN, MobileNet, ResNet, halting_policy
+from .models.halting import network_policy
 from .plots import plot_frontier
 from .progress import track
 from .runs import find_weights, load_datamodule, read_recipe
@@ -37,7 +40,10 @@ def run_kind(model: Any, config: dict[str, Any], hparams: dict[str, Any] | None 
         return "resnet"
     if isinstance(model, MobileNet):
         return "mobilenet"
-    policy = halting_policy(config["kwargs"].get("halting", "act"))
+    halting = config["kwargs"].get("halting", "act")
+    if network_policy(halting) is not None:  # a cascade: each image its own passes
+        return "adaptive"
+    policy = halting_policy(halting)
     return "adaptive" if policy.uses_scores and (hparams or {}).get("freeze_backbone") else policy.name
 
 
@@ -66,7 +72,28 @@ def frontier_records(run_dir: str | Path, test_subset: int | None = None, budget
     }
     if record["kind"] != "adaptive" or budgets <= 0:
         return [record]
+    if (cascade := network_policy(model.halting)) is not None:
+        return [record, *cascade_budget_records(record, model, cascade, dm, budgets)]
     return [record, *budget_records(record, model, dm, budgets)]
+
+
+def cascade_budget_records(
+    record: dict[str, Any], model: IamNN, cascade: Cascade, dm: Any, budgets: int
+) -> list[dict[str, Any]]:
+    """A cascade's thresholds for ``budgets`` average-MACs budgets, geometrically spaced from just
+    above its first pass's cost to every pass's: each chosen on the validation split, then tested
+    (every pass runs once per split and is replayed, ``headroom.cascade_points``)."""
+    if dm.val_set is None:
+        raise ValueError(f"{record['run']}: no validation split (val_size: 0) to calibrate the cascade on")
+    items = opinions(model, dm.val_dataloader(), dm.test_dataloader(), cascade.passes, record["name"])
+    low = 1.01 * float(items[0].val.macs.double().mean())
+    high = float(sum(o.val.macs.double().mean() for o in items))
+    grid = [low * (high / low) ** (i / max(1, budgets - 1)) for i in range(budgets)]
+    records = []
+    for point in cascade_points(cascade, items, grid):
+        point.pop("correct")
+        records.append({**record, "name": f"{record['name']}@{point['budget_macs'] / 1e6:.2f}M", **point})
+    return records
 
 
 def budget_records(record: dict[str, Any], model: IamNN, dm: Any, budgets: int) -> list[dict[str, Any]]:

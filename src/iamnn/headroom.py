@@ -64,23 +64,28 @@ def outputs(model: IamNN, loader: DataLoader, passes: tuple[Pass, ...], name: st
     return [Split(torch.cat([p for p, _ in part]), torch.cat([m for _, m in part]), y) for part in parts]
 
 
-def opinions(model: IamNN, val: DataLoader, test: DataLoader, passes: tuple[Pass, ...], name: str) -> list[Opinion]:
-    """:func:`outputs` on the validation and test loaders, one :class:`Opinion` per pass."""
+def opinions(
+    model: IamNN, val: DataLoader, test: DataLoader, passes: tuple[Pass, ...], name: str, alone: bool = False
+) -> list[Opinion]:
+    """:func:`outputs` on the validation and test loaders, one :class:`Opinion` per pass: with
+    the MACs each adds after the passes before it (a cascade's), or with ``alone`` each pass's
+    own MACs, run by itself (what :func:`headroom` compares)."""
+    if alone:
+        return [o for p in passes for o in opinions(model, val, test, (p,), name)]
     params = count_params(model)
     pairs = zip(outputs(model, val, passes, name), outputs(model, test, passes, name), strict=True)
     return [Opinion(f"{name}:{p.spec}", params, v, t) for p, (v, t) in zip(passes, pairs, strict=True)]
 
 
-def headroom(items: list[Opinion], own_macs: list[Tensor] | None = None) -> dict[str, Any]:
+def headroom(items: list[Opinion]) -> dict[str, Any]:
     """Test top-1 and MACs of each opinion, their pairwise disagreement (images on which their
     answers differ) and the per-image oracle over them: each image gets the cheapest opinion that
     is right (the cheapest of all when none is), the best any router between them could do.
-
-    ``own_macs``: each opinion's MACs run alone (default: its test MACs), for the oracle's cost.
+    Each opinion's MACs are its own (``opinions(..., alone=True)``).
     """
     labels = items[0].test.labels
     answers = torch.stack([o.test.probs.argmax(1) for o in items])  # (opinions, N)
-    macs = torch.stack(own_macs or [o.test.macs for o in items]).double()
+    macs = torch.stack([o.test.macs for o in items]).double()
     right = answers == labels
     # the oracle: the cheapest right opinion, else the cheapest
     cost_if_right = torch.where(right, macs, math.inf)

@@ -22,6 +22,7 @@ from .evaluation import (
 )
 from .files import atomic_folder
 from .models import IamNN
+from .models.halting import network_policy
 from .plots import plot_easy_hard, plot_iterations, plot_tradeoff
 from .progress import track
 from .runs import datamodule_of_weights, find_weights, load_datamodule
@@ -36,7 +37,8 @@ def evaluate_run(
     model = load_model(find_weights(run_dir))
     dm = load_datamodule(run_dir, **({"test_subset": test_subset} if test_subset else {}))
     ev = evaluate(model, dm.test_dataloader(), run_dir.name)
-    if sweep and isinstance(model, IamNN):
+    # a cascade's curve is its thresholds' (``iamnn calibrate``, ``iamnn frontier``), not regimes of the stages
+    if sweep and isinstance(model, IamNN) and network_policy(model.halting) is None:
         dm.setup("fit")
         grid = (QUICK_EPSILONS, QUICK_FIXED_K) if quick else (EPSILONS, FIXED_K)
         ev.sweep = sweep_regimes(model, dm.test_dataloader(), dm.train_dataloader(), True, *grid, trained=ev)
