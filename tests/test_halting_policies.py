@@ -216,3 +216,17 @@ def test_a_long_evaluation_shows_nested_progress_on_a_terminal(monkeypatch: pyte
     # not a terminal: nothing is drawn
     monkeypatch.undo()
     assert not progress.enabled()
+
+
+def test_report_writes_its_files_for_a_pondernet_run(tmp_path, fit_digits) -> None:  # noqa: ANN001
+    """``iamnn report`` named its sweep's regimes from a fixed table of ACT's: a PonderNet run raised KeyError."""
+    import json
+
+    from iamnn.cli import main
+
+    run = fit_digits(tmp_path, "ponder", "--model.halting=pondernet", "--trainer.max_epochs=1")
+    main(["report", str(run), "-o", str(tmp_path / "report"), "--quick-sweep"])
+    result = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {p["regime"] for p in result["sweeps"]["ponder"]} >= {"pondernet", "fixed", "trained"}
+    assert "pondernet ε=" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "accuracy_vs_macs.png").is_file()

@@ -80,7 +80,9 @@ def plot_tradeoff(evaluations: list[Evaluation], path: Path) -> None:
         color = f"C{i}"
         s = ev.summary()
         ax.scatter([s["macs_mean"]], [s["top1"]], color=color, marker="*", s=140, zorder=3, label=f"{ev.name}")
-        for regime, marker, label in (("act", "o-", "ACT, threshold 1−ε"), ("fixed", "s--", "fixed k")):
+        # the threshold sweep of the model's policy (act, pondernet, …), then fixed k
+        thresholded = next((p["regime"] for p in ev.sweep if p["regime"] not in ("fixed", "full", "trained")), "act")
+        for regime, marker, label in ((thresholded, "o-", f"{thresholded}, threshold ε"), ("fixed", "s--", "fixed k")):
             pts = sorted((p["macs_mean"], p["top1"]) for p in ev.sweep if p["regime"] == regime)
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker, color=color, alpha=0.7, ms=4, label=f"{ev.name}: {label}")

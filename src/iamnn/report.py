@@ -118,8 +118,9 @@ def _write_report(
             md += [f"## {ev.name}: inference regimes (BatchNorm re-estimated on training data per point)", "",
                    "| regime | avg MACs | top-1 (%) | BN re-estimated |", "|---|---|---|---|"]  # fmt: skip
             for p in ev.sweep:
-                what = {"act": f"ACT ε={p['epsilon']}", "fixed": f"fixed k={p['k']}", "full": "full",
-                        "trained": "as trained"}[p["regime"]]  # fmt: skip
+                # a threshold policy by its name (act, pondernet, a registered one), then the fixed regimes
+                what = {"fixed": f"fixed k={p['k']}", "full": "full", "trained": "as trained"}.get(
+                    p["regime"], f"{p['regime']} ε={p['epsilon']}")  # fmt: skip
                 md.append(f"| {what} | {p['macs_mean'] / 1e6:.2f} M | {p['top1']:.2f} | {p['recalibrated']} |")
             md.append("")
     md += [f"![{f.stem}]({f.name})" for f in figures]
