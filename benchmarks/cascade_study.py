@@ -15,8 +15,10 @@ It prints three Markdown tables (README "Does per-image compute pay?") and write
 3. **Seeds**: fixed k = 1, fixed k = 2 and the one-network cascade over two seeds of the same
    recipe, with a paired test per seed (McNemar, exact) and a bootstrap interval over test images.
 
-The one-network cascade's record is merged into ``benchmarks/results/frontier.json`` (``--frontier``)
-with ``kind: "adaptive"``; ``iamnn frontier`` rewrites that file from run folders, so run this after it.
+Two-seed records (fixed k = 1, fixed k = 2, the one-network cascade with ``kind: "adaptive"``, the
+two-model cascade) are merged into ``benchmarks/results/frontier.json`` (``--frontier``), whose table
+and figure in ``docs/results/study/`` are redrawn; ``iamnn frontier`` rewrites that file from run
+folders, so run this after it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from typing import Any
 import torch
 
 from iamnn.evaluation import recalibrate_batchnorm
-from iamnn.headroom import Opinion, cascade_points, headroom, opinions
+from iamnn.frontier import markdown_frontier, pareto_front
+from iamnn.headroom import Opinion, cascade_points, headroom, opinions, replay
 from iamnn.models import Cascade, Pass
+from iamnn.plots import plot_frontier
 from iamnn.runs import find_weights, load_datamodule
 from iamnn.weights import load_model_with_config
 
@@ -116,6 +120,7 @@ def main() -> None:
     depth_ce = model_opinions(args.runs / "depth_ce", "1,2,flip-1")
     depth_ce_alone = model_opinions(args.runs / "depth_ce", "1,2,flip-1", alone=True)  # each pass's own MACs
     depth_ce_bn = model_opinions(args.runs / "depth_ce", "1,2", recalibrate=True)
+    depth_ce_k1 = model_opinions(args.runs / "depth_ce", "1,flip-1", recalibrate=True)  # one set: k = 1's
 
     pairs = [pair_row(*p) for p in [
         (k1[0][0], k2[0]), (k1[0][0], mobile), (k1[0][0], k1[0][1]), (k1[1][0], k1[1][1]),
@@ -133,6 +138,8 @@ def main() -> None:
     cascades += cascade_rows("one network: depth_ce, 1 → 2", "cascade:1,2@inf", depth_ce[:2], depth_ce[0].params)
     cascades += cascade_rows("one network: depth_ce, 1 → flip-1", "cascade:1,flip-1@inf", [depth_ce[0], depth_ce[2]],
                              depth_ce[0].params)  # fmt: skip
+    cascades += cascade_rows("one network: depth_ce, BN re-estimated for 1, 1 → flip-1", "cascade:1,flip-1@inf",
+                             depth_ce_k1, depth_ce[0].params)  # fmt: skip
     cascades += cascade_rows("anytime_backbone, 1 → 2 (BN re-estimated per pass: two sets)", "cascade:1,2@inf",
                              anytime, anytime[0].params, "two BatchNorm sets; not one network as stored")  # fmt: skip
     cascades += cascade_rows("depth_ce, 1 → 2 (BN re-estimated per pass: two sets)", "cascade:1,2@inf", depth_ce_bn,
@@ -166,28 +173,59 @@ def main() -> None:
               "headroom_pairs": pairs, "cascades": cascades, "seeds": seeds}  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
-    merge_frontier(args.frontier, seeds, params, [str(r) for r in runs.values()])
+    merge_frontier(args.frontier, result, {"fixed_k1": [k1[s][0] for s in (0, 1)], "fixed_k2": [k2[0], k2[1]]},
+                   {"fixed_k1": [str(r) for r in runs.values()],
+                    "fixed_k2": [str(STORED / "fixed_k2"), str(args.runs / "fixed_k2_seed1")]})  # fmt: skip
     print_tables(result)
 
 
-def merge_frontier(path: Path, seeds: dict[str, Any], params: int, runs: list[str]) -> None:
-    """The one-network cascade (mean of two seeds) as a ``kind: "adaptive"`` record of ``path``."""
+def two_seed_record(name: str, kind: str, per_seed: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """A frontier record whose figures are means over ``per_seed`` (one replay summary a seed)."""
+    return {
+        "name": name, "kind": kind, "model": "iamnn_r34", "width": 0.125, "train_samples": TRAIN_SAMPLES,
+        "epochs": 12, "seeds": [0, 1], "macs_mean": sum(r["macs_mean"] for r in per_seed) / 2,
+        "macs_min": min(r["macs_min"] for r in per_seed), "macs_max": max(r["macs_max"] for r in per_seed),
+        "macs_cv": sum(r["macs_cv"] for r in per_seed) / 2, "top1": sum(r["top1"] for r in per_seed) / 2,
+        "top1_per_seed": [r["top1"] for r in per_seed], "macs_mean_per_seed": [r["macs_mean"] for r in per_seed],
+        "max_iterations": [3, 4, 6, 3], "test_samples": 10000, "iterative": True, **fields,
+    }  # fmt: skip
+
+
+def merge_frontier(
+    path: Path, result: dict[str, Any], fixed: dict[str, list[Opinion]], runs: dict[str, list[str]]
+) -> None:
+    """Two-seed records (``seeds: [0, 1]``, means over them) of fixed k = 1, fixed k = 2, the
+    one-network cascade (``kind: "adaptive"``) and the two-model cascade at the headline budget,
+    merged into ``path`` (the single-seed records stay), and its table and figure redrawn
+    (``docs/results/study/frontier.{md,png}``)."""
     if not path.is_file():
         return
+    records = []
+    for name, depth in (("fixed_k1", 1), ("fixed_k2", 2)):
+        per_seed = [replay(Cascade.parse("cascade:1@"), [o.test]) for o in fixed[name]]
+        records.append(two_seed_record(f"{name} (2 seeds)", "fixed", per_seed, halting=depth, run=runs[name],
+                                       params=fixed[name][0].params, iterations_mean=[float(depth)] * 4))  # fmt: skip
+    for name, kind, prefix in (
+        ("cascade_k1_flip (2 seeds)", "adaptive", "one network: fixed_k1 seed"),
+        ("cascade_k1_to_k2, two models (2 seeds)", "two-model cascade", "two models:"),
+    ):
+        per_seed = [next(r for r in result["cascades"] if r["budget_macs"] == result["headline_budget"]
+                         and r["name"].startswith(prefix) and f"seed {s}" in r["name"]) for s in (0, 1)]  # fmt: skip
+        on = sum(r["answered_by"][1] for r in per_seed) / 2  # the share of images that ran the second pass
+        its = [1 + on] * 4 if kind == "adaptive" else [1 + 2 * on] * 4  # k1's 1, + 1 (flip-1) or + 2 (k2)
+        run = runs["fixed_k1"] + (runs["fixed_k2"] if kind != "adaptive" else [])
+        records.append(two_seed_record(name, kind, per_seed, halting=[r["halting"] for r in per_seed], run=run,
+                                       params=per_seed[0]["params"], iterations_mean=its,
+                                       budget_macs_chosen=result["headline_budget"]))  # fmt: skip
     frontier = json.loads(path.read_text())
-    record = {
-        "name": "cascade_k1_flip", "kind": "adaptive", "model": "iamnn_r34", "width": 0.125,
-        "halting": seeds["cascade_halting"], "run": runs,
-        "recipe": "fixed_k1's (12 epochs, the study's recipe); thresholds on the validation split for half of "
-                  "fixed k = 2's MACs (benchmarks/cascade_study.py)",
-        "train_samples": TRAIN_SAMPLES, "epochs": 12, "params": params, "seeds": [0, 1],
-        "macs_mean": sum(seeds["cascade_macs_mean"]) / 2, "macs_cv": sum(seeds["cascade_macs_cv"]) / 2,
-        "top1": sum(seeds["cascade"]) / 2, "top1_per_seed": seeds["cascade"],
-        "macs_mean_per_seed": seeds["cascade_macs_mean"], "test_samples": 10000, "iterative": True,
-    }  # fmt: skip
-    frontier["models"] = [m for m in frontier["models"] if m["name"] != record["name"]] + [record]
-    path.write_text(json.dumps(frontier, indent=1) + "\n")
-    print(f"merged the cascade_k1_flip record into {path}")
+    names = {r["name"] for r in records}
+    frontier["models"] = [m for m in frontier["models"] if m["name"] not in names] + records
+    frontier["pareto_front"] = pareto_front(frontier["models"])
+    path.write_text(json.dumps(frontier, indent=2) + "\n")
+    docs = Path("docs/results/study")
+    plot_frontier(frontier["models"], docs / "frontier.png", frontier["pareto_front"])
+    (docs / "frontier.md").write_text(markdown_frontier(frontier["models"]) + "\n")
+    print(f"merged {len(records)} two-seed records into {path}; redrew {docs}/frontier.{{md,png}}")
 
 
 def print_tables(result: dict[str, Any]) -> None:

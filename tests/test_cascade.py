@@ -208,3 +208,14 @@ def test_a_cascade_run_folder_reports_frontiers_and_explores(run: Path, tmp_path
     assert result.answered_by in (1, 2) and len(result.confidences) == result.answered_by
     assert "answered by pass" in _summary_markdown(result)
     assert all(html.startswith("<img") for html in _figures(explorer, result))
+
+
+def test_the_shipped_cascade_loads_in_its_regime() -> None:
+    model = iamnn.create_model("iamnn_r34_fmnist_cascade", pretrained=True)
+    assert isinstance(model.halting, Cascade) and model.halting.passes == (Pass(1), Pass(1, "flip"))
+    assert 0.5 < model.halting.thresholds[0] < 1.0  # chosen on the validation split
+    assert "iamnn_r34_fmnist_cascade" in iamnn.list_models(pretrained=True)
+    with torch.no_grad():
+        _, stats = model(torch.randn(8, 1, 28, 28), return_stats=True)
+    k1 = model.max_macs((28, 28), 1)
+    assert set(stats.macs.tolist()) <= {k1, 2 * k1}  # one pass, or both (nothing shared: another view)

@@ -169,3 +169,15 @@ def iamnn_r34_fmnist(**kwargs) -> IamNN:
 
 
 register_pretrained("iamnn_r34_fmnist", "iamnn_r34_fmnist.safetensors")
+
+
+@register_model
+def iamnn_r34_fmnist_cascade(**kwargs) -> IamNN:
+    """The same network as ``iamnn_r34_fmnist``, trained at one iteration per stage
+    (``recipes/fashion_mnist/study/fixed_k1.yaml``), whose regime is a confidence cascade: every
+    image runs once, the least sure also mirrored (``cascade:1,flip-1@t``, t chosen on the
+    validation split for half of fixed k = 2's MACs); ``pretrained=True`` loads its weights."""
+    return _iamnn("r34", **{"stem": "cifar", "in_chans": 1, "num_classes": 10, "width": 0.125, **kwargs})
+
+
+register_pretrained("iamnn_r34_fmnist_cascade", "iamnn_r34_fmnist_cascade.safetensors")
