@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from iamnn.lit import Classifier
 from iamnn.weights import load_model
@@ -66,8 +67,22 @@ def test_freeze_backbone_trains_only_the_halting_units() -> None:
 
 
 def test_anytime_needs_an_iamnn() -> None:
-    with pytest.raises(ValueError, match="anytime and freeze_backbone"):
+    with pytest.raises(ValueError, match="anytime, depth_supervision and freeze_backbone"):
         Classifier(model="resnet18", anytime=True)
+    with pytest.raises(ValueError, match="depth_supervision takes ints"):
+        Classifier(model="iamnn_r18", depth_supervision=[1, "full"])
+
+
+def test_depth_supervision_is_the_mean_of_each_depths_cross_entropy() -> None:
+    torch.manual_seed(0)
+    clf = Classifier(model="iamnn_r18", width=0.125, in_chans=1, num_classes=10, depth_supervision=[2, 1]).train()
+    x, y = torch.randn(8, 1, 16, 16), torch.arange(8) % 10
+    torch.manual_seed(1)
+    logits, stats, loss = clf._depth_supervised(x, y)
+    torch.manual_seed(1)
+    want = [nn.functional.cross_entropy(clf.model(x, halting=k), y) for k in (1, 2)]
+    torch.testing.assert_close(loss, torch.stack(want).mean())
+    assert stats.iterations.tolist() == [[2, 2, 2, 2]] * 8  # the deepest depth's stats are what the step logs
 
 
 def test_anytime_then_frozen_backbone_on_digits(tmp_path: Path, fit_digits) -> None:

@@ -41,6 +41,7 @@ SMALL = {
     "report": ["--no-sweep", "--test-subset", "60"],  # the sweep: test_report_writes_table_and_figures
     "frontier": ["--test-subset", "60", "--budgets", "2"],
     "calibrate": ["--no-recalibrate", "--test-subset", "60"],  # re-estimation: tests/test_frontier.py
+    "headroom": ["--test-subset", "60"],
     "recalibrate": ["--test-subset", "60"],
     "evaluate": ["--test-subset", "60"],
     "bench": ["--smoke", "--batch-sizes", "1,2", "--threads", "1"],
@@ -84,10 +85,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, fit_digits) -> Path:
     """A scratch folder in which every path the README names exists, tiny."""
     root = tmp_path_factory.mktemp("readme")
     run = fit_digits(root / "runs", "fmnist_iamnn_r18", *TINY_FIT)
-    names = set(re.findall(r"runs/[\w./-]+", (REPO / "README.md").read_text()))
+    names = set(re.findall(r"(?:benchmarks/results/study_)?runs/[\w./-]+", (REPO / "README.md").read_text()))
     for name in sorted(names):
         folder = root / name.split("/model.safetensors")[0].split("/config.yaml")[0].split("/checkpoints")[0]
-        if folder.name in ("runs", "frontier", "study") or folder.exists():
+        if folder.name in ("runs", "frontier", "study", "study_runs") or folder.exists():
             continue
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(run, folder)

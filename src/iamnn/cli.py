@@ -266,7 +266,10 @@ def _cascade_arg(text: str) -> str:
     if not text.startswith("cascade:"):
         raise argparse.ArgumentTypeError(f"expected a cascade:PASS,PASS (e.g. cascade:1,flip-1), got {text!r}")
     try:
-        return Cascade.parse(text if "@" in text else f"{text}@" + ",".join(["inf"] * text.count(","))).spec
+        if "@" not in text:  # thresholds to be chosen: every image runs every pass until then
+            passes, *options = text.split(";")
+            text = ";".join([f"{passes}@" + ",".join(["inf"] * passes.count(",")), *options])
+        return Cascade.parse(text).spec
     except ValueError as err:
         raise argparse.ArgumentTypeError(one_line(err)) from None
 
