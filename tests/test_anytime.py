@@ -71,6 +71,8 @@ def test_anytime_needs_an_iamnn() -> None:
         Classifier(model="resnet18", anytime=True)
     with pytest.raises(ValueError, match="depth_supervision takes ints"):
         Classifier(model="iamnn_r18", depth_supervision=[1, "full"])
+    with pytest.raises(ValueError, match="is a cascade, an inference regime"):
+        Classifier(model="iamnn_r18", halting="cascade:1,flip-1@0.9")
 
 
 def test_depth_supervision_is_the_mean_of_each_depths_cross_entropy() -> None:

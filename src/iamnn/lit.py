@@ -38,7 +38,7 @@ from .data import DATAMODULES, ImageDataModule
 from .errors import CLIError, TrainingDivergedError, one_line
 from .files import atomic_write, load_yaml
 from .models import ACT, IamNN, upgrade_state_dict
-from .models.halting import HaltingPolicy, ponder_loss
+from .models.halting import HaltingPolicy, network_policy, ponder_loss
 from .runtime import cpu_emulates_bf16
 from .weights import (
     check_fits,
@@ -148,6 +148,9 @@ class Classifier(L.LightningModule):
         config = config_from_hparams(dict(self.hparams))
         self.model = create_model(config["model"], **config["kwargs"])
         self.adaptive = isinstance(self.model, IamNN)
+        if self.adaptive and network_policy(self.model.halting) is not None:
+            raise ValueError(f"halting {halting!r} is a cascade, an inference regime: train its passes' regime "
+                             "(e.g. halting: 1), then choose its threshold with iamnn calibrate --halting cascade:…")  # fmt: skip
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         if (anytime or freeze_backbone or depth_supervision) and not self.adaptive:
