@@ -149,8 +149,8 @@ class Classifier(L.LightningModule):
         self.model = create_model(config["model"], **config["kwargs"])
         self.adaptive = isinstance(self.model, IamNN)
         if self.adaptive and network_policy(self.model.halting) is not None:
-            raise ValueError(f"halting {halting!r} is a cascade, an inference regime: train its passes' regime "
-                             "(e.g. halting: 1), then choose its threshold with iamnn calibrate --halting cascade:…")  # fmt: skip
+            raise ValueError(f"halting {halting!r} is a cascade, an inference regime: train its passes' "
+                             "regime (halting: 1), then choose its threshold with iamnn calibrate --halting")  # fmt: skip
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         if (anytime or freeze_backbone or depth_supervision) and not self.adaptive:
