@@ -150,7 +150,7 @@ class Classifier(L.LightningModule):
         self.adaptive = isinstance(self.model, IamNN)
         if self.adaptive and network_policy(self.model.halting) is not None:
             raise ValueError(f"halting {halting!r} is a cascade, an inference regime: train its passes' "
-                             "regime (halting: 1), then choose its threshold with iamnn calibrate --halting")  # fmt: skip
+                             "regime (halting: 1), then choose its threshold: iamnn calibrate --halting")  # fmt: skip
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         if (anytime or freeze_backbone or depth_supervision) and not self.adaptive:
