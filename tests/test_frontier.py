@@ -145,3 +145,23 @@ def test_recalibrate_command_saves_a_model_for_the_regime(runs: dict[str, Path],
     model = load_model(out)
     assert model.halting == "full"
     assert model.stages[0].block.norms[1][0].running_mean.abs().max() > 0.1  # the unseen iteration has statistics
+
+
+def test_report_and_frontier_never_replace_a_folder_of_the_users_files(
+    runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:  # noqa: ANN001
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (pictures / name).write_bytes(b"mine")
+    for command in (["report", str(runs["k1"]), "--no-sweep", "--test-subset", "40"],
+                    ["frontier", str(runs["k1"]), "--budgets", "0", "--test-subset", "40"]):  # fmt: skip
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "-o", str(pictures)])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "did not write" in err
+        assert sorted(p.name for p in pictures.iterdir()) == ["a.png", "b.png", "c.png"]
+        # its own earlier output is replaced
+        main([*command, "-o", str(tmp_path / command[0])])
+        main([*command, "-o", str(tmp_path / command[0])])

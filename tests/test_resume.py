@@ -121,6 +121,32 @@ def test_a_resume_with_more_epochs_continues_on_a_schedule_for_the_new_length(
     assert _validation_epochs(run / "metrics.csv") == [0, 1]
 
 
+def test_an_output_folder_of_the_users_files_is_never_replaced(tmp_path: Path) -> None:
+    """``iamnn report RUN -o DIR`` with the user's a.png b.png c.png in DIR deleted them (they matched
+    the report's "*.png"): only a folder that holds the marker of an earlier iamnn output is replaced."""
+    from iamnn.files import atomic_folder
+
+    mine = tmp_path / "pictures"
+    mine.mkdir()
+    for name in ("a.png", "b.png", "report.md"):
+        (mine / name).write_bytes(b"mine")
+    with pytest.raises(ValueError, match="did not write"), atomic_folder(mine, ("*.md", "*.png")) as tmp:
+        (tmp / "report.md").write_text("report")
+    assert sorted(p.name for p in mine.iterdir()) == ["a.png", "b.png", "report.md"]
+    assert all(p.read_bytes() == b"mine" for p in mine.iterdir())
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(mine)
+    for taken in ("file", "link"):
+        with pytest.raises(ValueError), atomic_folder(tmp_path / taken, ("*.png",)):
+            pass
+    assert (tmp_path / "file").read_text() == "x" and sorted(p.name for p in mine.iterdir())[0] == "a.png"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_folder(empty, ("*.md",)) as tmp:
+        (tmp / "report.md").write_text("report")
+    assert (empty / "report.md").read_text() == "report"
+
+
 def test_an_output_folder_is_replaced_as_a_set(tmp_path: Path) -> None:
     from iamnn.files import atomic_folder
 
@@ -131,11 +157,11 @@ def test_an_output_folder_is_replaced_as_a_set(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_folder(out, ("*.md", "*.png")) as tmp:
         (tmp / "report.md").write_text("half")
         raise RuntimeError("killed mid-report")
-    assert sorted(p.name for p in out.iterdir()) == ["old_run.png", "report.md"]  # untouched
+    assert sorted(p.name for p in out.iterdir()) == [".iamnn-output", "old_run.png", "report.md"]  # untouched
     assert (out / "report.md").read_text() == "one"
     with atomic_folder(out, ("*.md", "*.png")) as tmp:
         (tmp / "report.md").write_text("two")
-    assert [p.name for p in out.iterdir()] == ["report.md"]  # the earlier run's figure is gone
+    assert sorted(p.name for p in out.iterdir()) == [".iamnn-output", "report.md"]  # the earlier figure is gone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left
     # a folder holding someone else's files is refused, untouched
     (out / "notes.txt").write_text("mine")

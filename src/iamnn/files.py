@@ -53,14 +53,19 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         f.flush()
 
 
+OUTPUT_MARKER = ".iamnn-output"  # in a folder an iamnn command wrote as a whole: it may replace it
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str | Path, owned: tuple[str, ...]) -> Iterator[Path]:
     """A fresh temporary folder beside ``path`` to write a set of outputs into (a report: table,
     JSON, figures); on success it replaces ``path`` as a whole, so the set appears together or not
     at all, and nothing from an earlier set (a figure of a run no longer reported) stays behind.
 
-    ``path`` belongs to the command: if it exists and holds anything that no pattern in ``owned``
-    matches (``"*.png"``), ValueError, and nothing is touched. A kill while writing leaves
+    Only a folder this command wrote is replaced: ``path`` may be new or empty, or hold the marker
+    file :data:`OUTPUT_MARKER` that every set written here carries, beside files that patterns in
+    ``owned`` (``"*.png"``) match. Anything else (a folder of the user's own PNGs, a folder without
+    the marker) is ValueError, and nothing is touched. A kill while writing leaves
     ``path`` as it was; a kill in the instant between the two renames of the swap leaves the old
     set as ``.<name>.<pid>.old``, which the next write puts back before starting.
     """
@@ -72,14 +77,12 @@ def atomic_folder(path: str | Path, owned: tuple[str, ...]) -> Iterator[Path]:
                 os.replace(stale, path)  # a swap cut short: the old set comes back
             else:
                 shutil.rmtree(stale, ignore_errors=True)
-    if path.exists():
-        foreign = [e.name for e in path.iterdir() if e.is_dir() or not any(e.match(pat) for pat in owned)]
-        if not path.is_dir() or foreign:
-            raise ValueError(f"{path} holds files this command did not write ({', '.join(foreign[:3]) or path}): "
-                             "give an empty or new output folder")  # fmt: skip
+    if path.exists() or path.is_symlink():
+        _check_own_folder(path, owned)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        (tmp / OUTPUT_MARKER).write_text("written as a whole by an iamnn command, which may replace it\n")
         for f in tmp.iterdir():
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -96,6 +99,22 @@ def atomic_folder(path: str | Path, owned: tuple[str, ...]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _check_own_folder(path: Path, owned: tuple[str, ...]) -> None:
+    """ValueError unless ``path`` is an empty folder or one an iamnn command wrote (its marker, and
+    only files ``owned`` names): a folder of the user's files is never replaced."""
+    if path.is_symlink() or not path.is_dir():
+        raise ValueError(f"{path} exists and is not a folder an iamnn command wrote: give a new output folder")
+    entries = list(path.iterdir())
+    if not entries:
+        return
+    marked = any(e.name == OUTPUT_MARKER and e.is_file() for e in entries)
+    foreign = [e.name for e in entries if e.name != OUTPUT_MARKER and (e.is_dir() or e.is_symlink()
+               or not any(e.match(pat) for pat in owned))]  # fmt: skip
+    if foreign or not marked:
+        shown = ", ".join((foreign or [e.name for e in entries])[:3])
+        raise ValueError(f"{path} holds files this command did not write ({shown}): give an empty or new output folder")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
