@@ -306,3 +306,29 @@ def test_a_closed_pipe_ends_a_command_quietly() -> None:
     proc.stdout.close()  # the reader is gone before the first line is written
     err = proc.stderr.read().decode()
     assert proc.wait() == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"input_size": [8192, 8192]}, "more than 1,048,576 pixels"),  # predict was OOM-killed at 10 GB
+        ({"input_size": [1, 8192]}, "too small for the model"),
+        ({"input_size": [4, 4]}, "too small for the model"),
+        ({"in_chans": 3, "mean": [0.5] * 3, "std": [0.5] * 3}, "3-channel inputs to a model of 1"),
+    ],
+)
+def test_a_data_config_the_model_cannot_use_is_refused_at_load(tmp_path: Path, capsys, change, match) -> None:  # noqa: ANN001
+    from iamnn.weights import save_weights
+
+    model = iamnn.create_model("iamnn_r18", stem="imagenet", width=0.125, in_chans=1, num_classes=3)
+    data = {"dataset": "x", "in_chans": 1, "input_size": [64, 64], "mean": [0.5], "std": [0.5], **change}
+    path = save_weights(model, tmp_path / "w.safetensors", data=data)
+    with pytest.raises(WeightsError, match=match):
+        load_model(path)
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "one.png")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--weights", str(path), str(tmp_path / "one.png")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and match.split()[0] in err

@@ -200,6 +200,9 @@ def checked_config(config: Any, path: str | Path) -> dict[str, Any]:
 
 
 MAX_INPUT_SIDE = 8192  # pixels: a crafted input size must not make predict allocate gigabytes per image
+# and at most a megapixel per image (1024 x 1024; ImageNet's 224 x 224 is 50 176): an 8192 x 8192
+# input size in a 1 kB weights file made `iamnn predict` allocate past 10 GB and killed `iamnn app`
+MAX_INPUT_PIXELS = 1024 * 1024
 
 
 def _data_problem(data: Any) -> str | None:
@@ -214,6 +217,8 @@ def _data_problem(data: Any) -> str | None:
         isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_INPUT_SIDE for v in size)
     ):
         return f"has no valid input_size (two sides in 1..{MAX_INPUT_SIDE}, got {size!r})"
+    if size[0] * size[1] > MAX_INPUT_PIXELS:
+        return f"asks for {size[0]}x{size[1]} inputs, more than {MAX_INPUT_PIXELS:,} pixels an image"
     for key in ("mean", "std"):
         values = data.get(key)
         if not (isinstance(values, list) and len(values) == chans
@@ -226,6 +231,19 @@ def _data_problem(data: Any) -> str | None:
         return "has class_names that are not a list of names"
     if "dataset" in data and not isinstance(data["dataset"], str):
         return f"names no dataset (got {data['dataset']!r})"
+    return None
+
+
+def _data_misfit(model: nn.Module, data: dict[str, Any] | None) -> str | None:
+    """What makes a (well-formed) preprocessing config unusable by ``model``, or None: another
+    channel count than the model's, or an input too small for its stem and poolings."""
+    if not data:
+        return None
+    if data["in_chans"] != getattr(model, "in_chans", data["in_chans"]):
+        return f"gives {data['in_chans']}-channel inputs to a model of {model.in_chans} channels"
+    if isinstance(model, IamNN) and min(model.stage_sizes(tuple(data["input_size"]))[-1]) < 1:
+        h, w = data["input_size"]
+        return f"asks for {h}x{w} inputs, too small for the model's stem and poolings"
     return None
 
 
@@ -324,6 +342,8 @@ def load_from_file(
     """``name`` built with ``kwargs`` for the weights in ``path`` (checked first on the meta
     device), the weights loaded, and the file's preprocessing kept as ``model.data_config``."""
     model = build_for_file(name, kwargs, path, checkpoint)
+    if (problem := _data_misfit(model, config.get("data"))) is not None:
+        raise WeightsError(f"{path}: the stored config's data section {problem}")
     model.data_config = config.get("data")  # the preprocessing it was trained with, for iamnn.predict
     return _load_into(model, load_state_dict(path, checkpoint), path)
 
