@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
@@ -174,3 +175,24 @@ def test_an_output_folder_is_replaced_as_a_set(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_folder(out, ("*.md", "*.png")):
         raise RuntimeError("fails before it commits")
     assert (out / "report.md").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_a_sigterm_ends_a_run_with_one_line_and_a_failure_code(tmp_path: Path) -> None:
+    """SIGTERM (timeout, SLURM, kill) made `iamnn fit` exit 0, which a CI or a scheduler reads as success."""
+    import signal
+    import subprocess
+    import time
+
+    command = kr.fit_command(tmp_path, "termed", epochs=200)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
+    last = tmp_path / "termed" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-800:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("iamnn fit: error: interrupted by SIGTERM at epoch ") and "--ckpt_path last" in line
+    assert not (tmp_path / "termed" / "model.safetensors").exists()  # an interrupted run exports nothing

@@ -818,7 +818,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.run(args)
     except IamNNError as err:
         print(f"iamnn {command}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))
     except argparse.ArgumentError as err:  # a bad recipe key or flag value (LightningCLI)
         print(f"iamnn {command}: error: {one_line(err)} (see: iamnn {command} --help)", file=sys.stderr)
         sys.exit(2)

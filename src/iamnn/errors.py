@@ -24,6 +24,12 @@ class TrainingDivergedError(IamNNError):
     """The training loss became NaN or infinite: training stops, and no weights are written."""
 
 
+class RunInterrupted(IamNNError):
+    """A run stopped by SIGTERM (``timeout``, SLURM, ``kill``): not a success, so not exit code 0."""
+
+    exit_code = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+
+
 class DatasetError(IamNNError):
     """A dataset is missing or malformed."""
 

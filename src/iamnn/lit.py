@@ -32,10 +32,11 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 
 from .data import DATAMODULES, ImageDataModule
-from .errors import CLIError, TrainingDivergedError, one_line
+from .errors import CLIError, RunInterrupted, TrainingDivergedError, one_line
 from .files import atomic_write, load_yaml
 from .models import ACT, IamNN, upgrade_state_dict
 from .models.halting import HaltingPolicy, network_policy, ponder_loss
@@ -691,8 +692,24 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 
 
+class NoteInterruption(Callback):
+    """Where a SIGTERM stopped the run (Lightning's loops raise ``SIGTERMException`` at the next
+    step), for the one line :func:`run_lightning_cli` reports instead of Lightning's exit code 0."""
+
+    where: tuple[int, int] | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.where = (trainer.current_epoch, trainer.global_step)
+
+
 def run_lightning_cli(args: list[str]) -> IamNNCLI:
-    """``iamnn fit|validate|test [--config recipe.yaml] [--trainer.* ...]``."""
+    """``iamnn fit|validate|test [--config recipe.yaml] [--trainer.* ...]``.
+
+    A run SIGTERM stops raises :class:`~iamnn.errors.RunInterrupted` (exit code 143 from the CLI):
+    Lightning's ``SIGTERMException`` is a ``SystemExit`` without a code, i.e. a success to a shell,
+    SLURM or CI. Its weights are not exported (``ExportWeights`` runs at the end of a finished fit).
+    """
     _quiet_lightning()
     check_recipes(args)
     # No version counters: a resumed run that repeats a killed epoch overwrites that epoch's files.
@@ -703,6 +720,17 @@ def run_lightning_cli(args: list[str]) -> IamNNCLI:
     # `save_last=True` only rewrites last.ckpt when a best checkpoint is saved (Lightning 2.6), so
     # `--ckpt_path last` would go back to the last improvement; this one is rewritten every epoch.
     last = ModelCheckpoint(filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, enable_version_counter=False)
+    interruption = NoteInterruption()
+    try:
+        # best first: it is trainer.checkpoint_callback
+        return _cli(args, [best, last, ExportWeights(), EpochSeed(), KeepTrainingHistory(), interruption])
+    except SIGTERMException:
+        epoch, step = interruption.where or ("?", "?")
+        raise RunInterrupted(f"interrupted by SIGTERM at epoch {epoch}, step {step}; no weights were exported; "
+                             "resume with --ckpt_path last") from None  # fmt: skip
+
+
+def _cli(args: list[str], callbacks: list[Callback]) -> IamNNCLI:
     return IamNNCLI(
         Classifier,
         ImageDataModule,
@@ -713,8 +741,7 @@ def run_lightning_cli(args: list[str]) -> IamNNCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            # best first: it is trainer.checkpoint_callback
-            "callbacks": [best, last, ExportWeights(), EpochSeed(), KeepTrainingHistory()],
+            "callbacks": callbacks,
             "plugins": [{"class_path": "iamnn.lit.SafeCheckpointIO"}],
             "logger": [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
