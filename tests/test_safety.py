@@ -332,3 +332,42 @@ def test_a_data_config_the_model_cannot_use_is_refused_at_load(tmp_path: Path, c
         main(["predict", "--weights", str(path), str(tmp_path / "one.png")])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and match.split()[0] in err
+
+
+def test_names_from_files_are_shown_as_data_and_a_fifo_is_a_bad_input(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """A class name '[/x]' raised rich's MarkupError, '[bold red]' styled the table, ESC reached the
+    terminal raw; a FIFO among the images hung predict, and the next image was never answered."""
+    from PIL import Image
+
+    from iamnn.weights import save_weights
+
+    model = iamnn.create_model("iamnn_r18", stem="cifar", width=0.125, in_chans=1, num_classes=3)
+    names = ["[/x]", "[bold red]A[/bold red]", "\x1b[2Jwiped"]
+    data = {"dataset": "x", "in_chans": 1, "input_size": [16, 16], "mean": [0.5], "std": [0.5], "class_names": names}
+    weights = save_weights(model, tmp_path / "w.safetensors", data=data)
+    images = []
+    (tmp_path / "d[").mkdir()
+    for i in range(6):
+        images.append(tmp_path / f"d[/x]{i}.png")  # the folder "d[", the file "x]0.png"
+        Image.fromarray((torch.rand(16, 16) * 255).byte().numpy()).save(images[-1])
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit) as exit_info:  # exit 1: a listed bad input, the others answered
+        main(["predict", "--weights", str(weights), str(fifo), *map(str, images)])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 1 and "fifo.png: not a regular file" in err
+    assert "\x1b" not in out and all(f"d[/x]{i}.png" in out for i in range(6))
+    assert any(name in out for name in ("[/x]", "[bold red]A[/bold red]", "\\x1b[2Jwiped"))
+
+
+def test_deeply_nested_metadata_is_refused_in_one_line(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from iamnn.weights import CONFIG_KEY
+
+    path = tmp_path / "deep.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={CONFIG_KEY: "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(WeightsError, match="nested too deeply"):
+        load_model(path)
+    with pytest.raises(WeightsError, match="nested too deeply"):
+        iamnn.create_model("iamnn_r18", checkpoint_path=path)

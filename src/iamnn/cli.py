@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import CLIError, IamNNError, one_line
@@ -45,6 +46,17 @@ def human(n: float | int | None, unit: str = "") -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{suffix}{unit}"
     return f"{n:.0f}{unit}"
+
+
+def _printable(text: object) -> str:
+    """Text from a file or a path with its control characters (ESC, newlines) written as escapes,
+    so that a class name or a file name cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _shown(text: object) -> str:
+    """:func:`_printable`, and its ``[...]`` shown as written rather than read as rich markup."""
+    return escape(_printable(text))
 
 
 def _console() -> Console:
@@ -420,12 +432,12 @@ def _predict(args: argparse.Namespace) -> None:
         for col in columns:
             table.add_column(col, justify="left" if col in ("image", "class") else "right")
         for r in results:
-            table.add_row(r.path, r.label, f"{r.confidence:.3f}", " / ".join(map(str, r.iterations)), human(r.macs),
-                          *((str(r.answered_by + 1),) if cascade else ()))  # fmt: skip
+            table.add_row(_shown(r.path), _shown(r.label), f"{r.confidence:.3f}", " / ".join(map(str, r.iterations)),
+                          human(r.macs), *((str(r.answered_by + 1),) if cascade else ()))  # fmt: skip
         if results:
             _console().print(table)
     for path, reason in bad:
-        print(f"iamnn predict: skipped {path}: {reason}", file=sys.stderr)
+        print(f"iamnn predict: skipped {_printable(path)}: {_printable(reason)}", file=sys.stderr)
     if bad or not results:
         sys.exit(1)
 

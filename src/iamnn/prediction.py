@@ -57,6 +57,8 @@ def expand_paths(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, s
             out += images
             if not images:
                 skipped.append((str(p), f"directory holds no image file ({', '.join(sorted(IMAGE_SUFFIXES))})"))
+        elif p.exists() and not p.is_file():  # a FIFO would block the read forever; a device, a socket
+            skipped.append((str(p), "not a regular file"))
         else:
             out.append(p)
     return out, skipped

@@ -183,6 +183,8 @@ def read_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> d
         return checked_config(json.loads(metadata[CONFIG_KEY]), path)
     except json.JSONDecodeError as err:
         raise WeightsError(f"{path}: its {CONFIG_KEY!r} metadata is not JSON ({err.msg})") from None
+    except RecursionError:  # 100 000 nested brackets: json recurses once a level
+        raise WeightsError(f"{path}: its {CONFIG_KEY!r} metadata is nested too deeply to be a config") from None
 
 
 def checked_config(config: Any, path: str | Path) -> dict[str, Any]:
