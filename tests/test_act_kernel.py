@@ -3,8 +3,13 @@ and on a batch, and a clean fallback when it cannot build."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import subprocess
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -271,3 +276,48 @@ def test_replaced_weights_are_packed_again(monkeypatch: pytest.MonkeyPatch) -> N
     reference = _one_by_one(model, x, "act")
     assert torch.equal(after[1], reference[1])
     torch.testing.assert_close(after[0], reference[0], atol=1e-5, rtol=1e-5)
+
+
+def _plant(folder: Path, marker: Path) -> list[Path]:
+    """A library whose constructor touches ``marker``, under every name the kernel may load."""
+    source = folder.parent / "planted.c"
+    source.write_text(f'#include <stdio.h>\n__attribute__((constructor)) static void run(void) '
+                      f'{{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n')  # fmt: skip
+    built = folder.parent / "planted.so"
+    subprocess.run([shutil.which("cc") or "gcc", "-shared", "-fPIC", "-o", str(built), str(source)], check=True)
+    names = []
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    for flags in act_kernel.FLAGS:  # the cache's names: as _compile derives them
+        key = hashlib.sha256(b"\0".join([act_kernel.SOURCE.read_bytes(), compiler.encode(), *map(str.encode, flags),
+                                         act_kernel._cpu_id()])).hexdigest()  # fmt: skip
+        names.append(folder / f"act_kernel-{key[:16]}.so")
+    return [built, *names]
+
+
+@needs_compiler
+@pytest.mark.parametrize("plant", ["file", "symlink", "open_folder"])
+def test_a_planted_library_in_the_kernel_cache_is_never_loaded(tmp_path, monkeypatch, plant: str) -> None:  # noqa: ANN001
+    """A library planted under the cache's name had its constructor run in the process that loaded
+    it: only a library this user built, in a private folder, whose hash was recorded, is loaded."""
+    cache, marker = tmp_path / "cache", tmp_path / "constructor-ran"
+    cache.mkdir()
+    built, *names = _plant(cache, marker)
+    for name in names:
+        if plant == "symlink":
+            name.symlink_to(built)
+        else:
+            shutil.copy(built, name)
+            name.with_name(name.name + ".sha256").write_text("0" * 64 + "\n")  # a record that does not match
+    if plant == "open_folder":
+        os.chmod(cache, 0o777)
+    monkeypatch.setenv("IAMNN_KERNEL_CACHE", str(cache))
+    act_kernel.library.cache_clear()
+    act_kernel._private_dir.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the open folder is said in one warning
+            assert act_kernel.library() is not None  # the real kernel, built afresh
+        assert not marker.exists(), "the planted library's constructor ran"
+    finally:
+        act_kernel.library.cache_clear()
+        act_kernel._private_dir.cache_clear()

@@ -10,7 +10,10 @@ batch 1. For a BatchNorm-folded model (``fold.py``) under the paper's policy,
 y = Σ p_n·s_n where samples halt, in one pass over the states (forward and backward), and in
 training :func:`pooled_relu_update` forms s = ReLU(s + u) with the poolings the halting unit reads
 in one pass. The C source is compiled on first use with the system's C compiler and cached under
-``~/.cache/iamnn/kernels``.
+``~/.cache/iamnn/kernels``. A cached library is loaded only if this user built it there: the
+folder and file are this user's, not writable by others, not symlinks, and the file's SHA-256 is
+the one recorded at build; otherwise it is rebuilt (in a private temporary folder when the cache
+folder itself is not private), since loading a library runs its constructors.
 
 It is an optimisation, never a requirement: with no C compiler, on another device or dtype, for
 another policy, or with ``IAMNN_KERNELS=0`` in the environment, the PyTorch ops run; tests check
@@ -19,13 +22,16 @@ that both give the same iterations, outputs, ponder costs and gradients.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
+import tempfile
 import warnings
 import weakref
 from pathlib import Path
@@ -36,6 +42,7 @@ import torch
 from filelock import FileLock
 from torch import Tensor, nn
 
+from ..errors import one_line
 from .halting import ACT, HaltingPolicy
 
 try:  # a private helper of PyTorch's; without it, assume no dispatch mode watches
@@ -82,17 +89,62 @@ def _cpu_id() -> bytes:
         return platform.processor().encode()
 
 
+def _refusal(path: Path) -> str | None:
+    """Why a file or folder of the kernel cache must not be trusted, or None: a symlink, another
+    user's, or writable by others (any of them could plant a library whose constructor runs here)."""
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        return f"{path} cannot be read ({err.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symlink"
+    if st.st_uid != os.getuid():
+        return f"{path} belongs to another user"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by others"
+    return None
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verified(path: Path) -> bool:
+    """Whether ``path`` is a library this user built: private (:func:`_refusal`), and its content
+    the one whose hash was recorded beside it at build (a planted, truncated or empty file is not)."""
+    record = path.with_name(path.name + ".sha256")
+    if not path.exists() or _refusal(path) or _refusal(record):
+        return False
+    try:
+        return record.read_text().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+@functools.cache
+def _private_dir(reason: str) -> Path:
+    """A folder of this process's own for a build the shared cache cannot hold safely (said once)."""
+    warnings.warn(f"iamnn: the kernel cache is not trusted ({reason}); building in a private folder", stacklevel=3)
+    return Path(tempfile.mkdtemp(prefix="iamnn-kernels-"))
+
+
 def _compile(compiler: str) -> Path:
+    """The kernel library for this source, compiler, flags and CPU: from the cache when it verifies
+    (:func:`_verified`), else built (under a file lock) into the cache, or into a private folder
+    when the cache folder itself is not private."""
     source = SOURCE.read_bytes()
     errors = []
+    cache = cache_dir()
+    with contextlib.suppress(OSError):
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = cache if (reason := _refusal(cache)) is None else _private_dir(reason)
     for flags in FLAGS:
         key = hashlib.sha256(b"\0".join([source, compiler.encode(), *map(str.encode, flags), _cpu_id()])).hexdigest()
-        path = cache_dir() / f"act_kernel-{key[:16]}.so"
-        if path.exists():
+        path = folder / f"act_kernel-{key[:16]}.so"
+        if _verified(path):
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock", timeout=300):  # two processes compiling at once: one does
-            if path.exists():
+            if _verified(path):
                 return path
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             run = subprocess.run(
@@ -100,6 +152,9 @@ def _compile(compiler: str) -> Path:
                 capture_output=True, text=True, timeout=300,
             )  # fmt: skip
             if run.returncode == 0:
+                record = path.with_name(path.name + ".sha256")
+                record.unlink(missing_ok=True)  # a planted symlink is replaced, never written through
+                record.write_text(_digest(tmp) + "\n")
                 os.replace(tmp, path)  # atomic: a reader never sees a half-written library
                 return path
             tmp.unlink(missing_ok=True)
@@ -118,9 +173,14 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(str(_compile(compiler)))
-    except (OSError, subprocess.SubprocessError) as err:
-        warnings.warn(f"iamnn: the ACT kernel did not build, using PyTorch ops ({err})", stacklevel=2)
+        return _declared(lib)
+    except (OSError, subprocess.SubprocessError, AttributeError) as err:  # AttributeError: a function missing
+        warnings.warn(f"iamnn: the ACT kernel did not build, using PyTorch ops ({one_line(err)})", stacklevel=2)
         return None
+
+
+def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """``lib`` with its functions' argument and result types set."""
     long, ptr, f32 = ctypes.c_long, ctypes.c_void_p, ctypes.c_float
     unit = ctypes.POINTER(_Unit)
     lib.iamnn_context.argtypes = [unit, long, ptr, long, ptr]
