@@ -371,3 +371,30 @@ def test_deeply_nested_metadata_is_refused_in_one_line(tmp_path: Path) -> None:
         load_model(path)
     with pytest.raises(WeightsError, match="nested too deeply"):
         iamnn.create_model("iamnn_r18", checkpoint_path=path)
+
+
+@pytest.mark.parametrize("change", [{"width": 64.0}, {"num_classes": 100_000_000}])
+def test_checkpoint_hyper_parameters_are_matched_to_its_tensors_before_a_model_is_built(
+    tmp_path: Path, capsys, fit_digits, change: dict
+) -> None:  # noqa: ANN001
+    """`iamnn test --ckpt_path` with width 64 in a 1.7 MB checkpoint was OOM-killed at 3 GB (and left
+    a stale .lock); num_classes 1e8 tried to allocate 102 GB."""
+    import resource
+    import time
+
+    run = fit_digits(tmp_path, "small", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["hyper_parameters"].update(change)
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(ckpt, crafted)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "iamnn_r18.yaml"
+    for command in ("test", "fit"):
+        start, peak = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--config", str(recipe), "--runs_dir", str(tmp_path), "--name", "crafted",
+                  "--ckpt_path", str(crafted)])  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and ("do not fit" in err or "does not build" in err), err[-300:]
+        assert len(err.splitlines()) == 1 and time.monotonic() - start < 20
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000  # KiB: nothing large allocated
+        assert not (tmp_path / "crafted" / ".lock").exists()

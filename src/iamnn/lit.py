@@ -42,12 +42,14 @@ from .models import ACT, IamNN, upgrade_state_dict
 from .models.halting import HaltingPolicy, network_policy, ponder_loss
 from .runtime import cpu_emulates_bf16
 from .weights import (
+    check_file_builds,
     check_fits,
     config_from_hparams,
     create_model,
     data_config,
     load_weights,
     read_checkpoint,
+    read_config,
     save_weights,
 )
 
@@ -596,7 +598,11 @@ class IamNNCLI(LightningCLI):
         path = config.get("ckpt_path") if hasattr(config, "get") else None
         keyword = path in ("best", "last", "hpc") or str(path).startswith("registry") or "://" in str(path)
         if path and not keyword:
-            read_checkpoint(path)  # also: a missing file fails here, before the run folder is written
+            checkpoint = read_checkpoint(path)  # also: a missing file fails here, before the run folder is written
+            # LightningCLI builds the model its hyper-parameters describe: check them against the
+            # file's tensors on the meta device first (a 1.7 MB file asking for width 64 was OOM-killed)
+            config = read_config(path, checkpoint)
+            check_file_builds(config["model"], config["kwargs"], path, checkpoint)
         super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:

@@ -32,6 +32,7 @@ CONFIG_KEY = "iamnn_config"
 __all__ = [
     "WeightsError",
     "check_fits",
+    "check_file_builds",
     "config_from_hparams",
     "create_model",
     "data_config",
@@ -261,16 +262,21 @@ def file_shapes(path: str | Path, checkpoint: dict[str, Any] | None = None) -> d
     return upgrade_state_dict(shapes)  # legacy key names, as load_state_dict renames them
 
 
-def build_for_file(name: str, kwargs: dict[str, Any], path: str | Path, checkpoint: dict[str, Any] | None) -> nn.Module:
-    """Build ``name`` for the weights in ``path``, checked first on the meta device: a config that
-    does not build, or whose tensors differ from the file's, fails in one line before anything is
-    allocated (a crafted ``num_classes = 5e9`` costs nothing)."""
+def check_file_builds(name: str, kwargs: dict[str, Any], path: str | Path, checkpoint: dict[str, Any] | None) -> None:
+    """Build ``name`` on the meta device and match it against the tensors in ``path``: a config
+    that does not build, or whose tensors differ from the file's, fails in one line before anything
+    is allocated (a crafted ``num_classes = 5e9`` or ``width = 64`` costs nothing)."""
     try:
         with torch.device("meta"):
             skeleton = build_model(name, **kwargs)
     except (TypeError, ValueError, OverflowError, RuntimeError) as err:
         raise WeightsError(f"{path}: the stored config does not build a model: {one_line(err)}") from None
     check_fits(skeleton, file_shapes(path, checkpoint), path)
+
+
+def build_for_file(name: str, kwargs: dict[str, Any], path: str | Path, checkpoint: dict[str, Any] | None) -> nn.Module:
+    """Build ``name`` for the weights in ``path``, checked first (:func:`check_file_builds`)."""
+    check_file_builds(name, kwargs, path, checkpoint)
     return build_model(name, **kwargs)
 
 
