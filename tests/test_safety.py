@@ -398,3 +398,27 @@ def test_checkpoint_hyper_parameters_are_matched_to_its_tensors_before_a_model_i
         assert len(err.splitlines()) == 1 and time.monotonic() - start < 20
         assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000  # KiB: nothing large allocated
         assert not (tmp_path / "crafted" / ".lock").exists()
+
+
+def test_config_values_that_would_exhaust_the_machine_are_refused(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    """num_workers 10 000 / 64, image_size 1000, --trainer.devices 1000 on a CPU: one line each."""
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    from iamnn.data import DigitsDataModule
+
+    def no_launch(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - if the check failed, no process storm
+        raise AssertionError("a process launch was attempted")
+
+    monkeypatch.setattr(subprocess_script._SubprocessScriptLauncher, "launch", no_launch)
+    for kwargs, match in (({"num_workers": 10_000}, "num_workers must be in"), ({"num_workers": -1}, "num_workers"),
+                          ({"image_size": 1000}, "image_size must be an int in 1..256"),
+                          ({"image_size": -1}, "image_size"), ({"image_size": "abc"}, "image_size")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            DigitsDataModule(**kwargs)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "iamnn_r18.yaml"
+    for flags, match in ((["--trainer.devices", "1000"], "asks for more than this machine has"),
+                         (["--data.init_args.num_workers", "10000"], "num_workers must be in")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(recipe), "--runs_dir", str(tmp_path), "--name", "big", *flags])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and match in err and len(err.splitlines()) == 1, err[-300:]

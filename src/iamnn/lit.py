@@ -568,6 +568,7 @@ class IamNNCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
         if self.subcommand == "fit":
             self._check_length(config)
+        _check_devices(config.get("devices", "auto"), str(config.get("accelerator", "auto")))
         if config.get("enable_model_summary") is not False and not config.get("barebones"):
             callbacks = [*callbacks, MACsSummary()]  # Lightning's own (with "Total FLOPs: 0") is then left out
         trainer = super()._instantiate_trainer({**config, **given_batch_counts(self._args)}, callbacks)
@@ -696,6 +697,20 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     # "Seed set to 0" comes before the recipe is even checked; the seed is in the run's config.yaml
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+
+
+def _check_devices(devices: Any, accelerator: str) -> None:
+    """CLIError when ``devices`` asks for more than this machine has: on a CPU every device is a
+    process (``--trainer.devices 1000`` started processes until the system's cap, load ~290)."""
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        return
+    text = str(devices).strip()
+    count = len(devices) if isinstance(devices, list) else int(text) if text.isdigit() else None
+    gpus = torch.cuda.device_count() if accelerator != "cpu" else 0
+    available = gpus or os.cpu_count() or 1
+    if count is not None and count > available:
+        what = f"{gpus} GPU(s)" if gpus else f"{available} CPU core(s), and each CPU device is a process"
+        raise CLIError(f"--trainer.devices {devices} asks for more than this machine has: {what}")
 
 
 class NoteInterruption(Callback):

@@ -37,6 +37,17 @@ __all__ = [
 ]
 
 
+MAX_WORKERS = 4 * (os.cpu_count() or 1)
+MAX_IMAGE_SIDE = 1024  # pixels: the largest image_size a recipe or a run folder's config.yaml may ask for
+
+
+def check_image_size(image_size: object, largest: int = MAX_IMAGE_SIDE) -> int:
+    """``image_size`` if it is a side in 1..``largest`` pixels, else ValueError."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= largest:
+        raise ValueError(f"image_size must be an int in 1..{largest}, got {image_size!r}")
+    return image_size
+
+
 def default_cache_dir() -> Path:
     """Where downloads go: ``$IAMNN_DATA`` or ``DEFAULT_CACHE_DIR``."""
     return Path(os.environ.get("IAMNN_DATA") or DEFAULT_CACHE_DIR).expanduser()
@@ -180,8 +191,9 @@ class ImageDataModule(L.LightningDataModule):
                             ("train_subset", train_subset or 1), ("test_subset", test_subset or 1)]:  # fmt: skip
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or not 0 <= num_workers <= MAX_WORKERS:
+            # a run folder's config.yaml asking for 10 000 workers started processes until the cap
+            raise ValueError(f"num_workers must be in 0..{MAX_WORKERS} (4 per CPU core), got {num_workers!r}")
         if isinstance(val_size, bool) or not (val_size >= 0) or (isinstance(val_size, float) and val_size >= 1):
             raise ValueError(f"val_size must be a count >= 0 or a fraction in [0, 1), got {val_size!r}")
         if data_dir is not None and not Path(data_dir).expanduser().is_dir():

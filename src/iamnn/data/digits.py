@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import DatasetNotFoundError
-from .base import TensorDataModule
+from .base import TensorDataModule, check_image_size
 
 __all__ = ["DigitsDataModule"]
 
@@ -52,7 +52,8 @@ class DigitsDataModule(TensorDataModule):
     ) -> None:
         super().__init__(data_dir, batch_size, eval_batch_size, num_workers, val_size, seed, augment,
                          train_subset, test_subset)  # fmt: skip
-        self.image_size = image_size
+        # the set is held in memory at image_size: 1000 asked 7 GB (a run folder's config.yaml OOM-killed report)
+        self.image_size = check_image_size(image_size, largest=256)
         self.input_size = (image_size, image_size)
         self.pad, self.flip = max(1, image_size // 8), False  # digits are not mirror-symmetric
 

@@ -12,7 +12,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
 from ..errors import DatasetError, DatasetNotFoundError, one_line
-from .base import IMAGENET_MEAN, IMAGENET_STD, ImageDataModule
+from .base import IMAGENET_MEAN, IMAGENET_STD, ImageDataModule, check_image_size
 
 __all__ = ["ImageFolderDataModule", "ImageNetDataModule"]
 
@@ -67,7 +67,7 @@ class ImageFolderDataModule(ImageDataModule):
     ) -> None:
         super().__init__(data_dir, batch_size, eval_batch_size, num_workers, val_size, seed, augment,
                          train_subset, test_subset)  # fmt: skip
-        self.image_size = image_size
+        self.image_size = check_image_size(image_size)
         self.input_size = (image_size, image_size)
         self._classes: list[str] | None = None
 
