@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import CLIError, IamNNError, one_line
-from .files import atomic_path, write_text_atomic
+from .files import atomic_path, check_output_file, write_text_atomic
 from .runtime import keep_freed_memory
 
 if TYPE_CHECKING:
@@ -71,6 +71,14 @@ def _add_json(p: argparse.ArgumentParser, example: str = "") -> None:
         help="print the result as JSON on stdout instead of the table; with PATH, write it there as well"
         + (f" (e.g. {example})" if example else ""),
     )  # fmt: skip
+
+
+def _output_file(path: str | Path, force: bool = False, sidecars: tuple[str, ...] = ()) -> Path:
+    """``files.check_output_file`` as one line: before any work, never over a user's file unasked."""
+    try:
+        return check_output_file(path, force, sidecars)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -449,9 +457,7 @@ def _export(args: argparse.Namespace) -> None:
     from .weights import save_weights
 
     model, config = _load_source(args)
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        raise CLIError(f"{out} exists (use --force to overwrite)")
+    out = _output_file(args.output, args.force, (".json",) if args.format == "safetensors" else ())
     if args.format == "safetensors":
         save_weights(model, out, data=config.get("data"))
         print(f"wrote {out} and {out.with_suffix('.json')}")
@@ -722,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     _add_json(p)
     p.add_argument("--save", default=None, help="write the calibrated model (one budget) as safetensors here")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --save file")
     p.set_defaults(run=_calibrate)
 
     p = sub.add_parser("headroom", help="can per-image compute pay? disagreement and per-image oracle of opinions")
@@ -740,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--halting", required=True, type=_halting_arg,
                    help="the regime: act, full or a fixed number of iterations k")  # fmt: skip
     p.add_argument("-o", "--output", default=None, help="write the re-estimated model as safetensors here")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     _add_json(p)
     p.set_defaults(run=_recalibrate)
@@ -827,6 +835,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             if not hasattr(args, "overrides"):
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
             args.overrides = extra
+        if isinstance(getattr(args, "json", None), str) and args.json != "-":
+            _output_file(args.json, force=True)  # a result file is rewritten; never a folder or a symlink
+        for name in ("save", "output"):  # weights files: never over an existing one without --force
+            if command in ("calibrate", "recalibrate") and getattr(args, name, None):
+                _output_file(getattr(args, name), getattr(args, "force", False), (".json",))
         args.run(args)
     except IamNNError as err:
         print(f"iamnn {command}: error: {err}", file=sys.stderr)

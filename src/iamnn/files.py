@@ -70,7 +70,10 @@ def atomic_folder(path: str | Path, owned: tuple[str, ...]) -> Iterator[Path]:
     set as ``.<name>.<pid>.old``, which the next write puts back before starting.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{path}: a file stands where its folder would be") from None
     for stale in sorted(path.parent.glob(f".{path.name}.*.old")) + sorted(path.parent.glob(f".{path.name}.*.tmp")):
         if stale.is_dir() and not _writer_alive(stale, path.name):
             if stale.suffix == ".old" and not path.exists():
@@ -115,6 +118,24 @@ def _check_own_folder(path: Path, owned: tuple[str, ...]) -> None:
     if foreign or not marked:
         shown = ", ".join((foreign or [e.name for e in entries])[:3])
         raise ValueError(f"{path} holds files this command did not write ({shown}): give an empty or new output folder")
+
+
+def check_output_file(path: str | Path, force: bool = False, sidecars: tuple[str, ...] = ()) -> Path:
+    """``path`` as a file a command may write, checked before any work: ValueError if it is a
+    folder, a symlink, under something that is not a folder, or (without ``force``) an existing
+    file; ``sidecars`` (``".json"``) are files written beside it under the same rule."""
+    path = Path(path)
+    for target in (path, *(path.with_suffix(suffix) for suffix in sidecars)):
+        if target.is_symlink():
+            raise ValueError(f"{target} is a symlink: give the file itself or a new name")
+        if target.is_dir():
+            raise ValueError(f"{target} is a folder: give a file name")
+        if target.exists() and not force:
+            raise ValueError(f"{target} exists (use --force to overwrite)")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ValueError(f"{path}: {parent} is not a folder")
+    return path
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
