@@ -422,3 +422,41 @@ def test_config_values_that_would_exhaust_the_machine_are_refused(tmp_path: Path
             main(["fit", "--config", str(recipe), "--runs_dir", str(tmp_path), "--name", "big", *flags])
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and match in err and len(err.splitlines()) == 1, err[-300:]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--batch-sizes", "a"],
+        ["bench", "--batch-sizes", ""],
+        ["bench", "--batch-sizes", "1,,2"],
+        ["bench", "--batch-sizes", "1e3"],
+        ["bench", "--batch-sizes", "0"],
+        ["bench", "--batch-sizes", "-1"],
+        ["bench", "--threads", "-1"],
+        ["bench", "--threads", "1e11"],
+        ["bench", "--input-size", "-1"],
+        ["bench", "--input-size", "1"],
+        ["bench", "--input-size", "100000"],
+        ["profile", "--width", "0"],
+        ["profile", "--width", "nan"],
+        ["profile", "--width", "inf"],
+        ["profile", "--width", "-1"],
+        ["profile", "--width", "1e308"],
+        ["evaluate", "--pretrained", "--test-subset", "0"],
+        ["frontier", "runs", "--budgets", "-1"],
+        ["evaluate", "--pretrained", "--halting", "foo"],
+    ],
+)
+def test_numeric_options_are_checked_when_parsed(argv: list[str], capsys) -> None:  # noqa: ANN001
+    """Each of these was a traceback (ZeroDivisionError, a negative tensor size, ...) or accepted."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "argument --" in err, err
+
+
+def test_an_empty_path_is_a_bad_input_not_the_current_folder(capsys) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--pretrained", ""])
+    assert exit_info.value.code == 1 and "an empty path" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -63,6 +63,11 @@ def _console() -> Console:
     """A console wide enough for the tables even when stdout is a pipe (CI logs, ``| tee``)."""
     console = Console()
     return console if console.is_terminal else Console(width=160)
+
+
+def _add_test_subset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--test-subset", type=_count(1, 10**9), default=None, metavar="N",
+                   help="evaluate on the first N test images only")  # fmt: skip
 
 
 def _add_json(p: argparse.ArgumentParser, example: str = "") -> None:
@@ -264,6 +269,39 @@ def _calibrate(args: argparse.Namespace) -> None:
     if result["saved"]:
         print(saved)
     _json_out(args, result)
+
+
+def _count(low: int, high: int) -> Any:
+    """An argparse type: an int in ``low..high`` (``1e3``, ``-1``, ``2**70`` are refused in one line)."""
+
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number in {low}..{high}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def _counts(low: int, high: int) -> Any:
+    """An argparse type: comma-separated ints in ``low..high`` (``1,64,256``)."""
+
+    def parse(text: str) -> str:
+        for part in text.split(","):
+            _count(low, high)(part)
+        return text
+
+    return parse
+
+
+def _width(text: str) -> float:
+    """A width multiplier in (0, 64]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 64:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a width in (0, 64], got {text!r}")
+    return value
 
 
 def _halting_arg(text: str) -> str | int:
@@ -680,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_models)
 
     p = sub.add_parser("profile", help="params and MACs of every Table-1 model, ours beside the paper's")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier of the IamNN rows (default 1)")
+    p.add_argument("--width", type=_width, default=1.0, help="width multiplier of the IamNN rows (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_profile)
 
@@ -694,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a regime instead of the model's own: act, full, k, or cascade:1,flip-1@0.72")  # fmt: skip
     p.add_argument("--recalibrate", action="store_true",
                    help="first re-estimate the BatchNorm statistics for that regime on training images")  # fmt: skip
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    _add_test_subset(p)
     _add_json(p)
     p.set_defaults(run=_evaluate)
 
@@ -702,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories written by `iamnn fit` (runs/<name>)")
     p.add_argument("-o", "--output", default="report", help="output folder (default: report)")
     p.add_argument("--no-sweep", action="store_true", help="skip the accuracy-vs-MACs sweep of inference regimes")
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    _add_test_subset(p)
     p.add_argument("--quick-sweep", action="store_true", help="8 sweep points instead of ~20")
     _add_json(p)
     p.set_defaults(run=_report)
@@ -711,9 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders written by `iamnn fit`, or folders of them (runs/frontier)")
     p.add_argument("-o", "--output", default="report/frontier", help="output folder (default: report/frontier)")
     _add_json(p, "benchmarks/results/frontier.json")
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    _add_test_subset(p)
     p.add_argument(
-        "--budgets", type=int, default=6, metavar="N",
+        "--budgets", type=_count(0, 100), default=6, metavar="N",
         help="calibrate each adaptive run (halting units on a frozen anytime backbone) to N average-MACs budgets "
         "from its k = 1 to its full cost, each a point of its curve (default 6; 0: as trained only)",
     )  # fmt: skip
@@ -725,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recalibrate", action="store_true", help="keep the trained BatchNorm statistics")
     p.add_argument("--halting", default=None, type=_cascade_arg,
                    help="a cascade to calibrate instead of the halting threshold, e.g. cascade:1,flip-1")  # fmt: skip
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    _add_test_subset(p)
     _add_json(p)
     p.add_argument("--save", default=None, help="write the calibrated model (one budget) as safetensors here")
     p.add_argument("--force", action="store_true", help="overwrite an existing --save file")
@@ -735,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("opinions", nargs="+", metavar="RUN:PASS,PASS",
                    help="a run folder and the passes of it to compare (1, 2, full, act, flip-1 …), e.g. "
                    "runs/study/fixed_k1:1,flip-1 runs/study/fixed_k2:2")  # fmt: skip
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    _add_test_subset(p)
     _add_json(p, "headroom.json")
     p.set_defaults(run=_headroom)
 
@@ -748,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the regime: act, full or a fixed number of iterations k")  # fmt: skip
     p.add_argument("-o", "--output", default=None, help="write the re-estimated model as safetensors here")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
+    _add_test_subset(p)
     _add_json(p)
     p.set_defaults(run=_recalibrate)
 
@@ -769,7 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="safetensors weights or Lightning .ckpt of a trained IamNN")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-    p.add_argument("--test-images", type=int, default=1000,
+    p.add_argument("--test-images", type=_count(0, 10**6), default=1000,
                    help="test images for the accuracy curve and the gallery (default 1000; 0: none)")  # fmt: skip
     p.set_defaults(run=_app)
 
@@ -788,11 +826,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="iamnn_r34_fmnist", help="registered model (default: iamnn_r34_fmnist)")
     p.add_argument("--pretrained", action="store_true", help="use the weights shipped with the package")
     p.add_argument("--weights", help="safetensors weights or .ckpt of a trained IamNN")
-    p.add_argument("--width", type=float, default=None, help="width of an untrained --model")
+    p.add_argument("--width", type=_width, default=None, help="width of an untrained --model")
     p.add_argument("--stem", choices=("imagenet", "cifar"), default=None, help="stem of an untrained --model")
-    p.add_argument("--input-size", type=int, default=None, help="input height = width (default: the model's data)")
-    p.add_argument("--batch-sizes", default="1,64,256", help="comma-separated (default 1,64,256)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--input-size", type=_count(8, 1024), default=None,
+                   help="input height = width (default: the model's data)")  # fmt: skip
+    p.add_argument("--batch-sizes", type=_counts(1, 4096), default="1,64,256",
+                   help="comma-separated (default 1,64,256)")  # fmt: skip
+    p.add_argument("--threads", type=_count(1, 1024), default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm unfolded at inference")
     p.add_argument("--device", default="cpu", help="torch device of the PyTorch rows, e.g. cuda (default: cpu)")
     p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")

@@ -47,7 +47,11 @@ def expand_paths(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, s
     """
     out: list[Path] = []
     skipped: list[tuple[str, str]] = []
-    for p in map(Path, paths):
+    for raw in paths:
+        p = Path(raw)
+        if str(raw) == "":  # Path("") is ".": an empty argument would classify the current folder
+            skipped.append(("''", "an empty path"))
+            continue
         if p.is_dir():
             try:
                 images = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
