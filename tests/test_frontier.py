@@ -165,3 +165,31 @@ def test_report_and_frontier_never_replace_a_folder_of_the_users_files(
         # its own earlier output is replaced
         main([*command, "-o", str(tmp_path / command[0])])
         main([*command, "-o", str(tmp_path / command[0])])
+
+
+@pytest.mark.parametrize("patch", [
+    {"data": "x"}, {"data": {"class_path": "iamnn.data.DigitsDataModule", "init_args": [1, 2]}},
+    {"init_args": {"bogus": 1}}, {"init_args": {"image_size": -1}}, {"init_args": {"image_size": "abc"}},
+    {"init_args": {"image_size": 100_000}}, {"init_args": {"num_workers": 10_000}},
+])  # fmt: skip
+def test_a_run_folders_config_is_checked_before_use(runs: dict[str, Path], tmp_path: Path, capsys, patch) -> None:  # noqa: ANN001
+    """Unknown keys, a data section that is a string or a list, sizes and worker counts out of range
+    in a run folder's config.yaml were tracebacks (or an OOM kill, or 10 000 processes) in report."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "crafted"
+    shutil.copytree(runs["k1"], run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    if "init_args" in patch:
+        config["data"]["init_args"].update(patch["init_args"])
+    else:
+        config.update(patch)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(run), "-o", str(tmp_path / "r"), "--no-sweep", "--test-subset", "20"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "config.yaml" in err or "must be" in err, err

@@ -49,13 +49,17 @@ def load_datamodule(run_dir: Path, **overrides: Any) -> ImageDataModule:
 
     Only a registered ``iamnn.data`` module is built: a class path elsewhere is refused, not imported.
     """
+    config = run_dir / "config.yaml"
     data = read_recipe(run_dir).get("data") or {}
+    if not isinstance(data, dict) or not isinstance(data.get("init_args") or {}, dict):
+        raise ValueError(f"{config}: its data section is not a class_path with a mapping of init_args")
     module_name, _, class_name = str(data.get("class_path", "")).rpartition(".")
     if module_name != "iamnn.data":
-        raise ValueError(
-            f"{run_dir / 'config.yaml'}: data class {data.get('class_path')!r} is not an iamnn data module"
-        )
-    dm = datamodule_class(class_name)(**{**(data.get("init_args") or {}), **overrides})
+        raise ValueError(f"{config}: data class {data.get('class_path')!r} is not an iamnn data module")
+    try:  # the values are checked by the data module (ranges, types): a bad one is one line, not a traceback
+        dm = datamodule_class(class_name)(**{**(data.get("init_args") or {}), **overrides})
+    except TypeError as err:  # an argument the class does not take
+        raise ValueError(f"{config}: its data section does not build {class_name}: {one_line(err)}") from None
     dm.setup("test")
     return dm
 
