@@ -263,7 +263,7 @@ def test_a_file_that_is_no_torch_checkpoint_is_named_for_what_it_is(tmp_path: Pa
                 "kwargs": {"width": 0.0625, "num_classes": 10},
                 "data": {"in_chans": 1, "input_size": [16, 16], "mean": [0.5], "std": [0.0]},
             },
-            "std that is not positive",
+            "std outside 1e-6..1000",
         ),
     ],
 )
@@ -315,6 +315,8 @@ def test_a_closed_pipe_ends_a_command_quietly() -> None:
         ({"input_size": [1, 8192]}, "too small for the model"),
         ({"input_size": [4, 4]}, "too small for the model"),
         ({"in_chans": 3, "mean": [0.5] * 3, "std": [0.5] * 3}, "3-channel inputs to a model of 1"),
+        ({"mean": [1e308]}, "a mean outside"),
+        ({"std": [1e-320]}, "std outside 1e-6..1000"),
     ],
 )
 def test_a_data_config_the_model_cannot_use_is_refused_at_load(tmp_path: Path, capsys, change, match) -> None:  # noqa: ANN001
@@ -460,3 +462,22 @@ def test_an_empty_path_is_a_bad_input_not_the_current_folder(capsys) -> None:  #
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "--pretrained", ""])
     assert exit_info.value.code == 1 and "an empty path" in capsys.readouterr().err
+
+
+def test_weights_holding_nan_are_refused_at_load(tmp_path: Path) -> None:
+    """predict printed "confidence": NaN (not JSON) and evaluate 7.81 % without a word."""
+    from safetensors.torch import save_file
+
+    from iamnn.weights import CONFIG_KEY, save_weights
+
+    model = iamnn.create_model("iamnn_r18", stem="cifar", width=0.125, in_chans=1, num_classes=3)
+    path = save_weights(model, tmp_path / "w.safetensors")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["fc.weight"][0, 0] = float("nan")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(state, str(tmp_path / "nan.safetensors"), metadata={CONFIG_KEY: metadata[CONFIG_KEY]})
+    with pytest.raises(WeightsError, match="hold NaN or Inf .first: fc.weight"):
+        load_model(tmp_path / "nan.safetensors")
