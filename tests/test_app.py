@@ -183,3 +183,16 @@ def test_a_taken_port_is_one_line(capsys: pytest.CaptureFixture) -> None:
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("iamnn app: error: Cannot find empty port"), err
+
+
+def test_a_threshold_out_of_range_is_said_as_such(explorer: Explorer) -> None:
+    """A NaN ε (through the API) was answered with "Could not read one.png"."""
+    from iamnn.app import build_app
+
+    app = build_app(explorer)
+    functions = app.fns.values() if isinstance(app.fns, dict) else app.fns
+    analyse = next(f for f in functions if getattr(f, "api_name", None) == "analyse_file")
+    for epsilon in (float("nan"), -0.5, 7.0):
+        status = analyse.fn(str(SAMPLE), epsilon)[2]
+        assert status.startswith("**The threshold must be a number in [0, 0.99]**"), status
+    assert analyse.fn(str(SAMPLE), 0.01)[2] == ""

@@ -9,6 +9,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 import iamnn
@@ -481,3 +482,30 @@ def test_weights_holding_nan_are_refused_at_load(tmp_path: Path) -> None:
     save_file(state, str(tmp_path / "nan.safetensors"), metadata={CONFIG_KEY: metadata[CONFIG_KEY]})
     with pytest.raises(WeightsError, match="hold NaN or Inf .first: fc.weight"):
         load_model(tmp_path / "nan.safetensors")
+
+
+def test_an_exif_rotated_photo_is_seen_upright(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from iamnn.prediction import load_image
+
+    pixels = np.zeros((16, 16), dtype=np.uint8)
+    pixels[:, :8] = 255  # white on the left as stored; EXIF orientation 3 says "turn me by 180°"
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    x = load_image(tmp_path / "photo.jpg", {"in_chans": 1, "input_size": [16, 16], "mean": [0.0], "std": [1.0]})
+    assert x[0, :, 8:].mean() > 0.9 and x[0, :, :8].mean() < 0.1  # white on the right, as a viewer shows it
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--seed_everything", str(2**70)], "seed_everything must be a whole number"),
+    (["--trainer.limit_train_batches", "-1"], "limit_train_batches"),
+])  # fmt: skip
+def test_trainer_values_out_of_range_are_one_line(tmp_path: Path, capsys, flags: list[str], match: str) -> None:  # noqa: ANN001
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "iamnn_r18.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe), "--runs_dir", str(tmp_path), "--name", "x", *flags])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("iamnn fit:")]
+    assert exit_info.value.code == 2 and len(err) == 1 and match in err[0]
+    assert not (tmp_path / "x").exists()  # no run folder (nor lock) left

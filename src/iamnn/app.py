@@ -337,6 +337,10 @@ def build_app(explorer: Explorer) -> Any:
     def show(image: Image.Image | None, epsilon: float, source: str = "") -> tuple[Any, ...]:
         if image is None:
             return ("", "", None, "", *_figures(explorer, None))
+        high = 1.0 if explorer.cascade is not None else 0.99
+        if not isinstance(epsilon, int | float) or not 0.0 <= epsilon <= high:  # NaN too (an API call)
+            return ("", f"**The threshold must be a number in [0, {high}]**, got {epsilon!r}", None, "",
+                    *_figures(explorer, None))  # fmt: skip
         try:
             result = explorer.analyse(image, epsilon)
         except (ValueError, OSError) as err:

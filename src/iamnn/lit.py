@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch import Tensor, nn
 
 from .data import DATAMODULES, ImageDataModule
@@ -592,6 +592,12 @@ class IamNNCLI(LightningCLI):
             raise CLIError(f"max_epochs -1 (no end) leaves the {schedule} schedule no length: give max_epochs or "
                            "max_steps, or --model.lr_schedule constant / multistep")  # fmt: skip
 
+    def _set_seed(self) -> None:
+        seed = self._get(self.config, "seed_everything")
+        if not isinstance(seed, bool) and seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**32):
+            raise CLIError(f"seed_everything must be a whole number in 0..{2**32 - 1} (or true/false), got {seed!r}")
+        super()._set_seed()
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyper-parameters with a bare torch.load, whose refusal
         # is a traceback that advises weights_only=False; read_checkpoint fails in one clear line.
@@ -745,6 +751,8 @@ def run_lightning_cli(args: list[str]) -> IamNNCLI:
     try:
         # best first: it is trainer.checkpoint_callback
         return _cli(args, [best, last, ExportWeights(), EpochSeed(), KeepTrainingHistory(), interruption])
+    except MisconfigurationException as err:  # a Trainer flag out of range (limit_train_batches -1, …)
+        raise CLIError(one_line(err)) from None
     except SIGTERMException:
         epoch, step = interruption.where or ("?", "?")
         raise RunInterrupted(f"interrupted by SIGTERM at epoch {epoch}, step {step}; no weights were exported; "

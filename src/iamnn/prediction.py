@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
@@ -88,7 +88,8 @@ def load_image(path: Path | Image.Image, data: dict[str, Any]) -> Tensor:
                 # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: refuse both
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as img:
-                    img = _to_mode(img, data["in_chans"])
+                    # a phone photo stores "rotated" in EXIF: without this it was classified sideways
+                    img = _to_mode(ImageOps.exif_transpose(img), data["in_chans"])
         except (FileNotFoundError, IsADirectoryError, PermissionError):
             raise  # the caller says which (skip_reason)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):
