@@ -8,8 +8,8 @@ import os
 import pickle
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 import iamnn
