@@ -87,3 +87,33 @@ def test_no_user_file_is_lost_and_every_refusal_is_one_line(run: Path, capsys, c
         assert replaced or (path.is_file() and path.read_bytes() == content), (command, standing, path)
     if standing == "nothing" and command not in ("evaluate --json", "export"):
         assert status == 0 and os.path.exists(out), err[-400:]
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """ENOSPC ended fit, export and recalibrate with tracebacks (fit: 82 lines), stdout to /dev/full too."""
+    import errno
+    import subprocess
+    import sys
+
+    command = f"{sys.executable} -m iamnn.cli models > /dev/full"
+    got = subprocess.run(command, shell=True, capture_output=True, text=True)
+    assert got.returncode == 1, got.stderr
+    assert got.stderr.strip() == "iamnn models: error: no space left on the device; nothing was half-written"
+
+    from iamnn import files
+
+    real = files.atomic_path
+
+    def full(path):  # noqa: ANN001, ANN202 - the device fills while the file is written
+        with real(path) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+            yield tmp
+
+    monkeypatch.setattr(files, "atomic_path", files.contextlib.contextmanager(full))
+    out = tmp_path / "w.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--pretrained", "--format", "safetensors", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and "no space left" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written, no temporary file left

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -881,6 +882,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if command in ("calibrate", "recalibrate") and getattr(args, name, None):
                 _output_file(getattr(args, name), getattr(args, "force", False), (".json",))
         args.run(args)
+        sys.stdout.flush()  # a full disk under stdout (`> /dev/full`) is seen here, not at exit
     except IamNNError as err:
         print(f"iamnn {command}: error: {err}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 2))
@@ -889,6 +891,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     except BrokenPipeError:  # `iamnn profile --json | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail
+        sys.exit(1)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a full disk: the atomic writes leave nothing half-written; say so in one line, not 80
+        with contextlib.suppress(OSError, ValueError):  # stdout may be a pipe to nowhere, or no file at all
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"iamnn {command}: error: no space left on the device{where}; nothing was half-written", file=sys.stderr)
         sys.exit(1)
 
 
