@@ -610,6 +610,11 @@ class IamNNCLI(LightningCLI):
             # file's tensors on the meta device first (a 1.7 MB file asking for width 64 was OOM-killed)
             config = read_config(path, checkpoint)
             check_file_builds(config["model"], config["kwargs"], path, checkpoint)
+            loops = checkpoint.get("loops")  # Lightning restores each of these by name (KeyError: 'test_loop')
+            names = ("fit_loop", "validate_loop", "test_loop", "predict_loop")
+            if loops is not None and not (isinstance(loops, dict) and all(isinstance(loops.get(n), dict)
+                                                                          for n in names)):  # fmt: skip
+                raise CLIError(f"{path}: its loop state is not Lightning's (a mapping of {', '.join(names)})")
         super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
