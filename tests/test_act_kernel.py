@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,13 +104,13 @@ def test_kernel_stays_out_of_what_it_does_not_cover() -> None:
             assert path(stage, x0, ACT()) is None
 
 
-def test_without_a_compiler_the_model_runs_on_pytorch(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_without_a_compiler_the_model_runs_on_pytorch(monkeypatch: pytest.MonkeyPatch, tmp_path, capsys) -> None:
     monkeypatch.setenv("IAMNN_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     act_kernel.library.cache_clear()
     try:
-        with pytest.warns(UserWarning, match="did not build"):
-            assert act_kernel.library() is None
+        assert act_kernel.library() is None
+        assert "iamnn: note: the ACT kernel did not build" in capsys.readouterr().err
         x, model = _folded(batch=3)
         logits, iterations, _ = _one_by_one(model, x, "act")
         assert logits.shape == (3, 7) and iterations.shape == (3, 4)
@@ -285,12 +284,7 @@ def _plant(folder: Path, marker: Path) -> list[Path]:
                       f'{{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n')  # fmt: skip
     built = folder.parent / "planted.so"
     subprocess.run([shutil.which("cc") or "gcc", "-shared", "-fPIC", "-o", str(built), str(source)], check=True)
-    names = []
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    for flags in act_kernel.FLAGS:  # the cache's names: as _compile derives them
-        key = hashlib.sha256(b"\0".join([act_kernel.SOURCE.read_bytes(), compiler.encode(), *map(str.encode, flags),
-                                         act_kernel._cpu_id()])).hexdigest()  # fmt: skip
-        names.append(folder / f"act_kernel-{key[:16]}.so")
+    names = _cache_names(folder)
     return [built, *names]
 
 
@@ -314,10 +308,51 @@ def test_a_planted_library_in_the_kernel_cache_is_never_loaded(tmp_path, monkeyp
     act_kernel.library.cache_clear()
     act_kernel._private_dir.cache_clear()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the open folder is said in one warning
-            assert act_kernel.library() is not None  # the real kernel, built afresh
+        assert act_kernel.library() is not None  # the real kernel, built afresh
         assert not marker.exists(), "the planted library's constructor ran"
     finally:
+        act_kernel.library.cache_clear()
+        act_kernel._private_dir.cache_clear()
+
+
+def _cache_names(folder: Path) -> list[Path]:
+    """The names the kernel looks for in ``folder``, as ``_compile`` derives them."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    names = []
+    for flags in act_kernel.FLAGS:
+        key = hashlib.sha256(b"\0".join([act_kernel.SOURCE.read_bytes(), compiler.encode(), *map(str.encode, flags),
+                                         act_kernel._cpu_id()])).hexdigest()  # fmt: skip
+        names.append(folder / f"act_kernel-{key[:16]}.so")
+    return names
+
+
+@needs_compiler
+def test_a_read_only_cache_serves_its_library_and_builds_elsewhere_once(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """A read-only cache or a zero-byte library fell back to PyTorch with a Python warning (and its
+    source line) on every run: a library it holds is used, else one is built elsewhere, said once."""
+    served, broken = tmp_path / "served", tmp_path / "broken"
+    broken.mkdir()
+    for name in _cache_names(broken):
+        name.write_bytes(b"")
+    try:
+        for cache in (served, broken):
+            monkeypatch.setenv("IAMNN_KERNEL_CACHE", str(cache))
+            act_kernel.library.cache_clear()
+            act_kernel._private_dir.cache_clear()
+            if cache == served:
+                assert act_kernel.library() is not None  # built into it, then the folder made read-only
+                act_kernel.library.cache_clear()
+            os.chmod(cache, 0o500)
+            capsys.readouterr()
+            assert act_kernel.library() is not None
+            err = capsys.readouterr().err.strip().splitlines()
+            if cache == served:
+                assert err == []  # its own library, served from the read-only folder, silently
+            else:  # rebuilt over the empty file, or (where the folder really is read-only: not as root) elsewhere
+                rebuilt = any(act_kernel._verified(name) for name in _cache_names(cache))
+                assert (rebuilt and err == []) or (len(err) == 1 and err[0].startswith("iamnn: note: the kernel cache"))
+    finally:
+        for cache in (served, broken):
+            os.chmod(cache, 0o700)
         act_kernel.library.cache_clear()
         act_kernel._private_dir.cache_clear()

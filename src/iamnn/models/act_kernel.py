@@ -31,8 +31,8 @@ import platform
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
-import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,11 @@ def _refusal(path: Path) -> str | None:
     return None
 
 
+def _note(text: str) -> None:
+    """One line on stderr (a Python warning would add its file, line and source: three lines a run)."""
+    print(f"iamnn: note: {text}", file=sys.stderr)
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -124,7 +129,7 @@ def _verified(path: Path) -> bool:
 @functools.cache
 def _private_dir(reason: str) -> Path:
     """A folder of this process's own for a build the shared cache cannot hold safely (said once)."""
-    warnings.warn(f"iamnn: the kernel cache is not trusted ({reason}); building in a private folder", stacklevel=3)
+    _note(f"the kernel cache is not usable ({reason}); building the kernel in a private folder")
     return Path(tempfile.mkdtemp(prefix="iamnn-kernels-"))
 
 
@@ -137,10 +142,14 @@ def _compile(compiler: str) -> Path:
     cache = cache_dir()
     with contextlib.suppress(OSError):
         cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-    folder = cache if (reason := _refusal(cache)) is None else _private_dir(reason)
+    private = _refusal(cache) is None
     for flags in FLAGS:
         key = hashlib.sha256(b"\0".join([source, compiler.encode(), *map(str.encode, flags), _cpu_id()])).hexdigest()
-        path = folder / f"act_kernel-{key[:16]}.so"
+        name = f"act_kernel-{key[:16]}.so"
+        if private and _verified(cache / name):  # a read-only cache still serves what it holds
+            return cache / name
+        reason = _refusal(cache) or (None if os.access(cache, os.W_OK | os.X_OK) else f"{cache} is read-only")
+        path = (cache if reason is None else _private_dir(reason)) / name
         if _verified(path):
             return path
         with FileLock(str(path) + ".lock", timeout=300):  # two processes compiling at once: one does
@@ -175,7 +184,7 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_compile(compiler)))
         return _declared(lib)
     except (OSError, subprocess.SubprocessError, AttributeError) as err:  # AttributeError: a function missing
-        warnings.warn(f"iamnn: the ACT kernel did not build, using PyTorch ops ({one_line(err)})", stacklevel=2)
+        _note(f"the ACT kernel did not build, using PyTorch ops ({one_line(err)})")
         return None
 
 
