@@ -53,6 +53,7 @@ DATA = {"batch_size": 128, "eval_batch_size": 500, "val_size": 2000, "train_subs
 def recipe(
     name: str, model: dict, trainer: dict, base_model: dict = BASE_MODEL, data: dict = DATA,
     epochs: int = EPOCHS, save_dir: str = "runs/frontier", seed: int = 0,
+    data_class: str = "iamnn.data.FashionMNISTDataModule",
 ) -> dict:  # fmt: skip
     """One study point: the shared recipe with the point's model and trainer overrides; ``seed``
     seeds the weights' initialisation and the training order (the validation split stays)."""
@@ -65,7 +66,7 @@ def recipe(
             **trainer,
         },
         "model": {**base_model, **model},
-        "data": {"class_path": "iamnn.data.FashionMNISTDataModule", "init_args": data},
+        "data": {"class_path": data_class, "init_args": data},
     }  # fmt: skip
 
 

@@ -460,8 +460,8 @@ def test_pickle_roundtrip(tmp_path):
 
 
 def test_registry(tmp_path):
-    assert set(data.DATAMODULES) == {"fashion_mnist", "cifar10", "cifar100", "imagenet", "imagefolder",
-                                     "digits"}  # fmt: skip
+    assert set(data.DATAMODULES) == {"fashion_mnist", "cluttered_fashion_mnist", "cifar10", "cifar100", "imagenet",
+                                     "imagefolder", "digits"}  # fmt: skip
     dm = create_datamodule("digits", batch_size=7)
     assert isinstance(dm, DigitsDataModule) and dm.batch_size == dm.eval_batch_size == 7
     assert dm.hparams["batch_size"] == 7 and dm.hparams["image_size"] == 16

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import DatasetError, DatasetNotFoundError
 from .base import EpochShuffleSampler, ImageDataModule, TensorImageDataset, default_cache_dir
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
+from .cluttered import ClutteredFashionMNISTDataModule
 from .digits import DigitsDataModule
 from .fashion_mnist import FashionMNISTDataModule, ensure_fashion_mnist, read_idx
 from .folder import ImageFolderDataModule, ImageNetDataModule
@@ -22,6 +23,7 @@ __all__ = [
     "DATAMODULES",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "ClutteredFashionMNISTDataModule",
     "DatasetError",
     "DatasetNotFoundError",
     "DigitsDataModule",
@@ -42,6 +44,7 @@ __all__ = [
 
 DATAMODULES: dict[str, type[ImageDataModule]] = {
     "fashion_mnist": FashionMNISTDataModule,
+    "cluttered_fashion_mnist": ClutteredFashionMNISTDataModule,
     "cifar10": CIFAR10DataModule,
     "cifar100": CIFAR100DataModule,
     "imagenet": ImageNetDataModule,
