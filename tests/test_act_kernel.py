@@ -289,7 +289,7 @@ def _plant(folder: Path, marker: Path) -> list[Path]:
 
 
 @needs_compiler
-@pytest.mark.parametrize("plant", ["file", "symlink", "open_folder"])
+@pytest.mark.parametrize("plant", ["file", "symlink", "open_folder", "other_user"])
 def test_a_planted_library_in_the_kernel_cache_is_never_loaded(tmp_path, monkeypatch, plant: str) -> None:  # noqa: ANN001
     """A library planted under the cache's name had its constructor run in the process that loaded
     it: only a library this user built, in a private folder, whose hash was recorded, is loaded."""
@@ -304,6 +304,12 @@ def test_a_planted_library_in_the_kernel_cache_is_never_loaded(tmp_path, monkeyp
             name.with_name(name.name + ".sha256").write_text("0" * 64 + "\n")  # a record that does not match
     if plant == "open_folder":
         os.chmod(cache, 0o777)
+    if plant == "other_user":  # a library another user wrote, with a record that matches it
+        if os.getuid() != 0:
+            pytest.skip("giving a file to another user needs root")
+        for name in names:
+            name.with_name(name.name + ".sha256").write_text(hashlib.sha256(name.read_bytes()).hexdigest() + "\n")
+            os.chown(name, 65534, 65534)
     monkeypatch.setenv("IAMNN_KERNEL_CACHE", str(cache))
     act_kernel.library.cache_clear()
     act_kernel._private_dir.cache_clear()
