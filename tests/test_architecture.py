@@ -67,5 +67,6 @@ def test_the_package_imports_its_names_on_first_use() -> None:
         home = __import__(f"iamnn.{iamnn._HOMES[name]}", fromlist=[name])
         assert getattr(iamnn, name) is getattr(home, name), name
     assert callable(iamnn.predict) and set(iamnn.__all__) <= set(dir(iamnn))
+    assert not {"Any", "TYPE_CHECKING", "annotations", "importlib", "_HOMES"} & set(dir(iamnn))  # helpers stay out
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         iamnn.nope  # noqa: B018

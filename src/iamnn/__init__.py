@@ -42,7 +42,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    # the public names and the dunders, not this module's helpers (Any, TYPE_CHECKING, importlib, …)
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__") and n.endswith("__"))})
 
 
 if TYPE_CHECKING:  # what type checkers and editors see
