@@ -61,9 +61,12 @@ def create_model(
     ``checkpoint_path`` loads a safetensors or Lightning checkpoint file. Either way the model is
     built with the architecture stored in the file (width, stem, classes…), so nothing needs
     repeating; ``kwargs`` may set the regime (``halting``, ``epsilon``), and any other kwarg must
-    agree with the file. ``None`` kwargs are dropped so the builder's (or the file's) values survive.
+    agree with the file, except ``num_classes``: another count gives the loaded network a fresh,
+    randomly initialised head for fine-tuning (timm's behaviour), and drops the file's class names.
+    ``None`` kwargs are dropped so the builder's (or the file's) values survive.
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    num_classes = kwargs.pop("num_classes", None) if pretrained or checkpoint_path is not None else None
     if not pretrained and checkpoint_path is None:
         return build_model(name, **kwargs)
     path = pretrained_path(name) if pretrained else Path(checkpoint_path)
@@ -75,6 +78,12 @@ def create_model(
         key, (given, saved) = next(iter(clash.items()))
         raise WeightsError(f"{path}: {key}={given!r} contradicts the file's {key}={saved!r} (leave it out)")
     model = load_from_file(name, {**stored, **kwargs}, path, checkpoint, config)
+    if num_classes is not None and num_classes != getattr(model, "num_classes", num_classes):
+        model.reset_classifier(num_classes)  # a new task: the backbone is kept, the head starts afresh
+        kwargs_now = {**model.model_config["kwargs"], "num_classes": num_classes}
+        model.model_config = {**model.model_config, "kwargs": kwargs_now}
+        if getattr(model, "data_config", None):
+            model.data_config = {k: v for k, v in model.data_config.items() if k != "class_names"}
     return model.eval() if pretrained else model
 
 
