@@ -99,7 +99,7 @@ def pair_row(a: Opinion, b: Opinion) -> dict[str, Any]:
 
 def cascade_rows(name: str, spec: str, items: list[Opinion], params: int, note: str = "") -> list[dict[str, Any]]:
     rows = []
-    for point in cascade_points(Cascade.parse(spec), items, list(BUDGETS)):
+    for point in cascade_points(Cascade.parse(spec), items, list(BUDGETS), keep_correct=True):
         rows.append({"name": name, "params": params, "note": note, **point})
     return rows
 

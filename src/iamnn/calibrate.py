@@ -68,7 +68,6 @@ def calibrate_cascade(
     items = opinions(model, dm.val_dataloader(), dm.test_dataloader(), cascade.passes, Path(source).stem)
     rows = []
     for point in cascade_points(cascade, items, budgets):
-        point.pop("correct")
         rows.append({**point, "feasible": point["val_macs_mean"] <= point["budget_macs"],
                      "test_macs_mean": point.pop("macs_mean"), "test_top1": point.pop("top1")})  # fmt: skip
     if save:

@@ -91,7 +91,6 @@ def cascade_budget_records(
     grid = [low * (high / low) ** (i / max(1, budgets - 1)) for i in range(budgets)]
     records = []
     for point in cascade_points(cascade, items, grid):
-        point.pop("correct")
         records.append({**record, "name": f"{record['name']}@{point['budget_macs'] / 1e6:.2f}M", **point})
     return records
 

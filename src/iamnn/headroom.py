@@ -171,14 +171,19 @@ def replay(cascade: Cascade, split: list[Split]) -> dict[str, Any]:
     }
 
 
-def cascade_points(cascade: Cascade, items: list[Opinion], budgets: list[float]) -> list[dict[str, Any]]:
+def cascade_points(
+    cascade: Cascade, items: list[Opinion], budgets: list[float], keep_correct: bool = False
+) -> list[dict[str, Any]]:
     """For each budget: thresholds chosen on the validation outputs of ``items`` (the cascade's
-    passes, in order), then the cascade's test top-1 and MACs with them."""
+    passes, in order), then the cascade's test top-1 and MACs with them; ``keep_correct``: with
+    each test image's correctness (``correct``, a bool tensor) for paired tests."""
     points = []
     for budget in budgets:
         thresholds, val_macs = thresholds_for_budget(cascade, [o.val for o in items], budget)
         chosen = cascade.with_thresholds(thresholds)
         test = replay(chosen, [o.test for o in items])
+        if not keep_correct:
+            test.pop("correct")
         finite = [t if math.isfinite(t) else None for t in thresholds]  # None: every image leaves there
         points.append({"budget_macs": budget, "halting": chosen.spec, "thresholds": finite,
                        "val_macs_mean": val_macs, **test})  # fmt: skip
