@@ -238,6 +238,8 @@ def _frontier(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from .calibrate import calibrate_run, parse_macs
 
+    if args.save:  # weights and their sidecar: never over existing files without --force
+        _output_file(args.save, args.force, (".json",))
     try:
         budgets = [parse_macs(b) for b in args.budget_macs]
         result = calibrate_run(args.ckpt, budgets, not args.no_recalibrate, args.test_subset, args.save, args.halting)
@@ -335,20 +337,20 @@ def _cascade_arg(text: str) -> str:
 
 def _headroom(args: argparse.Namespace) -> None:
     from .headroom import headroom, markdown_headroom, opinions
-    from .models.cascade import Cascade
+    from .models.cascade import Pass
     from .runs import load_iamnn_run
 
     items = []
     for text in args.opinions:
         run, _, passes = text.rpartition(":")
         try:
-            cascade = Cascade.parse(_cascade_arg(f"cascade:{passes}"))
+            chosen = tuple(Pass.parse(p) for p in passes.split(","))
             weights, model, _, dm = load_iamnn_run(run, args.test_subset)
             if dm.val_set is None:
                 raise ValueError(f"{weights}: the recipe holds out no validation split")
-        except (ValueError, FileNotFoundError, argparse.ArgumentTypeError) as err:
+        except (ValueError, FileNotFoundError) as err:
             raise CLIError(f"{text}: {one_line(err)}") from None
-        items += opinions(model, dm.val_dataloader(), dm.test_dataloader(), cascade.passes, Path(run).name, alone=True)
+        items += opinions(model, dm.val_dataloader(), dm.test_dataloader(), chosen, Path(run).name, alone=True)
     result = headroom(items)
     if not _json_out(args, result):
         print(markdown_headroom(result))
@@ -362,6 +364,8 @@ def _recalibrate(args: argparse.Namespace) -> None:
 
     if bool(args.ckpt) + bool(args.weights) + bool(args.pretrained) != 1:
         raise CLIError("give one of --ckpt RUN, --weights FILE or --pretrained [--model NAME]")
+    if args.output:  # weights and their sidecar: never over existing files without --force
+        _output_file(args.output, args.force, (".json",))
     try:
         if args.ckpt:
             r = recalibrate_run(args.ckpt, args.halting, save=args.output, test_subset=args.test_subset)
@@ -878,9 +882,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.overrides = extra
         if isinstance(getattr(args, "json", None), str) and args.json != "-":
             _output_file(args.json, force=True)  # a result file is rewritten; never a folder or a symlink
-        for name in ("save", "output"):  # weights files: never over an existing one without --force
-            if command in ("calibrate", "recalibrate") and getattr(args, name, None):
-                _output_file(getattr(args, name), getattr(args, "force", False), (".json",))
         args.run(args)
         sys.stdout.flush()  # a full disk under stdout (`> /dev/full`) is seen here, not at exit
     except IamNNError as err:
