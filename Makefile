@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint bench profile reproduce app clean
+.PHONY: demo test test-slow test-wheel lint bench profile reproduce app docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: $(VENV)/.installed-dev
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/pytest -m slow
 
+# the wheel, installed into a fresh venv with its dependencies from the package index (PyTorch and its
+# CUDA libraries: 5.7 GB in a temporary folder, removed after), then run from outside the checkout
+test-wheel: $(VENV)/.installed-dev
+	$(BIN)/pytest -m slow tests/test_wheel.py
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
@@ -44,8 +49,12 @@ reproduce: $(VENV)/.installed
 app: $(VENV)/.installed-app
 	$(BIN)/iamnn app --pretrained
 
+# the documentation site in site/ (open site/index.html); warnings are errors, as in the tests
+docs: $(VENV)/.installed-dev
+	$(BIN)/mkdocs build --strict
+
 profile: $(VENV)/.installed
 	$(BIN)/iamnn profile
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

@@ -6,7 +6,7 @@ Run from the repository root (every run it reads is stored in ``benchmarks/resul
 
     python -m benchmarks.cascade_study [--runs DIR] [--out benchmarks/results/cascade_study.json]
 
-It prints three Markdown tables (README "Does per-image compute pay?") and writes the JSON:
+It prints three Markdown tables (docs/results.md, "Does per-image compute pay?") and writes the JSON:
 
 1. **Headroom** of pairs of opinions (``iamnn headroom``'s measure): test images on which they
    disagree, and the per-image oracle (the cheapest right opinion) — the most any router could win.

@@ -1,4 +1,4 @@
-"""The README's picture of Cluttered Fashion-MNIST: test images by distractor count.
+"""The picture of Cluttered Fashion-MNIST in docs/results.md: test images by distractor count.
 
 python -m benchmarks.cluttered_samples   # writes docs/results/cluttered/samples.png (a few seconds)
 """

@@ -1,4 +1,4 @@
-"""Does some width setting give the paper's params AND MACs at once? (README: "Widths and the paper")
+"""Does some width setting give the paper's params AND MACs at once? (docs/architecture.md, "Widths and the paper")
 
 Scans the uniform width multiplier and a few per-stage widths for the CIFAR IamNN (r101 preset,
 32x32, 10 classes) and the ImageNet IamNN (r152 preset, 224x224). Paper: CIFAR-10 4.5 M params,

@@ -83,11 +83,11 @@ def server(tmp_path_factory: pytest.TempPathFactory):
                                 stdout=out, stderr=subprocess.STDOUT, env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 90
-    while time.time() < deadline and f"Running on local URL:  {url[:-1]}" not in log.read_text():
+    while time.time() < deadline and f"iamnn app: open {url} in a browser" not in log.read_text():
         assert proc.poll() is None, log.read_text()[-3000:]
         time.sleep(0.25)
     assert proc.poll() is None, log.read_text()[-3000:]
-    yield url, proc
+    yield url, proc, log
     proc.terminate()
     proc.wait(timeout=20)
 
@@ -96,18 +96,27 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 def test_the_page_in_a_real_browser(server, explorer: Explorer, tmp_path: Path, capsys) -> None:
     from playwright.sync_api import sync_playwright
 
-    url, _ = server
+    url, _, _ = server
     want = _predict_cli(SAMPLE, capsys)
     (tmp_path / "notes.txt").write_text("not an image")
-    summary = "document.querySelector('#summary').innerText"
+    summary = "(document.querySelector('#summary')?.innerText ?? '')"  # null until the page has rendered
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         outside: list[str] = []  # offline: nothing may be fetched from anywhere but the app
         page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else outside.append(r.url))
         page.goto(url)
-        page.locator("#upload input[type=file]").set_input_files(SAMPLE)
+        # the first page answers at once: the first test image of the gallery, predicted
         page.wait_for_function(f"{summary}.includes('MACs:')", timeout=30_000)
+        first = page.locator("#summary").inner_text()
+        assert "iterations per stage: " in first and "% of running every iteration" in first
+        assert first.splitlines()[0].split(" (")[0] in page.locator("#top5").inner_text()
+        assert page.locator("#status").inner_text().startswith("The first test image (")
+        assert page.locator("#preview img").count() == 1
+        page.locator("#upload input[type=file]").set_input_files(SAMPLE)
+        page.wait_for_function(f"{summary}.includes('{want['macs']:,}')", timeout=30_000)
+        page.wait_for_function("!document.querySelector('#status').innerText.includes('first test image')",
+                               timeout=10_000)  # fmt: skip
         text = page.locator("#summary").inner_text()
         assert want["label"] in text.splitlines()[0]
         assert (
@@ -142,6 +151,16 @@ def test_the_page_in_a_real_browser(server, explorer: Explorer, tmp_path: Path, 
     assert (tmp_path / "app.png").is_file() or "IAMNN_APP_SCREENSHOT" in os.environ
 
 
+def test_the_console_says_what_it_starts_at_once_and_offers_no_public_link(server) -> None:
+    *_, log = server
+    lines = log.read_text().splitlines()
+    assert lines[0] == (
+        "iamnn app: starting the explorer of the shipped iamnn_r34_fmnist; it first measures its accuracy curve on "
+        "200 test images, about a minute per 1000 on 2 CPU cores (--test-images 0 skips it)"
+    ), lines[:3]
+    assert not any("share" in line for line in lines), lines
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -152,7 +171,7 @@ def _rss_mb(pid: int) -> float:
 def test_fifty_concurrent_requests_are_all_answered(server) -> None:
     from gradio_client import Client, handle_file
 
-    url, proc = server
+    url, proc, _ = server
 
     def ask(_: int) -> str:  # one client per request, as 50 users would be: a gradio_client shared by many
         # threads can lose a reply in its own shared event stream (CancelledError, seen once in ~5 runs)

@@ -31,7 +31,9 @@ def _private_imports(path: Path, root: Path = REPO) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("iamnn")):
-            found += [f"{where}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("_")]
+            # a dunder (`from . import __version__`) is public by convention, not private
+            private = [a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")]
+            found += [f"{where}:{node.lineno} {name}" for name in private]
         if isinstance(node, ast.Import):
             found += [f"{where}:{node.lineno} {a.name}" for a in node.names if "._" in a.name]
     return found
@@ -48,6 +50,7 @@ def test_private_import_detector_sees_one(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(
         "from iamnn.models.iamnn import _hidden\nfrom .x import _y\nimport iamnn._z\nfrom os import _exit\n"
+        "from . import __version__\n"
     )
     assert [h.split()[-1] for h in _private_imports(probe, tmp_path)] == ["_hidden", "_y", "iamnn._z"]
 

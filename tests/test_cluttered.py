@@ -68,3 +68,38 @@ def test_the_cache_is_used_when_right_and_regenerated_when_not(tmp_path: Path, m
 def test_parameters_out_of_range_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ClutteredFashionMNISTDataModule(**kwargs)
+
+
+def test_results_by_level_and_their_rank_correlation() -> None:
+    from iamnn.evaluation import by_level
+
+    levels = torch.tensor([[0, 20], [0, 32], [4, 20], [8, 32]])
+    macs = torch.tensor([10, 10, 20, 40])
+    correct = torch.tensor([True, True, False, True])
+    iterations = torch.tensor([[1, 1], [1, 1], [2, 1], [3, 3]])
+    result = by_level(levels, ("distractors", "object_px"), macs, correct, iterations)
+    rows = {r["level"]: r for r in result["distractors"]["levels"]}
+    assert [rows[v]["images"] for v in (0, 4, 8)] == [2, 1, 1]
+    assert rows[0]["top1"] == 100.0 and rows[4]["top1"] == 0.0 and rows[8]["macs_mean"] == 40.0
+    assert rows[8]["iterations_mean"] == [3.0, 3.0]
+    assert result["distractors"]["spearman_macs"] == pytest.approx(1.0)  # MACs rise with every distractor
+    same = by_level(levels, ("distractors", "object_px"), torch.full((4,), 7), correct)
+    assert same["distractors"]["spearman_macs"] is None  # a fixed depth: nothing to correlate
+
+
+def test_report_and_frontier_break_a_cluttered_run_down_by_level(tmp_path: Path, fit_digits) -> None:  # noqa: ANN001
+    from iamnn.frontier import build_frontier
+    from iamnn.report import build_report
+
+    run = fit_digits(tmp_path / "runs", "cluttered", "--data", "iamnn.data.ClutteredFashionMNISTDataModule",
+                     "--data.data_dir", str(tmp_path), "--data.train_images", "300", "--data.test_images", "100",
+                     "--data.val_size", "50", "--trainer.max_epochs", "1")  # fmt: skip
+    frontier = build_frontier([run], tmp_path / "frontier", budgets=0)
+    record = frontier["models"][0]
+    for column in ("distractors", "object_px"):
+        assert sum(r["images"] for r in record["by_level"][column]["levels"]) == 100
+        assert "spearman_macs" in record["by_level"][column]
+    assert "## By difficulty level" in (tmp_path / "frontier" / "frontier.md").read_text()
+    report = build_report([run], tmp_path / "report", sweep=False)
+    assert report["models"][0]["by_level"] == record["by_level"]
+    assert "by distractors" in (tmp_path / "report" / "report.md").read_text()

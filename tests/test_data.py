@@ -524,5 +524,7 @@ def test_an_empty_image_folder_is_a_dataset_error(tmp_path):
     with pytest.raises(DatasetError, match="Couldn't find any class folder"):
         ImageFolderDataModule(data_dir=str(tmp_path)).setup("fit")
     (tmp_path / "train" / "cats").mkdir()
+    (tmp_path / "train" / "dogs").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "dogs" / "0.png")
     with pytest.raises(DatasetError, match="Found no valid file for the classes cats"):
         ImageFolderDataModule(data_dir=str(tmp_path)).setup("fit")

@@ -193,3 +193,59 @@ def test_a_run_folders_config_is_checked_before_use(runs: dict[str, Path], tmp_p
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
     assert "config.yaml" in err or "must be" in err, err
+
+
+def test_results_name_their_test_images_and_weights(runs: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """93.20 % on 500 test images read as a full result; and `report` (best weights) and `test
+    --ckpt_path last.ckpt` (last weights) printed two accuracies for one test set, neither saying which."""
+    import shutil
+
+    run = tmp_path / "k1"
+    shutil.copytree(runs["k1"], run)  # `iamnn test` writes run/test/: not into the module's run
+    best = "model.safetensors (best checkpoint)"
+    main(["report", str(run), "-o", str(tmp_path / "r"), "--no-sweep", "--test-subset", "50"])
+    printed = capsys.readouterr().out
+    assert "Table 1 (test set: 50 of 297 test images)" in printed and f"weights: {best}" in printed
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    (row,) = report["models"]
+    assert report["test_subset"] == 50 and row["weights"] == best
+    assert (row["test_samples"], row["test_set_size"]) == (50, 297)
+    assert f"Measured on 50 of 297 test images; weights: {best}." in (tmp_path / "r" / "report.md").read_text()
+
+    main(["frontier", str(run), "-o", str(tmp_path / "f"), "--budgets", "0", "--test-subset", "50"])
+    assert "(test set: 50 of 297 test images; each model as trained)" in capsys.readouterr().out
+    frontier = json.loads((tmp_path / "f" / "frontier.json").read_text())
+    (record,) = frontier["models"]
+    assert frontier["test_subset"] == 50 and (record["test_samples"], record["test_set_size"]) == (50, 297)
+    assert record["weights"] == best
+    assert f"Measured on 50 of 297 test images; weights: {best}." in (tmp_path / "f" / "frontier.md").read_text()
+
+    last = run / "checkpoints" / "last.ckpt"
+    main(["evaluate", "--weights", str(last), "--json"])  # the whole test set: "all", and the file as given
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["test_samples"], summary["test_set_size"]) == (297, 297)
+    assert summary["weights"] == f"{last} (last checkpoint)"
+    main(["evaluate", "--weights", str(last)])
+    assert "DigitsDataModule test set, all 297 test images" in capsys.readouterr().out
+
+    main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(last), "--data.test_subset", "40",
+          "--trainer.enable_progress_bar=false"])  # fmt: skip
+    assert f"iamnn test: {last} (last checkpoint) on 40 of 297 test images" in capsys.readouterr().out
+
+
+def test_a_weights_file_is_named_only_as_its_sidecar_vouches(runs: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from iamnn.runs import describe_weights
+
+    weights = tmp_path / "model.safetensors"
+    shutil.copy(runs["k1"] / "model.safetensors", weights)
+    sidecar = json.loads((runs["k1"] / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**sidecar, "checkpoint": None}))  # an anytime run's export
+    assert describe_weights(weights) == f"{weights} (weights at the end of training)"
+    # a sidecar left by an earlier save (a kill between the two renames) does not describe these weights
+    (tmp_path / "model.json").write_text(json.dumps({**sidecar, "weights_sha256": "0" * 64}))
+    assert describe_weights(weights) == str(weights)
+    (tmp_path / "model.json").write_text("{not json")
+    assert describe_weights(weights) == str(weights)
+    assert describe_weights(runs["k1"] / "checkpoints" / "last.ckpt") == "checkpoints/last.ckpt (last checkpoint)"

@@ -1,6 +1,7 @@
-"""Every ``iamnn`` command the README shows runs, on tiny inputs, so the README cannot drift from the code.
+"""Every ``iamnn`` command the README and the docs show runs, on tiny inputs, so they cannot drift from the code.
 
-The commands are read from the README's code blocks and run in order in a scratch folder. What they
+The commands are read from the code blocks of the README and the docs pages (``PAGES``, in the order
+of the site's navigation) and run in order in a scratch folder. What they
 name is made tiny: the Fashion-MNIST recipes become the digits recipe for one short epoch, every
 run folder (``runs/fmnist_iamnn_r18``, ``runs/frontier/act_tau0.01``, ...) is one digits run, and
 the slow commands get their own small-input flags (bench ``--smoke``, ``--test-subset``,
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from iamnn.cli import build_parser, main
+from iamnn.data.folder import make_example_folder
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "recipes" / "digits" / "iamnn_r18.yaml"
@@ -26,7 +28,14 @@ TINY_FIT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trai
             "--trainer.enable_progress_bar=false"]  # fmt: skip
 TINY_EVAL = ["--trainer.limit_test_batches=1", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
 
-# README lines that need what a test machine lacks; each must still be in the README
+# the pages whose commands run here, in order; every other docs page with `iamnn` commands is in ELSEWHERE
+PAGES = ["README.md", "docs/getting-started.md", "docs/halting-policies.md", "docs/results.md", "docs/speed.md",
+         "docs/deploy.md", "docs/reliability.md"]  # fmt: skip
+ELSEWHERE = {
+    "docs/tutorials/own-data.md": "tests/test_own_folder.py runs the tutorial on a generated image folder",
+    "docs/frontier-12k.md": "a superseded study whose run folders are not stored (it says to train them first)",
+}
+# lines that need what a test machine lacks; each must still be in the pages
 NEEDS_MORE = {
     "--trainer.devices 4": "4 devices and CIFAR-10 in ~/data",
     "--trainer.devices 8": "8 GPUs",
@@ -48,10 +57,10 @@ SMALL = {
 }
 
 
-def readme_commands() -> list[str]:
-    """The ``iamnn ...`` lines of the README's code blocks, continuations joined, comments dropped."""
+def page_commands(page: str) -> list[str]:
+    """The ``iamnn ...`` lines of a page's code blocks, continuations joined, comments dropped."""
     lines, block, pending = [], False, ""
-    for raw in (REPO / "README.md").read_text().splitlines():
+    for raw in (REPO / page).read_text().splitlines():
         if raw.startswith("```"):
             block = not block
             continue
@@ -67,11 +76,18 @@ def readme_commands() -> list[str]:
     return lines
 
 
+def readme_commands() -> list[str]:
+    return [command for page in PAGES for command in page_commands(page)]
+
+
 def tiny(command: str, world: Path) -> list[str]:
     args = shlex.split(command)[1:]
     if args[0] in ("fit", "validate", "test"):
         config = args.index("--config") + 1
-        if args[config].startswith("recipes/"):
+        if args[config].startswith("recipes/image_folder/"):  # the world's my_photos, small inputs, tiny width
+            args[config] = str(REPO / args[config])
+            args += ["--data.image_size", "32", "--model.width", "0.125", "--data.num_workers", "0"]
+        elif args[config].startswith("recipes/"):
             args[config] = str(DIGITS)
         args += (
             TINY_FIT if args[0] == "fit" else ["--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false"]
@@ -85,13 +101,15 @@ def world(tmp_path_factory: pytest.TempPathFactory, fit_digits) -> Path:
     """A scratch folder in which every path the README names exists, tiny."""
     root = tmp_path_factory.mktemp("readme")
     run = fit_digits(root / "runs", "fmnist_iamnn_r18", *TINY_FIT)
-    names = set(re.findall(r"(?:benchmarks/results/study_)?runs/[\w./-]+", (REPO / "README.md").read_text()))
+    text = "\n".join((REPO / page).read_text() for page in PAGES)
+    names = set(re.findall(r"(?:benchmarks/results/study_)?runs/[\w./-]+", text))
     for name in sorted(names):
         folder = root / name.split("/model.safetensors")[0].split("/config.yaml")[0].split("/checkpoints")[0]
         if folder.name in ("runs", "frontier", "study", "study_runs") or folder.exists():
             continue
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(run, folder)
+    make_example_folder(root / "my_photos", per_class=8, size=40)  # the README's own-folder fit
     (root / "docs").mkdir()
     (root / "docs" / "samples").symlink_to(REPO / "docs" / "samples")
     return root
@@ -101,7 +119,10 @@ def test_the_readme_lists_the_commands_this_test_knows() -> None:
     commands = readme_commands()
     assert len(commands) >= 20
     for needle in NEEDS_MORE:
-        assert any(needle in c for c in commands), f"NEEDS_MORE names {needle!r}, no longer in the README"
+        assert any(needle in c for c in commands), f"NEEDS_MORE names {needle!r}, no longer in the pages"
+    for page in sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md")):
+        if page_commands(page) and page not in PAGES:
+            assert page in ELSEWHERE, f"{page} shows iamnn commands: add it to PAGES, or to ELSEWHERE with the reason"
 
 
 def _fashion_mnist_here() -> bool:

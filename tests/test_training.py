@@ -404,6 +404,28 @@ def test_the_model_summary_gives_macs_not_lightnings_zero_flops(tmp_path: Path, 
     assert "Flops" not in text and "FLOPs" not in text
 
 
+def test_a_fit_off_a_terminal_prints_a_line_per_epoch_and_on_one_draws_the_bar(
+    tmp_path: Path, fit_digits, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`make demo > log`: Lightning's bar drew nothing into the log until the run ended."""
+    for var in ("FORCE_COLOR", "TTY_COMPATIBLE", "IAMNN_PROGRESS"):  # stdout as rich sees it: captured, no tty
+        monkeypatch.delenv(var, raising=False)
+    short = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=true"]
+    run = fit_digits(tmp_path, "lines", "--trainer.max_epochs=2", *short)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    pattern = (r"epoch (\d)/2  train loss \d+\.\d{3}  train acc [\d.]+ %  val acc ([\d.]+) %  val MACs [\d.]+ M  "
+               r"elapsed 0:00:\d\d")  # fmt: skip
+    matches = [re.fullmatch(pattern, line) for line in lines]
+    assert len(lines) == 2 and all(matches), lines
+    with open(run / "metrics.csv") as f:
+        val = [float(r["val/acc1"]) for r in csv.DictReader(f) if r["val/acc1"]]
+    assert [(m[1], m[2]) for m in matches] == [("1", f"{100 * val[0]:.1f}"), ("2", f"{100 * val[1]:.1f}")]
+    monkeypatch.setenv("FORCE_COLOR", "1")  # a terminal, to rich: Lightning's live bar and no lines
+    fit_digits(tmp_path, "bar", "--trainer.max_epochs=1", *short)
+    out = capsys.readouterr().out
+    assert "Epoch 0" in out and "epoch 1/1" not in out
+
+
 def test_evaluate_gives_the_table_row_of_trained_weights(digits_run: Path, capsys: pytest.CaptureFixture) -> None:
     from iamnn.cli import main
 

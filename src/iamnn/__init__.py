@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# the version's one home: the wheel's metadata reads it from here (pyproject.toml), `iamnn --version` prints it
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
@@ -20,7 +21,8 @@ _HOMES = {
     "HaltingPolicy": "models", "ACT": "models", "Fixed": "models", "Full": "models", "PonderNet": "models",
     "register_policy": "models.halting",
     # inference
-    "predict": "prediction", "Prediction": "prediction",
+    "predict": "prediction", "Prediction": "prediction", "resolve_data_config": "prediction",
+    "create_transform": "prediction",
     # cost
     "count_params": "cost", "measure_macs": "cost",
 }  # fmt: skip
@@ -28,7 +30,7 @@ _HOMES = {
 __all__ = [
     "create_model", "list_models", "load_model", "register_model", "IamNN", "IamNNStats", "ResNet", "MobileNet",
     "HaltingPolicy", "ACT", "Fixed", "Full", "PonderNet", "register_policy",
-    "predict", "Prediction",
+    "predict", "Prediction", "resolve_data_config", "create_transform",
     "count_params", "measure_macs",
 ]  # fmt: skip
 
@@ -62,5 +64,5 @@ if TYPE_CHECKING:  # what type checkers and editors see
         register_model,
     )
     from .models.halting import register_policy
-    from .prediction import Prediction, predict
+    from .prediction import Prediction, create_transform, predict, resolve_data_config
     from .weights import create_model, load_model

@@ -1,13 +1,14 @@
 """``iamnn app``: a local web UI (Gradio) that shows where an IamNN spends its compute on one image.
 
-Drop an image, pick one from a gallery of test images ordered from cheapest to most expensive, or
-draw one; the page shows the top-5 classes, each stage's iterations against its maximum, the
-cumulative halting score per iteration with the threshold where the stage stopped, and the
-image's MACs against running every iteration and against the same-preset ResNet (or MobileNet).
-A slider moves the halting threshold and re-runs the image; the accuracy-vs-MACs curve of the
-model (measured at start-up on test images) marks the current setting. For a model whose regime is
-a confidence cascade (``models/cascade.py``) the slider moves the cascade's threshold, and the page
-shows which pass answered and the confidence after each pass.
+The page opens on the gallery's first image, already analysed. Drop an image, pick one from a
+gallery of test images ordered from cheapest to most expensive, or draw one; the page shows the
+top-5 classes, each stage's iterations against its maximum, the cumulative halting score per
+iteration with the threshold where the stage stopped, and the image's MACs against running every
+iteration and against the same-preset ResNet (or MobileNet). A slider moves the halting threshold
+and re-runs the image; the accuracy-vs-MACs curve of the model (measured at start-up on test
+images) marks the current setting. For a model whose regime is a confidence cascade
+(``models/cascade.py``) the slider moves the cascade's threshold, and the page shows which pass
+answered and the confidence after each pass.
 
 Everything runs locally: no asset is fetched from the internet, requests are queued one at a
 time (a second user waits, nobody crashes), and an upload that is not an image gets a message
@@ -381,6 +382,16 @@ def build_app(explorer: Explorer) -> Any:
     def rerun(image: Image.Image | None, epsilon: float) -> tuple[Any, ...]:
         return show(image, epsilon)
 
+    def first_page(epsilon: float) -> tuple[Any, ...]:
+        # a page that opens on an answer shows what the app is for before anything is picked
+        if not explorer.gallery:
+            note = "Drop an image or draw one" + (f" ({explorer.curve_note})." if explorer.curve_note else ".")
+            return (None, "", note, *show(None, epsilon)[2:])
+        image, caption = explorer.gallery[0]
+        preview, _, *rest = show(image, epsilon)
+        note = f"The first test image ({caption}): drop an image, pick another or draw one."
+        return (image, preview, note, *rest)
+
     with gr.Blocks(title="iamnn: see it think") as app:
         current = gr.State(None)
         gr.Markdown(
@@ -426,13 +437,13 @@ def build_app(explorer: Explorer) -> Any:
         gallery.select(from_gallery, [epsilon], [current, *outputs], api_name=False)
         sketch.change(from_sketch, [sketch, epsilon], [current, *outputs], api_name=False)
         epsilon.release(rerun, [current, epsilon], outputs, api_name=False)
-        app.load(lambda: _figures(explorer, None), None, [scores_plot, curve_plot], api_name=False)
+        app.load(first_page, [epsilon], [current, *outputs], api_name=False)
     return app
 
 
 def serve(explorer: Explorer, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> Any:
-    """Start the page on ``host:port`` (default port: Gradio's first free one from 7860).
-    Requests are queued and served one at a time."""
+    """Start the page on ``host:port`` (default port: Gradio's first free one from 7860) and print
+    its address in one line. Requests are queued and served one at a time."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -442,6 +453,10 @@ def serve(explorer: Explorer, host: str = "127.0.0.1", port: int | None = None, 
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=False, ssr_mode=False,
+    # quiet: Gradio's own lines advise `share=True`, which would publish the page on the internet
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
                max_file_size="20mb", theme=theme, footer_links=[])  # fmt: skip
+    print(f"iamnn app: open {app.local_url} in a browser (Ctrl-C stops it)", flush=True)
+    if block:
+        app.block_thread()
     return app

@@ -38,8 +38,9 @@ def calibrate_run(
     weights, model, config, dm = load_iamnn_run(source, test_subset)
     if dm.val_set is None:
         raise ValueError(f"{weights}: the recipe holds out no validation split (val_size: 0) to calibrate on")
+    seen = test_images(dm)
     if cascade is not None:
-        return calibrate_cascade(model, cascade, dm, budgets, str(weights), config.get("data"), save)
+        return {**calibrate_cascade(model, cascade, dm, budgets, str(weights), config.get("data"), save), **seen}
     val, test, train = dm.val_dataloader(), dm.test_dataloader(), dm.train_dataloader() if recalibrate else None
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     rows = []
@@ -51,7 +52,12 @@ def calibrate_run(
         rows.append(row)
     if save:
         save_weights(model, save, data=config.get("data"), extra={"calibrated_from": str(weights), **rows[0]})
-    return {"weights": str(weights), "budgets": rows, "saved": str(save) if save else None}
+    return {"weights": str(weights), "budgets": rows, "saved": str(save) if save else None, **seen}
+
+
+def test_images(dm: Any) -> dict[str, int]:
+    """How many test images a result was measured on, of how many in the split: results say so."""
+    return {"test_samples": len(dm.test_set), "test_set_size": dm.full_test_size}
 
 
 def calibrate_cascade(
@@ -101,7 +107,8 @@ def recalibrate_model(
     recalibrate_batchnorm(model, dm.train_dataloader())
     after = evaluate(model, dm.test_dataloader())
     result = {"weights": source, "halting": halting_json(model.halting), "test_macs_mean": after.macs_mean,
-              "test_top1_trained_statistics": before.top1, "test_top1_reestimated": after.top1}  # fmt: skip
+              "test_top1_trained_statistics": before.top1, "test_top1_reestimated": after.top1,
+              **test_images(dm)}  # fmt: skip
     if save:
         save_weights(model, save, data=data, extra={"recalibrated_from": source, **result})
     return {**result, "saved": str(save) if save else None}

@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import __version__
 from .errors import CLIError, IamNNError, one_line
 from .files import atomic_path, check_output_file, write_text_atomic
 from .runtime import keep_freed_memory
@@ -90,6 +90,12 @@ def _output_file(path: str | Path, force: bool = False, sidecars: tuple[str, ...
 def _say(args: argparse.Namespace, text: str) -> None:
     """A 'wrote …' line: on stdout beside a table, on stderr when stdout carries JSON."""
     print(text, file=sys.stderr if getattr(args, "json", None) == "-" else sys.stdout)
+
+
+def _json_stdout(args: argparse.Namespace, result: object) -> bool:
+    """Bare ``--json``: print ``result`` and return True (the caller prints no table); with a PATH,
+    the file is written once, by the :func:`_json_out` after the table."""
+    return args.json == "-" and _json_out(args, result)
 
 
 def _json_out(args: argparse.Namespace, result: object) -> bool:
@@ -162,7 +168,10 @@ def _profile(args: argparse.Namespace) -> None:
 
 # -- report ------------------------------------------------------------------------------------
 def _table1(summaries: list[dict], title: str) -> Table:
-    table = Table(title=title)
+    from .evaluation import weights_text
+
+    weights = weights_text(summaries)
+    table = Table(title=title, caption=f"weights: {_shown(weights)}" if weights else None)
     for col in ("network", "params", "avg MACs", "min–max MACs", "top-1", "top-5", "mean iterations per stage"):
         table.add_column(col, justify="left" if col == "network" else "right")
     for s in summaries:
@@ -181,7 +190,9 @@ def _print_report(result: dict, out_dir: str, args: argparse.Namespace | None = 
         _json_out(args, result)
         _say(args, f"report: {out_dir}/report.md, {out_dir}/report.json, " + ", ".join(result["figures"]))
         return
-    _console().print(_table1(result["models"], "Table 1 (this run's test set)"))
+    from .evaluation import test_set_text
+
+    _console().print(_table1(result["models"], f"Table 1 (test set: {test_set_text(result['models'])})"))
     print(f"report: {out_dir}/report.md, {out_dir}/report.json; figures:")
     for name in result["figures"]:
         print(f"  {out_dir}/{name}")
@@ -213,12 +224,16 @@ def _frontier(args: argparse.Namespace) -> None:
     except ValueError as err:  # e.g. an output folder holding other files
         raise CLIError(one_line(err)) from None
     written = ", ".join(f"{args.output}/frontier.{ext}" for ext in ("png", "md", "json"))
-    if _json_out(args, result):
+    if _json_stdout(args, result):
         _say(args, f"wrote {written}")
         return
+    from .evaluation import test_set_text, weights_text
+
     records = sorted(result["models"], key=lambda r: r["macs_mean"])
     front = set(pareto_front(records))
-    table = Table(title="Accuracy vs average MACs (test set, each model as trained)")
+    weights = weights_text(records)
+    table = Table(title=f"Accuracy vs average MACs (test set: {test_set_text(records)}; each model as trained)",
+                  caption=f"weights: {_shown(weights)}" if weights else None)  # fmt: skip
     columns = ("model", "kind", "params", "avg MACs", "min–max MACs", "MACs CV", "mean iterations per stage", "top-1",
                "Pareto")  # fmt: skip
     for col in columns:
@@ -253,11 +268,14 @@ def _calibrate(args: argparse.Namespace) -> None:
     )
     threshold = "cascade threshold" if args.halting else "ε"
     saved = f"wrote {result['saved']} (loads at {threshold} = {result['budgets'][0]['epsilon']:.4f}, {statistics})"
-    if _json_out(args, result):
+    if _json_stdout(args, result):
         if result["saved"]:
             _say(args, saved)
         return
-    table = Table(title=f"Halting thresholds for MACs budgets: {result['weights']}")
+    from .evaluation import test_images_text
+
+    seen = test_images_text(result["test_samples"], result["test_set_size"])
+    table = Table(title=f"Halting thresholds for MACs budgets: {_shown(result['weights'])} (test: {seen})")
     spent = "share answered by each pass" if args.halting else "mean iterations per stage"
     for col in ("budget", threshold, "val avg MACs", "test avg MACs", "test top-1", spent, "note"):
         table.add_column(col, justify="right")
@@ -352,7 +370,7 @@ def _headroom(args: argparse.Namespace) -> None:
             raise CLIError(f"{text}: {one_line(err)}") from None
         items += opinions(model, dm.val_dataloader(), dm.test_dataloader(), chosen, Path(run).name, alone=True)
     result = headroom(items)
-    if not _json_out(args, result):
+    if not _json_stdout(args, result):
         print(markdown_headroom(result))
         _json_out(args, result)
 
@@ -378,13 +396,16 @@ def _recalibrate(args: argparse.Namespace) -> None:
             r = recalibrate_model(model, dm, args.halting, source, config["data"], save=args.output)
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
-    if _json_out(args, r):
+    if _json_stdout(args, r):
         if r["saved"]:
             _say(args, f"wrote {r['saved']} (loads in that regime)")
         return
+    from .evaluation import test_images_text
+
     print(f"halting {r['halting']!r}: {human(r['test_macs_mean'])} MACs; test top-1 "
           f"{r['test_top1_trained_statistics']:.2f} % with the trained BatchNorm statistics, "
-          f"{r['test_top1_reestimated']:.2f} % re-estimated")  # fmt: skip
+          f"{r['test_top1_reestimated']:.2f} % re-estimated "
+          f"({_printable(r['weights'])} on {test_images_text(r['test_samples'], r['test_set_size'])})")  # fmt: skip
     if r["saved"]:
         print(f"wrote {r['saved']} (loads in that regime)")
     _json_out(args, r)
@@ -408,6 +429,16 @@ def _load_source(args: argparse.Namespace):
     raise CLIError("give --weights FILE, or --pretrained [--model NAME]")
 
 
+def _weights_source(args: argparse.Namespace) -> str:
+    """The weights ``_load_source`` loaded, in words: a file (a run's as ``runs.describe_weights``
+    says) or the shipped weights of a model."""
+    from .runs import describe_weights
+
+    if args.weights:
+        return describe_weights(args.weights, within_run=False)
+    return f"shipped {args.model or DEFAULT_PRETRAINED}"
+
+
 def _note_other_regime(command: str, model: IamNN, halting: str | None, fix: str) -> None:
     """One stderr line when ``halting`` is another regime than the model's own, naming ``fix``."""
     from .models.halting import other_regime_note
@@ -425,7 +456,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                        "`iamnn report` instead")  # fmt: skip
     name = args.model or DEFAULT_PRETRAINED if not args.weights else Path(args.weights).stem
     try:
-        evaluation = evaluate_weights(model, config["data"], name, args.halting, args.test_subset, args.recalibrate)
+        evaluation = evaluate_weights(model, config["data"], name, args.halting, args.test_subset, args.recalibrate,
+                                      _weights_source(args))  # fmt: skip
     except ValueError as err:
         raise CLIError(str(err)) from None
     summary = evaluation.summary() | {"bn_reestimated": args.recalibrate}
@@ -433,17 +465,28 @@ def _evaluate(args: argparse.Namespace) -> None:
         _note_other_regime("evaluate", model, args.halting, "add --recalibrate to re-estimate them for it")
     if _json_out(args, summary):
         return
+    from .evaluation import test_images_text
+
     reestimated = " (BatchNorm re-estimated for this regime)" if args.recalibrate else ""
-    _console().print(_table1([summary], f"{name} on the {config['data']['dataset']} test set{reestimated}"))
+    seen = test_images_text(summary["test_samples"], summary["test_set_size"])
+    _console().print(_table1([summary], f"{name} on the {config['data']['dataset']} test set, {seen}{reestimated}"))
 
 
 def _app(args: argparse.Namespace) -> None:
+    from importlib.util import find_spec
+
+    if find_spec("gradio") is None:  # now, not after the minutes of start-up (app.py imports it when serving)
+        raise CLIError("the app needs the optional extra: pip install 'iamnn[app]' (no module named 'gradio')")
+    if not args.weights:
+        args.pretrained = True  # the app shows the shipped model unless given other weights
+    what = _printable(args.weights or f"the shipped {args.model or DEFAULT_PRETRAINED}")
+    curve = (f"; it first measures its accuracy curve on {args.test_images} test images, about a minute per 1000 "
+             "on 2 CPU cores (--test-images 0 skips it)") if args.test_images else " (a few seconds)"  # fmt: skip
+    print(f"iamnn app: starting the explorer of {what}{curve}", flush=True)
     try:
         from .app import Explorer, serve
     except ImportError as err:
         raise CLIError(f"the app needs the optional extra: pip install 'iamnn[app]' ({one_line(err)})") from None
-    if not args.weights:
-        args.pretrained = True  # the app shows the shipped model unless given other weights
     model, _ = _load_source(args)
     try:
         explorer = Explorer(model, test_images=args.test_images)
@@ -465,19 +508,23 @@ def _predict(args: argparse.Namespace) -> None:
             raise CLIError(str(err)) from None
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
             raise CLIError(f"{args.onnx}: cannot load ONNX model ({str(err).splitlines()[0][:200]})") from None
+        source = f"{args.onnx} (ONNX)"
     else:
+        if not args.weights:
+            args.pretrained = True  # the shipped model unless given other weights, as iamnn.predict and the app
         model, config = _load_source(args)
         if args.halting is not None:
             _note_other_regime("predict", model, args.halting,
                                "predict with the weights of `iamnn recalibrate ... --halting H -o FILE`")  # fmt: skip
-        run = torch_runner(model, args.halting)
+        run, source = torch_runner(model, args.halting), _weights_source(args)
     if "data" not in config:
         raise CLIError("the weights carry no preprocessing config (input size, mean, std)")
     results, bad = predict_files(run, config["data"], args.images)
-    if args.json:
-        print(json.dumps({"predictions": [vars(r) for r in results], "errors": [list(b) for b in bad]}, indent=2))
+    result = {"weights": source, "predictions": [vars(r) for r in results], "errors": [list(b) for b in bad]}
+    if args.json == "-":
+        _json_out(args, result)
     else:
-        table = Table()
+        table = Table(caption=f"weights: {_shown(source)}")
         cascade = any(r.answered_by is not None for r in results)
         columns = ("image", "class", "confidence", "iterations per stage", "MACs") + (("answered by pass",) * cascade)
         for col in columns:
@@ -487,6 +534,7 @@ def _predict(args: argparse.Namespace) -> None:
                           human(r.macs), *((str(r.answered_by + 1),) if cascade else ()))  # fmt: skip
         if results:
             _console().print(table)
+        _json_out(args, result)
     for path, reason in bad:
         print(f"iamnn predict: skipped {_printable(path)}: {_printable(reason)}", file=sys.stderr)
     if bad or not results:
@@ -685,7 +733,9 @@ def _demo(args: argparse.Namespace) -> None:
 
     recipe = Path(args.config) if args.config else REPO_RECIPES / "fashion_mnist" / "demo.yaml"
     if not recipe.is_file():
-        raise CLIError(f"demo recipe not found: {recipe} (pass --config)")
+        # an installed wheel holds no recipes: they are files of the source repository
+        hint = " (pass --config RECIPE: the default is a file of the source repository, not of the installed package)"
+        raise CLIError(f"demo recipe not found: {recipe}{'' if args.config else hint}")
     previous = Path("runs") / "demo"
     if previous.is_dir() and recipe == REPO_RECIPES / "fashion_mnist" / "demo.yaml":
         print(f"replacing the previous demo run in {previous}/", file=sys.stderr)
@@ -697,6 +747,66 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 # -- entry point ---------------------------------------------------------------------------------
+# The end of each command's --help: a line or two to copy (comments aligned, as in the README)
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "fit": (
+        "iamnn fit --config recipes/digits/iamnn_r18.yaml                 # a smoke run: seconds, on digits",
+        "iamnn fit --config recipes/fashion_mnist/iamnn_r18.yaml --trainer.max_epochs 30 --name r18_30ep",
+        "iamnn fit --config recipes/fashion_mnist/iamnn_r18.yaml --ckpt_path last   # resume after a crash or kill",
+    ),
+    "validate": (
+        "iamnn validate --config runs/digits_iamnn_r18/config.yaml "
+        "--ckpt_path runs/digits_iamnn_r18/checkpoints/last.ckpt",
+    ),
+    "test": (
+        "iamnn test --config runs/digits_iamnn_r18/config.yaml --ckpt_path runs/digits_iamnn_r18/checkpoints/last.ckpt"
+        "   # logs to runs/digits_iamnn_r18/test/",
+    ),
+    "models": ("iamnn models 'iamnn_*'", "iamnn models --json"),
+    "profile": ("iamnn profile", "iamnn profile --width 0.25 --json"),
+    "evaluate": (
+        "iamnn evaluate --pretrained                              # the shipped model's Table-1 row",
+        "iamnn evaluate --weights runs/demo/model.safetensors --halting 2 --recalibrate",
+    ),
+    "report": (
+        "iamnn report runs/fmnist_iamnn_r18 runs/fmnist_resnet18 -o report/fmnist",
+        "iamnn report runs/demo --quick-sweep --test-subset 1000   # a quicker look",
+    ),
+    "frontier": ("iamnn frontier runs/frontier -o report/frontier", "iamnn frontier runs/frontier --budgets 0 --json"),
+    "calibrate": (
+        "iamnn calibrate --ckpt runs/frontier/act_tau0.01 --budget-macs 5M 7M",
+        "iamnn calibrate --ckpt runs/frontier/act_tau0.01 --budget-macs 5M --save act_5M.safetensors",
+    ),
+    "headroom": ("iamnn headroom runs/study/fixed_k1:1,flip-1 runs/study/fixed_k2:2",),
+    "recalibrate": (
+        "iamnn recalibrate --ckpt runs/frontier/fixed_k1 --halting 2 -o k2.safetensors",
+        "iamnn recalibrate --pretrained --halting full -o full.safetensors",
+    ),
+    "predict": (
+        "iamnn predict docs/samples                                # the shipped model on the sample images",
+        "iamnn predict --weights runs/demo/model.safetensors --halting full photo.png",
+    ),
+    "app": (
+        "iamnn app                                                 # the shipped model on http://127.0.0.1:7860",
+        "iamnn app --weights runs/demo/model.safetensors --test-images 200",
+    ),
+    "export": (
+        "iamnn export --pretrained -o iamnn_r34_fmnist.onnx",
+        "iamnn export --weights runs/demo/model.safetensors --format safetensors -o demo.safetensors",
+    ),
+    "bench": (
+        "iamnn bench --pretrained --batch-sizes 1,64",
+        "iamnn bench --runtime onnxruntime --onnx iamnn_r34_fmnist.onnx   # the file of `iamnn export`",
+    ),
+    "demo": ("iamnn demo", "iamnn demo --trainer.max_epochs 1   # a shorter run"),
+}
+
+
+def _epilog(command: str) -> str:
+    """``command``'s examples, the end of its ``--help`` (kept as lines: RawDescriptionHelpFormatter)."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse's errors as one line (``iamnn export: error: … (see: iamnn export --help)``), exit 2,
     instead of the usage block followed by the error."""
@@ -706,13 +816,29 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _json_or_image(args: argparse.Namespace) -> None:
+    """``iamnn predict --json a.png``: argparse hands a.png to ``--json`` as its PATH. A value that
+    is not a ``.json`` name but an image's, a folder or any file that exists is taken back as an
+    image (the JSON goes to stdout), so that no image is ever overwritten by the result."""
+    value = args.json
+    if value not in (None, "-") and not value.lower().endswith(".json"):
+        from .files import IMAGE_SUFFIXES
+
+        path = Path(value)
+        if path.suffix.lower() in IMAGE_SUFFIXES or path.exists() or path.is_symlink():
+            args.images.insert(0, value)
+            args.json = "-"
+    if not args.images:
+        raise CLIError(f"the following arguments are required: images (see: iamnn {args.command} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="iamnn",
         description="IamNN, ResNets whose stages iterate one shared block and halt per image: train, evaluate, "
         "explore, export and time them. `iamnn COMMAND --help` for each command.",
     )
-    parser.add_argument("--version", action="version", version=f"iamnn {version('iamnn')}")
+    parser.add_argument("--version", action="version", version=f"iamnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (see `iamnn {name} --help`)", add_help=False)
@@ -795,15 +921,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(run=_recalibrate)
 
-    p = sub.add_parser("predict", help="classify image files with trained weights")
-    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p = sub.add_parser("predict", help="classify image files with trained weights (default: the shipped model)")
+    # "*", not "+": `predict --json a.png` hands a.png to --json, and main() gives it back (_json_or_image)
+    p.add_argument("images", nargs="*", help="image files or folders of images")
     p.add_argument("--weights", help="safetensors weights or Lightning .ckpt (loaded without running pickle code)")
-    p.add_argument("--model", help="registered model name, with --pretrained")
-    p.add_argument("--pretrained", action="store_true", help="use the weights shipped with the package")
+    p.add_argument("--model", help=f"registered model name whose shipped weights to use (default {DEFAULT_PRETRAINED})")
+    p.add_argument("--pretrained", action="store_true", help="the shipped weights (the default without --weights)")
     p.add_argument("--onnx", help="an ONNX file written by `iamnn export`, run with onnxruntime")
     p.add_argument("--halting", default=None, type=_halting_arg,
                    help="a regime instead of the model's own: act, full, k, or cascade:1,flip-1@0.72")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_json(p, "predictions.json")
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("app", help="a local web page: drop an image, see where the network spends its compute")
@@ -820,7 +947,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name, with --pretrained")
     p.add_argument("--pretrained", action="store_true", help="use the weights shipped with the package")
     p.add_argument("--weights", help="safetensors weights or Lightning .ckpt")
-    p.add_argument("--format", choices=("onnx", "safetensors"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "safetensors"), default="onnx",
+                   help="onnx (default): a graph for onnxruntime, each stage's iterations an early-exit loop; "
+                   "safetensors: the weights with their JSON config, loadable without pickle")  # fmt: skip
     p.add_argument("--halting", default=None, type=_halting_arg,
                    help="halting mode baked into the ONNX graph: act, full or k")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output file")
@@ -840,7 +969,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_count(1, 1024), default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm unfolded at inference")
     p.add_argument("--device", default="cpu", help="torch device of the PyTorch rows, e.g. cuda (default: cpu)")
-    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="torch (default): time the PyTorch models; onnxruntime: time ONNX exports of the same "
+                   "models in onnxruntime, the halting loops in the graph (needs iamnn[export])")  # fmt: skip
     p.add_argument("--onnx", help="with --runtime onnxruntime: an `iamnn export` file, timed as the act row")
     p.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="PATH",
@@ -854,9 +985,16 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train the demo recipe on Fashion-MNIST, then print its report",
         epilog="Any other arguments go to `iamnn fit`, e.g. --trainer.max_epochs 1 --trainer.precision bf16-mixed.",
     )  # fmt: skip
-    p.add_argument("--config", default=None, help="recipe (default: recipes/fashion_mnist/demo.yaml)")
+    p.add_argument(
+        "--config", default=None, help="recipe (default: recipes/fashion_mnist/demo.yaml of the source repository)"
+    )
     p.add_argument("-o", "--output", default="report/demo", help="report folder (default: report/demo)")
     p.set_defaults(run=_demo, overrides=[])  # overrides: the arguments left over, in main()
+
+    for name, p in sub.choices.items():
+        if name not in LIGHTNING_COMMANDS:  # theirs is LightningCLI's help (run_lightning_cli)
+            p.epilog = "\n\n".join(filter(None, (p.epilog, _epilog(name))))
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -872,7 +1010,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if command in LIGHTNING_COMMANDS:
             from .lit import run_lightning_cli
 
-            run_lightning_cli(argv)
+            run_lightning_cli(argv, epilogs={name: _epilog(name) for name in LIGHTNING_COMMANDS})
             return
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -880,6 +1018,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if not hasattr(args, "overrides"):
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
             args.overrides = extra
+        if hasattr(args, "images"):
+            _json_or_image(args)
         if isinstance(getattr(args, "json", None), str) and args.json != "-":
             _output_file(args.json, force=True)  # a result file is rewritten; never a folder or a symlink
         args.run(args)

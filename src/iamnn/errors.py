@@ -11,6 +11,14 @@ from __future__ import annotations
 class IamNNError(RuntimeError):
     """An error the user can act on, reported as one line."""
 
+    def __init__(self, *args: object) -> None:
+        # A DataLoader worker's error is raised again in the main process as its type built from the
+        # worker's whole traceback as text ("Caught DatasetError in DataLoader worker process 1.
+        # Original Traceback ..."): the message is its last line's, after the type's name.
+        if len(args) == 1 and isinstance(args[0], str) and "\nOriginal Traceback" in args[0]:
+            args = (args[0].rstrip().splitlines()[-1].split(": ", 1)[-1],)
+        super().__init__(*args)
+
 
 class CLIError(IamNNError):
     """A command line that cannot be carried out (a missing folder, a bad option value, …)."""

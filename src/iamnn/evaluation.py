@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +46,13 @@ class Evaluation:
     label: Tensor  # (N,) long
     sweep: list[dict[str, Any]] = field(default_factory=list)
     iterative: bool = True  # False for a ResNet or MobileNet: its "iterations" are its fixed blocks
+    # set by the caller, who knows them: results name their weights and how much of the test set they saw
+    test_set_size: int | None = None  # images in the whole test split (``ImageDataModule.full_test_size``)
+    weights: str | None = None  # which weights, in words (``runs.describe_weights``)
+    # (N, L) difficulty of each image and the names of its L columns, where the data set knows them
+    # (Cluttered Fashion-MNIST: distractor count, object side); the summary then breaks results down by it
+    levels: Tensor | None = None
+    level_names: tuple[str, ...] = ()
 
     @property
     def top1(self) -> float:
@@ -61,6 +69,11 @@ class Evaluation:
         macs = self.macs.double()
         return float(macs.std(unbiased=False) / macs.mean()) if len(macs) else 0.0
 
+    def by_level(self) -> dict[str, Any]:
+        """Results per difficulty level (:func:`by_level`); needs ``levels``."""
+        assert self.levels is not None
+        return by_level(self.levels, self.level_names, self.macs, self.correct1, self.iterations)
+
     def summary(self) -> dict[str, Any]:
         return {
             "network": self.name,
@@ -74,7 +87,10 @@ class Evaluation:
             "iterations_mean": [round(float(v), 3) for v in self.iterations.float().mean(0)],
             "max_iterations": list(self.max_iterations),
             "test_samples": len(self.label),
+            "test_set_size": self.test_set_size,
+            "weights": self.weights,
             "iterative": self.iterative,
+            **({"by_level": self.by_level()} if self.levels is not None else {}),
         }
 
 
@@ -231,3 +247,110 @@ def _regime_text(halting: HaltingSpec) -> str:
         return f"{halting.spec} ε={halting.epsilon:g}"
     spec = halting_json(halting)
     return "/".join(map(str, spec)) if isinstance(spec, list) else str(spec)
+
+
+# -- results by difficulty level ----------------------------------------------------------------
+def attach_levels(ev: Evaluation, dm: Any) -> Evaluation:
+    """Give ``ev`` the difficulty level of each of its test images when the data module knows them
+    (``levels("test")`` and ``level_names``, as Cluttered Fashion-MNIST's); else leave it as it is."""
+    if hasattr(dm, "levels") and hasattr(dm, "level_names"):
+        ev.levels, ev.level_names = dm.levels("test"), tuple(dm.level_names)
+    return ev
+
+
+def by_level(
+    levels: Tensor, names: tuple[str, ...], macs: Tensor, correct: Tensor, iterations: Tensor | None = None
+) -> dict[str, Any]:
+    """For each difficulty column of ``levels`` (N, L), named by ``names``: images, top-1, mean MACs
+    (and mean iterations per stage, given ``iterations`` (N, S)) at every level, and Spearman's rank
+    correlation between an image's MACs and its level (None where MACs or the level do not vary: a
+    fixed-depth model spends the same on every image)."""
+    from scipy.stats import spearmanr  # scikit-learn's dependency; imported here, only for this
+
+    if levels.shape != (len(macs), len(names)):
+        raise ValueError(f"levels of shape {tuple(levels.shape)} for {len(macs)} images and columns {names}")
+    out: dict[str, Any] = {}
+    macs = macs.double()
+    for column, name in enumerate(names):
+        level = levels[:, column]
+        rows = []
+        for value in level.unique().tolist():
+            at = level == value
+            row = {"level": int(value), "images": int(at.sum()), "top1": float(correct[at].float().mean() * 100),
+                   "macs_mean": float(macs[at].mean())}  # fmt: skip
+            if iterations is not None:
+                row["iterations_mean"] = [round(float(v), 3) for v in iterations[at].float().mean(0)]
+            rows.append(row)
+        varies = bool(macs.std() > 0) and bool(level.double().std() > 0)
+        rho = float(spearmanr(macs.numpy(), level.numpy()).statistic) if varies else None
+        out[name] = {"levels": rows, "spearman_macs": rho}
+    return out
+
+
+def markdown_by_level(name: str, levels: dict[str, Any]) -> list[str]:
+    """Markdown lines: one table per difficulty column of a ``by_level`` result."""
+    lines = []
+    for column, result in levels.items():
+        rho = result["spearman_macs"]
+        corr = "MACs do not vary" if rho is None else f"Spearman ρ(MACs, {column}) = {rho:.3f}"
+        header = f"| {column} | images | top-1 (%) | avg MACs | mean iterations per stage |"
+        lines += [f"**{name}** by {column} ({corr}):", "", header, "|---|---|---|---|---|"]
+        for r in result["levels"]:
+            its = " / ".join(f"{v:.2f}" for v in r["iterations_mean"]) if "iterations_mean" in r else "—"
+            lines.append(f"| {r['level']} | {r['images']} | {r['top1']:.2f} | {r['macs_mean'] / 1e6:.2f} M | {its} |")
+        lines.append("")
+    return lines
+
+
+# -- what a result was measured on, in words (tables, figures and markdown share these) -----------
+def count_text(n: int) -> str:
+    """10000 -> '10 000' (the README's thousands separator)."""
+    return f"{n:,}".replace(",", " ")
+
+
+def test_images_text(used: int, total: int | None = None) -> str:
+    """'all 10 000 test images', '500 of 10 000 test images', or '500 test images' when the size of
+    the whole split is unknown (a result stored before it was recorded)."""
+    if total is None:
+        return f"{count_text(used)} test images"
+    if used >= total:
+        return f"all {count_text(total)} test images"
+    return f"{count_text(used)} of {count_text(total)} test images"
+
+
+def _label(record: dict[str, Any]) -> str:
+    # a summary names its network; a frontier record its run (shared by the run's calibrated budgets)
+    if "network" in record:
+        return str(record["network"])
+    return Path(str(record["run"])).name if record.get("run") else str(record.get("name"))
+
+
+def _grouped(records: list[dict[str, Any]], text: Any) -> str:
+    """``text(record)`` once when every record agrees, else ``labels: text`` for each distinct text."""
+    by_text: dict[str, list[str]] = {}
+    for r in records:
+        labels = by_text.setdefault(text(r), [])
+        if _label(r) not in labels:
+            labels.append(_label(r))
+    if len(by_text) == 1:
+        return next(iter(by_text))
+    return "; ".join(f"{', '.join(labels)}: {value}" for value, labels in by_text.items())
+
+
+def test_set_text(records: list[dict[str, Any]]) -> str:
+    """How many test images a set of results (``Evaluation.summary()`` rows or frontier records) used."""
+    return _grouped(records, lambda r: test_images_text(r["test_samples"], r.get("test_set_size")))
+
+
+def weights_text(records: list[dict[str, Any]]) -> str | None:
+    """Which weights a set of results used, in words; None when none of them says (stored results)."""
+    if not any(r.get("weights") for r in records):
+        return None
+    return _grouped(records, lambda r: r.get("weights") or "not recorded")
+
+
+def provenance(records: list[dict[str, Any]]) -> str:
+    """'500 of 10 000 test images; weights: model.safetensors (best checkpoint)': the
+    line under a table or a figure that says what its numbers were measured on."""
+    weights = weights_text(records)
+    return test_set_text(records) + (f"; weights: {weights}" if weights else "")

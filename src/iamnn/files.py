@@ -1,5 +1,6 @@
 """Crash-safe file writes (a reader sees the old file or the complete new one, never a partial one),
-and bounded YAML reads (a small recipe cannot expand into gigabytes)."""
+bounded YAML reads (a small recipe cannot expand into gigabytes), and bounded image reads (one
+decoder for training on a folder and for ``iamnn predict``, so both see the same pixels)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @contextlib.contextmanager
@@ -207,3 +211,54 @@ def load_yaml(path: str | Path, max_nodes: int = MAX_YAML_NODES, max_bytes: int 
     if too_big:
         raise ValueError(f"{path}: its aliases expand to more than {max_nodes} YAML nodes (nested aliases?)")
     return yaml.safe_load(text)
+
+
+# what torchvision's ImageFolder reads, and GIF (its first frame)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` names an image by its suffix; hidden files never do (macOS writes a
+    ``._photo.jpg`` of metadata beside every ``photo.jpg`` it copies to a foreign disk)."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def read_image(path: str | Path, in_chans: int) -> Image.Image:
+    """An image file decoded upright (EXIF orientation applied) as grey (``in_chans`` 1) or RGB.
+
+    ValueError for a file that is not an image Pillow reads, or that has too many pixels to
+    decode safely; a missing or unreadable file raises its own OSError.
+    """
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: refuse both
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                # a phone photo stores "rotated" in EXIF: without this it was classified sideways
+                return convert_image(ImageOps.exif_transpose(img), in_chans)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # the caller says which
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ValueError(f"too many pixels to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except (UnidentifiedImageError, OSError) as err:
+        reason = "not an image format Pillow reads" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise ValueError(f"not a readable image ({reason.splitlines()[0] if reason else type(err).__name__})") from None
+
+
+def convert_image(img: Image.Image, in_chans: int) -> Image.Image:
+    """Grey ("L") or RGB, 8 bits. A 16-bit grey image is scaled to 8 bits (Pillow's own convert
+    would clip every value above 255 to white)."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(img, dtype=np.int64)
+        if img.mode != "I" or values.max(initial=0) > 255:  # 32-bit "I" holding 8-bit values stays as it is
+            values = values // 257
+        img = Image.fromarray(values.clip(0, 255).astype(np.uint8), "L")
+    return img.convert("L" if in_chans == 1 else "RGB")

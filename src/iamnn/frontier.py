@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IamNNError, one_line
-from .evaluation import calibrate_threshold, evaluate
+from .evaluation import attach_levels, by_level, calibrate_threshold, evaluate, markdown_by_level, provenance
 from .files import atomic_folder, load_yaml, write_text_atomic
 from .headroom import cascade_points, opinions
 from .models import Cascade, IamNN, MobileNet, ResNet, halting_policy
 from .models.halting import network_policy
 from .plots import plot_frontier
 from .progress import track
-from .runs import find_weights, load_datamodule, read_recipe
+from .runs import describe_weights, find_weights, load_datamodule, read_recipe
 from .weights import load_model_with_config
 
 
@@ -51,9 +51,12 @@ def frontier_records(run_dir: str | Path, test_subset: int | None = None, budget
     """Evaluate one run (as trained) on its test set: params, avg/min/max MACs, iterations, top-1;
     and for an ``adaptive`` run, one more record per calibrated budget (``budgets`` of them)."""
     run_dir = Path(run_dir)
-    model, config = load_model_with_config(find_weights(run_dir))
+    weights = find_weights(run_dir)
+    model, config = load_model_with_config(weights)
     dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
     ev = evaluate(model, dm.test_dataloader(), run_dir.name)
+    ev.test_set_size, ev.weights = dm.full_test_size, describe_weights(weights)
+    attach_levels(ev, dm)
     hparams_path = run_dir / "hparams.yaml"
     hparams = (load_yaml(hparams_path) or {}) if hparams_path.is_file() else {}
     options = ("tau", "tau_warmup_epochs", "min_iterations", "min_iterations_epochs", "ponder_norm", "halting_bias",
@@ -90,7 +93,10 @@ def cascade_budget_records(
     high = float(sum(o.val.macs.double().mean() for o in items))
     grid = [low * (high / low) ** (i / max(1, budgets - 1)) for i in range(budgets)]
     records = []
-    for point in cascade_points(cascade, items, grid):
+    for point in cascade_points(cascade, items, grid, keep_correct=True):
+        correct, macs = point.pop("correct"), point.pop("macs")
+        if hasattr(dm, "levels") and hasattr(dm, "level_names"):  # per difficulty level (Cluttered Fashion-MNIST)
+            point["by_level"] = by_level(dm.levels("test"), tuple(dm.level_names), macs, correct)
         records.append({**record, "name": f"{record['name']}@{point['budget_macs'] / 1e6:.2f}M", **point})
     return records
 
@@ -113,6 +119,8 @@ def budget_records(record: dict[str, Any], model: IamNN, dm: Any, budgets: int) 
         model.load_state_dict(trained)
         row = calibrate_threshold(model, val, budget, train)
         ev = evaluate(model, dm.test_dataloader(), record["name"])
+        ev.test_set_size, ev.weights = record["test_set_size"], record["weights"]
+        attach_levels(ev, dm)
         records.append({
             **record, "name": f"{record['name']}@{budget / 1e6:.2f}M", "budget_macs": budget,
             "epsilon": row["epsilon"], "val_macs_mean": row["val_macs_mean"], "feasible": row["feasible"],
@@ -158,6 +166,13 @@ def markdown_frontier(records: list[dict[str, Any]]) -> str:
             f"{r['top1']:.2f} | "
             f"{'yes' if r['name'] in front else ''} |"
         )
+    if all("test_samples" in r for r in records):  # records stored before it was recorded say nothing
+        lines += ["", f"Measured on {provenance(records)}."]
+    levelled = [r for r in records if r.get("by_level")]
+    if levelled:  # a data set whose images carry a difficulty level (Cluttered Fashion-MNIST)
+        lines += ["", "## By difficulty level", ""]
+        for r in levelled:
+            lines += markdown_by_level(r["name"], r["by_level"])
     return "\n".join(lines)
 
 
@@ -179,7 +194,8 @@ def build_frontier(
             print(f"iamnn frontier: skipped {run}: {one_line(err)}", file=sys.stderr)
     if not records:
         raise IamNNError("no run folder could be evaluated" + (f" ({skipped[0]['reason']})" if skipped else ""))
-    result = {"models": records, "pareto_front": pareto_front(records), **({"skipped": skipped} if skipped else {})}
+    result = {"models": records, "pareto_front": pareto_front(records), "test_subset": test_subset,
+              **({"skipped": skipped} if skipped else {})}  # fmt: skip
     text = json.dumps(result, indent=2) + "\n"
     with atomic_folder(out_dir, ("frontier.png", "frontier.md", "frontier.json")) as out:  # the three as a set
         plot_frontier(records, out / "frontier.png", result["pareto_front"])

@@ -155,7 +155,7 @@ def thresholds_for_budget(cascade: Cascade, val: list[Split], budget_macs: float
 
 def replay(cascade: Cascade, split: list[Split]) -> dict[str, Any]:
     """``cascade`` replayed on one split's outputs: top-1, MACs mean / CV, and the share of
-    images each pass answered."""
+    images each pass answered; per image, whether it was right (``correct``) and its ``macs``."""
     answer, macs, answered = simulate(cascade, [(s.probs, s.macs) for s in split])
     macs = macs.double()
     return {
@@ -168,6 +168,7 @@ def replay(cascade: Cascade, split: list[Split]) -> dict[str, Any]:
             round(float(v), 4) for v in torch.bincount(answered, minlength=len(split)).double() / len(macs)
         ],
         "correct": (answer.argmax(1) == split[0].labels),
+        "macs": macs,
     }
 
 
@@ -176,14 +177,15 @@ def cascade_points(
 ) -> list[dict[str, Any]]:
     """For each budget: thresholds chosen on the validation outputs of ``items`` (the cascade's
     passes, in order), then the cascade's test top-1 and MACs with them; ``keep_correct``: with
-    each test image's correctness (``correct``, a bool tensor) for paired tests."""
+    each test image's correctness (``correct``, a bool tensor) and MACs (``macs``), for paired tests
+    and breakdowns by difficulty."""
     points = []
     for budget in budgets:
         thresholds, val_macs = thresholds_for_budget(cascade, [o.val for o in items], budget)
         chosen = cascade.with_thresholds(thresholds)
         test = replay(chosen, [o.test for o in items])
-        if not keep_correct:
-            test.pop("correct")
+        if not keep_correct:  # per-image results: for paired tests and breakdowns, not for JSON
+            test.pop("correct"), test.pop("macs")
         finite = [t if math.isfinite(t) else None for t in thresholds]  # None: every image leaves there
         points.append({"budget_macs": budget, "halting": chosen.spec, "thresholds": finite,
                        "val_macs_mean": val_macs, **test})  # fmt: skip

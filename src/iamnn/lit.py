@@ -7,6 +7,7 @@ plain values, so checkpoints load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import io
@@ -15,6 +16,7 @@ import math
 import os
 import random
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +28,10 @@ import torch
 import torchmetrics
 import yaml
 from filelock import FileLock, Timeout
+from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -362,6 +365,69 @@ class MACsSummary(ModelSummary):
         logging.getLogger("lightning.pytorch.callbacks.model_summary").info("\n" + "\n".join([*lines, self._macs]))
 
 
+def _live_progress_bar() -> bool:
+    """Whether Lightning's rich progress bar would draw live: on a terminal or in Jupyter, as rich
+    decides for stdout (``FORCE_COLOR``, ``TTY_COMPATIBLE`` included), unless ``IAMNN_PROGRESS=0``."""
+    from rich.console import Console
+
+    console = Console()
+    return os.environ.get("IAMNN_PROGRESS", "1") != "0" and (console.is_terminal or console.is_jupyter)
+
+
+class EpochLines(ProgressBar):
+    """The progress bar of a run whose stdout is a log or a pipe: one plain line per training epoch,
+
+        epoch 3/15  train loss 0.412  train acc 86.1 %  val acc 88.0 %  val MACs 6.35 M  elapsed 0:02:41
+
+    Off a terminal, Lightning's rich bar draws nothing until the run ends (then its last frame),
+    so a redirected ``make demo`` looked stuck for ten minutes. The val figures are left out of an
+    epoch that did not validate; MACs are then the training batches' mean.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._start = time.monotonic()
+        self._validated = False
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._enabled and trainer.is_global_zero:
+            print(self.line(trainer), flush=True)
+
+    def line(self, trainer: L.Trainer) -> str:
+        """This epoch's line, from the metrics the training step logs at epoch end."""
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        parts = [f"epoch {trainer.current_epoch + 1}{epochs}"]
+        loss = metrics.get("train/loss_epoch", metrics.get("train/loss"))
+        if loss is not None:
+            parts.append(f"train loss {loss:.3f}")
+        for split in ("train", "val") if self._validated else ("train",):
+            if f"{split}/acc1" in metrics:
+                parts.append(f"{split} acc {100 * metrics[f'{split}/acc1']:.1f} %")
+        macs_split = "val" if self._validated and "val/macs_mean" in metrics else "train"
+        if f"{macs_split}/macs_mean" in metrics:
+            parts.append(f"{macs_split} MACs {metrics[f'{macs_split}/macs_mean'] / 1e6:.2f} M")
+        elapsed = round(time.monotonic() - self._start)
+        parts.append(f"elapsed {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}")
+        return "  ".join(parts)
+
+
 class ResumableOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
     """One-cycle schedule that a resume with another ``max_epochs`` rebuilds for the new length.
 
@@ -571,6 +637,11 @@ class IamNNCLI(LightningCLI):
         _check_devices(config.get("devices", "auto"), str(config.get("accelerator", "auto")))
         if config.get("enable_model_summary") is not False and not config.get("barebones"):
             callbacks = [*callbacks, MACsSummary()]  # Lightning's own (with "Total FLOPs: 0") is then left out
+        user = config.get("callbacks") or []
+        given = [*(user if isinstance(user, list) else [user]), *callbacks]
+        wants_bar = config.get("enable_progress_bar") is not False and not config.get("barebones")
+        if wants_bar and not any(isinstance(c, ProgressBar) for c in given) and not _live_progress_bar():
+            callbacks = [*callbacks, EpochLines()]  # instead of Lightning's bar, which a log would not see
         trainer = super()._instantiate_trainer({**config, **given_batch_counts(self._args)}, callbacks)
         bf16_on_cpu = "bf16" in str(trainer.precision) and isinstance(trainer.accelerator, CPUAccelerator)
         if self.subcommand == "fit" and bf16_on_cpu and cpu_emulates_bf16():
@@ -686,6 +757,10 @@ class IamNNCLI(LightningCLI):
                 run_dir.rmdir()  # only if the lock was all that was in it
 
 
+class RawEpilogHelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the epilog's example lines kept as lines instead of refilled."""
+
+
 @rank_zero_only
 def _warn(message: str) -> None:
     """One line on stderr, from the first process only (``iamnn bench`` warns the same way)."""
@@ -735,8 +810,39 @@ class NoteInterruption(Callback):
             self.where = (trainer.current_epoch, trainer.global_step)
 
 
-def run_lightning_cli(args: list[str]) -> IamNNCLI:
-    """``iamnn fit|validate|test [--config recipe.yaml] [--trainer.* ...]``.
+class NameTestedWeights(Callback):
+    """``iamnn test``: one line naming the weights tested and on how many test images, above
+    Lightning's table. A run's ``model.safetensors``, which ``iamnn report`` evaluates, is its best
+    checkpoint's network; ``--ckpt_path last`` tests the last epoch's: two accuracies for one test
+    set, which neither said before."""
+
+    images = 0
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.images = 0
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        self.images += len(batch[1])
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from .evaluation import test_images_text
+        from .runs import describe_weights
+
+        # every rank tested its share (``--limit_test_batches`` may cut them all short)
+        images = int(trainer.strategy.reduce(torch.tensor(self.images, device=pl_module.device), reduce_op="sum"))
+        if not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        total = dm.full_test_size if isinstance(dm, ImageDataModule) and dm.test_set is not None else None
+        path = trainer.ckpt_path
+        weights = describe_weights(path, within_run=False) if path else "the recipe's model as built (no --ckpt_path)"
+        print(f"iamnn test: {weights} on {test_images_text(images, total)}", flush=True)
+
+
+def run_lightning_cli(args: list[str], epilogs: dict[str, str] | None = None) -> IamNNCLI:
+    """``iamnn fit|validate|test [--config recipe.yaml] [--trainer.* ...]``; ``epilogs``: the text
+    that ends each subcommand's ``--help`` (``iamnn.cli`` gives its examples), kept as written.
 
     A run SIGTERM stops raises :class:`~iamnn.errors.RunInterrupted` (exit code 143 from the CLI):
     Lightning's ``SIGTERMException`` is a ``SystemExit`` without a code, i.e. a success to a shell,
@@ -755,7 +861,8 @@ def run_lightning_cli(args: list[str]) -> IamNNCLI:
     interruption = NoteInterruption()
     try:
         # best first: it is trainer.checkpoint_callback
-        return _cli(args, [best, last, ExportWeights(), EpochSeed(), KeepTrainingHistory(), interruption])
+        callbacks = [best, last, ExportWeights(), EpochSeed(), KeepTrainingHistory(), NameTestedWeights(), interruption]
+        return _cli(args, callbacks, epilogs or {})
     except MisconfigurationException as err:  # a Trainer flag out of range (limit_train_batches -1, …)
         raise CLIError(one_line(err)) from None
     except SIGTERMException:
@@ -764,14 +871,17 @@ def run_lightning_cli(args: list[str]) -> IamNNCLI:
                              "resume with --ckpt_path last") from None  # fmt: skip
 
 
-def _cli(args: list[str], callbacks: list[Callback]) -> IamNNCLI:
+def _cli(args: list[str], callbacks: list[Callback], epilogs: dict[str, str]) -> IamNNCLI:
+    # a dict per subcommand: LightningCLI writes each one's description into it
+    subcommands = {name: {"exit_on_error": False, "epilog": epilogs.get(name)} for name in LightningCLI.subcommands()}
     return IamNNCLI(
         Classifier,
         ImageDataModule,
         subclass_mode_data=True,
         args=args,
         # a bad recipe or flag raises (iamnn.cli prints it as one line) instead of printing the whole usage
-        parser_kwargs={"exit_on_error": False, **dict.fromkeys(LightningCLI.subcommands(), {"exit_on_error": False})},
+        # the subcommands' parsers take the main one's formatter (jsonargparse)
+        parser_kwargs={"exit_on_error": False, "formatter_class": RawEpilogHelpFormatter, **subcommands},
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={

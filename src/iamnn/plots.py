@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .evaluation import Evaluation
+from .evaluation import Evaluation, provenance, test_images_text
 from .files import atomic_write
 
 
@@ -44,7 +44,7 @@ def plot_iterations(ev: Evaluation, path: Path) -> None:
         if k == 0:
             ax.set_ylabel("test images")
             ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{ev.name}: iterations used per stage ({len(ev.label)} test images)")
+    fig.suptitle(f"{ev.name}: iterations used per stage ({_measured_on(ev)})")
     save_figure(fig, path)
 
 
@@ -67,8 +67,9 @@ def plot_easy_hard(ev: Evaluation, images: Any, class_names: list[str], path: Pa
         ax.set_yticks([])
         ok = "" if bool(ev.correct1[i]) else " ✗"
         ax.set_title(f"{ev.macs[i] / 1e6:.1f}M{ok}", fontsize=8)
-        ax.set_xlabel(class_names[int(label)], fontsize=6)
-    fig.suptitle(f"{ev.name}: easy (left, fewest MACs) → hard (right, most MACs)", fontsize=9)
+        level = "" if ev.levels is None else f"\n{ev.levels[i, 0]} {ev.level_names[0]}"  # e.g. "3 distractors"
+        ax.set_xlabel(class_names[int(label)] + level, fontsize=6)
+    fig.suptitle(f"{ev.name}: easy (left, fewest MACs) → hard (right, most MACs) of {_measured_on(ev)}", fontsize=9)
     save_figure(fig, path)
 
 
@@ -87,7 +88,17 @@ def plot_tradeoff(evaluations: list[Evaluation], path: Path) -> None:
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker, color=color, alpha=0.7, ms=4, label=f"{ev.name}: {label}")
     accuracy_vs_macs_axes(ax, "accuracy vs compute (sweep points: BatchNorm re-estimated per regime)")
+    footnote(fig, provenance([ev.summary() for ev in evaluations]))
     save_figure(fig, path)
+
+
+def _measured_on(ev: Evaluation) -> str:
+    return test_images_text(len(ev.label), ev.test_set_size) + (f", weights {ev.weights}" if ev.weights else "")
+
+
+def footnote(fig: Any, text: str) -> None:
+    """What a figure's numbers were measured on (test images, weights), small, under its axes."""
+    fig.supxlabel(f"measured on {text}", fontsize=6.5, color="dimgrey", wrap=True)
 
 
 def accuracy_vs_macs_axes(ax: Any, title: str, legend_loc: str = "best") -> None:
@@ -164,6 +175,8 @@ def plot_frontier(records: list[dict[str, Any]], path: Path, front: list[str], t
     ax.margins(x=0.08, y=0.1)
     title = title or "accuracy vs compute of trained models (test set)"
     accuracy_vs_macs_axes(ax, title)
+    if all("test_samples" in r for r in records):  # records stored before it was recorded say nothing
+        footnote(fig, provenance(records))
     fig.canvas.draw()  # the final limits and layout, so that the names' boxes are where they will be drawn
     _place_labels(fig, ax, points)
     save_figure(fig, path)

@@ -7,25 +7,22 @@ The preprocessing (grey or RGB, size, mean, std) and the class names come from t
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor, nn
-from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+from torchvision import transforms
 
-from .errors import one_line
 from .export import OnnxModel
+from .files import IMAGE_SUFFIXES, convert_image, read_image
 from .models import IamNN, build_model, pretrained_file
 from .models.fold import fold_batchnorm
 from .models.halting import HaltingSpec, other_regime_note
 from .weights import WeightsError, checked_config, create_model, load_model_with_config
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 @dataclass
@@ -80,41 +77,64 @@ def skip_reason(err: Exception) -> str:
 def load_image(path: Path | Image.Image, data: dict[str, Any]) -> Tensor:
     """An image file (or a PIL image) as the model's normalised (C, H, W) input; ValueError if it
     is not an image."""
-    if isinstance(path, Image.Image):
-        img = _to_mode(path, data["in_chans"])
-    else:
-        try:
-            with warnings.catch_warnings():
-                # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: refuse both
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as img:
-                    # a phone photo stores "rotated" in EXIF: without this it was classified sideways
-                    img = _to_mode(ImageOps.exif_transpose(img), data["in_chans"])
-        except (FileNotFoundError, IsADirectoryError, PermissionError):
-            raise  # the caller says which (skip_reason)
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-            raise ValueError(f"too many pixels to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
-        except (UnidentifiedImageError, OSError) as err:
-            reason = "not an image format Pillow reads" if isinstance(err, UnidentifiedImageError) else one_line(err)
-            raise ValueError(f"not a readable image ({reason})") from None
-    x = pil_to_tensor(img).float().div(255)
+    # the decoder of training on a folder (data.folder): the model sees what it was trained on
+    img = path if isinstance(path, Image.Image) else read_image(path, data["in_chans"])
+    return create_transform(resolve_data_config(data))(img)
+
+
+def resolve_data_config(model: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
+    """The preprocessing ``model`` was trained with, as timm's ``resolve_data_config`` gives it:
+    ``input_size`` (C, H, W), ``interpolation``, ``mean``, ``std`` and ``crop_pct`` (an image is
+    resized to ``input_size / crop_pct``, then centre-cropped to ``input_size``).
+
+    ``model``: a model loaded from weights (``create_model(name, pretrained=True)``, ``load_model``),
+    whose file carries its preprocessing as ``model.data_config``, or such a data config itself.
+    """
+    data = model if isinstance(model, Mapping) else getattr(model, "data_config", None)
+    if not data:
+        raise ValueError("the model carries no preprocessing (input size, mean, std): load it from a weights file")
     h, w = data["input_size"]
-    if tuple(x.shape[1:]) != (h, w):
-        x = center_crop(resize(x, [h, w] if h != w else h, antialias=True), [h, w])
-    mean = torch.tensor(data["mean"]).view(-1, 1, 1)
-    std = torch.tensor(data["std"]).view(-1, 1, 1)
-    return (x - mean) / std
+    return {
+        "input_size": (data["in_chans"], h, w),
+        "interpolation": "bilinear",
+        "mean": tuple(data["mean"]),
+        "std": tuple(data["std"]),
+        "crop_pct": float(data.get("crop_pct") or 1.0),  # 1: resized to the input size itself
+    }
 
 
-def _to_mode(img: Image.Image, in_chans: int) -> Image.Image:
-    """Grey ("L") or RGB, 8 bits. A 16-bit grey image is scaled to 8 bits (Pillow's own convert
-    would clip every value above 255 to white)."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        values = np.asarray(img, dtype=np.int64)
-        if img.mode != "I" or values.max(initial=0) > 255:  # 32-bit "I" holding 8-bit values stays as it is
-            values = values // 257
-        img = Image.fromarray(values.clip(0, 255).astype(np.uint8), "L")
-    return img.convert("L" if in_chans == 1 else "RGB")
+class ConvertImage:
+    """A PIL image as the model's channels ask: grey ("L") or RGB, 8 bits (``files.convert_image``)."""
+
+    def __init__(self, in_chans: int) -> None:
+        self.in_chans = in_chans
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return convert_image(img, self.in_chans)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(in_chans={self.in_chans})"
+
+
+def create_transform(config: Mapping[str, Any]) -> transforms.Compose:
+    """The transform from a PIL image to the model's input tensor (C, H, W) for a
+    :func:`resolve_data_config` config: what ``iamnn.predict`` and ``iamnn predict`` feed the model.
+
+    Grey or RGB, then float pixels in [0, 1] resized (antialiased) so that the shorter side is
+    ``input_size / crop_pct`` (both sides for a non-square input), centre-cropped to ``input_size``,
+    normalised with ``mean`` and ``std``. With ``crop_pct`` 1 an image at the input size is left as it is.
+    """
+    chans, h, w = config["input_size"]
+    crop_pct = float(config.get("crop_pct", 1.0))
+    side = [int(h / crop_pct), int(w / crop_pct)] if h != w else int(h / crop_pct)
+    return transforms.Compose([
+        ConvertImage(chans),
+        transforms.PILToTensor(),
+        transforms.ConvertImageDtype(torch.float32),  # x / 255, as the data modules scale their pixels
+        transforms.Resize(side, transforms.InterpolationMode(config.get("interpolation", "bilinear")), antialias=True),
+        transforms.CenterCrop([h, w]),
+        transforms.Normalize(config["mean"], config["std"]),
+    ])  # fmt: skip
 
 
 # images -> logits, iterations, macs, and the pass that answered under a cascade (else None)

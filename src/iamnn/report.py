@@ -16,16 +16,20 @@ from .evaluation import (
     QUICK_EPSILONS,
     QUICK_FIXED_K,
     Evaluation,
+    attach_levels,
     evaluate,
+    markdown_by_level,
+    provenance,
     recalibrate_batchnorm,
     sweep_regimes,
+    test_images_text,
 )
 from .files import atomic_folder
 from .models import IamNN
 from .models.halting import network_policy
 from .plots import plot_easy_hard, plot_iterations, plot_tradeoff
 from .progress import track
-from .runs import datamodule_of_weights, find_weights, load_datamodule
+from .runs import datamodule_of_weights, describe_weights, find_weights, load_datamodule
 from .weights import load_model
 
 
@@ -34,9 +38,12 @@ def evaluate_run(
 ) -> tuple[Evaluation, Any]:
     """A run's test evaluation (as trained) and its data module; an IamNN's with its regime sweep."""
     run_dir = Path(run_dir)
-    model = load_model(find_weights(run_dir))
+    weights = find_weights(run_dir)
+    model = load_model(weights)
     dm = load_datamodule(run_dir, **({"test_subset": test_subset} if test_subset else {}))
     ev = evaluate(model, dm.test_dataloader(), run_dir.name)
+    ev.test_set_size, ev.weights = dm.full_test_size, describe_weights(weights)
+    attach_levels(ev, dm)
     # a cascade's curve is its thresholds' (``iamnn calibrate``, ``iamnn frontier``), not regimes of the stages
     if sweep and isinstance(model, IamNN) and network_policy(model.halting) is None:
         dm.setup("fit")
@@ -52,14 +59,19 @@ def evaluate_weights(
     halting: Any = None,
     test_subset: int | None = None,
     recalibrate: bool = False,
+    weights: str | None = None,
 ) -> Evaluation:
-    """Trained weights on the full test set of the dataset their metadata names (``iamnn evaluate``);
-    ``recalibrate``: first re-estimate ``model``'s BatchNorm statistics for ``halting`` on training
-    images (in place, as ``iamnn recalibrate`` does for a run)."""
+    """Trained weights on the test set of the dataset their metadata names (``iamnn evaluate``),
+    its first ``test_subset`` images if given; ``recalibrate``: first re-estimate ``model``'s
+    BatchNorm statistics for ``halting`` on training images (in place, as ``iamnn recalibrate``
+    does for a run). ``weights``: which weights these are, in words, for the result to name."""
     dm = datamodule_of_weights(data, test_subset, train=recalibrate)
     if recalibrate:
         recalibrate_batchnorm(model, dm.train_dataloader(), halting=halting)
-    return evaluate(model, dm.test_dataloader(), name, halting=halting)
+    ev = evaluate(model, dm.test_dataloader(), name, halting=halting)
+    ev.test_set_size, ev.weights = dm.full_test_size, weights
+    attach_levels(ev, dm)
+    return ev
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -112,10 +124,12 @@ def _write_report(
     figures.append(tradeoff)
     summaries = [ev.summary() for ev in evaluations]
     table = markdown_table(summaries)
-    md = ["# iamnn report", "", table, ""]
+    md = ["# iamnn report", "", table, "", f"Measured on {provenance(summaries)}.", ""]
     for ev in evaluations:
         if ev.sweep:
-            md += [f"## {ev.name}: inference regimes (BatchNorm re-estimated on training data per point)", "",
+            seen = test_images_text(len(ev.label), ev.test_set_size)
+            md += [f"## {ev.name}: inference regimes on {seen} (BatchNorm re-estimated on training data per point)",
+                   "",
                    "| regime | avg MACs | top-1 (%) | BN re-estimated |", "|---|---|---|---|"]  # fmt: skip
             for p in ev.sweep:
                 # a threshold policy by its name (act, pondernet, a registered one), then the fixed regimes
@@ -123,9 +137,14 @@ def _write_report(
                     p["regime"], f"{p['regime']} ε={p['epsilon']}")  # fmt: skip
                 md.append(f"| {what} | {p['macs_mean'] / 1e6:.2f} M | {p['top1']:.2f} | {p['recalibrated']} |")
             md.append("")
+    levelled = [s for s in summaries if "by_level" in s]
+    if levelled:  # a data set whose images carry a difficulty level (Cluttered Fashion-MNIST)
+        md += ["## By difficulty level", ""]
+        for summary in levelled:
+            md += markdown_by_level(summary["network"], summary["by_level"])
     md += [f"![{f.stem}]({f.name})" for f in figures]
     (out / "report.md").write_text("\n".join(md) + "\n")
     result = {"models": summaries, "sweeps": {ev.name: ev.sweep for ev in evaluations},
-              "figures": [f.name for f in figures]}  # fmt: skip
+              "figures": [f.name for f in figures], "test_subset": test_subset}  # fmt: skip
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     return {**result, "table": table}

@@ -8,6 +8,8 @@ modules, and weights are read without running pickled code (``weights.py``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from .weights import load_model_with_config
 
 __all__ = [
     "datamodule_of_weights",
+    "describe_weights",
     "find_run_dir",
     "find_weights",
     "load_datamodule",
@@ -72,6 +75,48 @@ def find_weights(run_dir: Path) -> Path:
     if not ckpts:
         raise FileNotFoundError(f"{run_dir}: no model.safetensors or checkpoints/*.ckpt")
     return ckpts[-1]
+
+
+def describe_weights(path: str | Path, within_run: bool = True) -> str:
+    """Which weights ``path`` holds, in words, for a result to name: ``model.safetensors (best
+    checkpoint)``, ``checkpoints/last.ckpt (last checkpoint)``, or the path itself. A file inside
+    a run folder is named from the run's top when ``within_run`` (the result names the run), else
+    as given.
+
+    A run's ``model.safetensors`` is its best checkpoint's network, or an anytime run's weights at
+    the end of training (``lit.ExportWeights``); its JSON sidecar says which. The sidecar is
+    believed only when it names these weights' digest: a kill between the two renames of a save
+    can leave an earlier one beside new weights.
+    """
+    path = Path(path)
+    shown = str(path)
+    for base in (path.parent, path.parent.parent) if within_run else ():
+        if (base / "config.yaml").is_file():
+            shown = str(path.relative_to(base))
+            break
+    if path.suffix == ".ckpt":
+        kind = "best checkpoint" if path.name.startswith("best") else "last checkpoint" if path.stem == "last" else ""
+        return f"{shown} ({kind})" if kind else shown
+    sidecar = path.with_suffix(".json")
+    try:
+        if path.suffix != ".safetensors" or not sidecar.is_file() or sidecar.stat().st_size > 1 << 20:
+            return shown
+        meta = json.loads(sidecar.read_text())
+        if not isinstance(meta, dict) or "checkpoint" not in meta:
+            return shown
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:  # hashlib.file_digest is Python 3.11+
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if meta.get("weights_sha256") != digest.hexdigest():
+            return shown
+    except (OSError, ValueError):  # an unreadable or malformed sidecar says nothing about the weights
+        return shown
+    checkpoint = meta["checkpoint"]
+    if not checkpoint:
+        return f"{shown} (weights at the end of training)"
+    # the kind, not the epoch's file name: the results of many runs then share one phrase
+    return f"{shown} (best checkpoint)" if str(checkpoint).startswith("best") else shown
 
 
 def find_run_dir(path: Path) -> Path:

@@ -151,7 +151,12 @@ def save_weights(
 
 
 def data_config(datamodule: Any) -> dict[str, Any]:
-    """Preprocessing of a data module, as stored with the weights (timm's ``pretrained_cfg`` idea)."""
+    """Preprocessing of a data module, as stored with the weights (timm's ``pretrained_cfg`` idea).
+
+    ``crop_pct`` (timm's name) where the data module evaluates on a centre crop of an image resized
+    to ``input_size / crop_pct``; without it an image is resized to the input size itself.
+    """
+    crop_pct = getattr(datamodule, "crop_pct", None)
     return {
         "dataset": type(datamodule).__name__,
         "in_chans": datamodule.in_chans,
@@ -159,6 +164,7 @@ def data_config(datamodule: Any) -> dict[str, Any]:
         "mean": list(datamodule.mean),
         "std": list(datamodule.std),
         "class_names": list(datamodule.class_names),
+        **({"crop_pct": float(crop_pct)} if crop_pct is not None else {}),
     }
 
 
@@ -219,7 +225,7 @@ MAX_INPUT_PIXELS = 1024 * 1024
 
 def _data_problem(data: Any) -> str | None:
     """What is wrong with a stored preprocessing config, or None: in_chans, input_size (2 sides),
-    mean and std (one finite number per channel, std > 0), optional dataset and class names."""
+    mean and std (one finite number per channel, std > 0), optional dataset, class names and crop_pct."""
     if not isinstance(data, dict):
         return "is not a mapping"
     chans, size = data.get("in_chans"), data.get("input_size")
@@ -239,6 +245,9 @@ def _data_problem(data: Any) -> str | None:
     # pixels are in [0, 1]: a mean of 1e308 or a std of 1e-320 turns every input into Inf
     if any(abs(v) > 1e3 for v in data["mean"]) or any(not 1e-6 <= v <= 1e3 for v in data["std"]):
         return f"has a mean outside ±1000 or a std outside 1e-6..1000 (mean {data['mean']!r}, std {data['std']!r})"
+    crop = data.get("crop_pct")
+    if crop is not None and not (type(crop) in (int, float) and 0.05 <= crop <= 1):
+        return f"has a crop_pct outside 0.05..1 (got {crop!r})"  # a tiny one would resize to gigapixels
     names = data.get("class_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         return "has class_names that are not a list of names"

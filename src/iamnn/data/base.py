@@ -225,6 +225,15 @@ class ImageDataModule(L.LightningDataModule):
     def _subset_test(self, ds: Dataset) -> Dataset:
         return ds if self.test_subset is None else Subset(ds, range(min(self.test_subset, len(ds))))
 
+    @property
+    def full_test_size(self) -> int:
+        """Images in the whole test split, ``test_subset`` or not: results say "500 of 10 000 test
+        images", so that a subset's accuracy does not read as the full set's."""
+        if self.test_set is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the test set's size")
+        ds = self.test_set
+        return len(ds.dataset) if self.test_subset is not None and isinstance(ds, Subset) else len(ds)
+
     def _num_val(self, n: int) -> int:
         v = self.val_size
         n_val = round(v * n) if isinstance(v, float) and 0 < v < 1 else int(v)

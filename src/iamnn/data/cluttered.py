@@ -96,6 +96,7 @@ class ClutteredFashionMNISTDataModule(FashionMNISTDataModule):
     """
 
     pad, flip = 4, True
+    level_names = ("distractors", "object_px")  # the columns of :meth:`levels`
 
     def __init__(
         self,

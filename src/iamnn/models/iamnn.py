@@ -388,7 +388,8 @@ class IamNN(nn.Module):
         stem_channels: explicit stem width (default 64·width).
         block: the processing block each stage iterates: ``"bottleneck"`` (the paper's) or
             ``"inverted_residual"`` (depthwise-separable, MobileNetV3-style; the paper's future work).
-        expansion, se: the inverted residual's expansion ratio and squeeze-excitation switch.
+        expansion: the inverted residual's expansion ratio.
+        se: whether the inverted residual has a squeeze-excitation.
     """
 
     def __init__(
