@@ -96,6 +96,7 @@ def test_report_and_frontier_break_a_cluttered_run_down_by_level(tmp_path: Path,
                      "--data.val_size", "50", "--trainer.max_epochs", "1")  # fmt: skip
     frontier = build_frontier([run], tmp_path / "frontier", budgets=0)
     record = frontier["models"][0]
+    assert record["dataset"] == "ClutteredFashionMNISTDataModule"
     for column in ("distractors", "object_px"):
         assert sum(r["images"] for r in record["by_level"][column]["levels"]) == 100
         assert "spearman_macs" in record["by_level"][column]

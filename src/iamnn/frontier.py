@@ -65,6 +65,7 @@ def frontier_records(run_dir: str | Path, test_subset: int | None = None, budget
         "name": run_dir.name,
         "run": str(run_dir),
         "model": config["model"],
+        "dataset": (config.get("data") or {}).get("dataset"),  # the data module that made the test set
         "kind": run_kind(model, config, hparams),
         "halting": config["kwargs"].get("halting"),
         "width": config["kwargs"].get("width"),
