@@ -102,10 +102,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, fit_digits) -> Path:
     root = tmp_path_factory.mktemp("readme")
     run = fit_digits(root / "runs", "fmnist_iamnn_r18", *TINY_FIT)
     text = "\n".join((REPO / page).read_text() for page in PAGES)
-    names = set(re.findall(r"(?:benchmarks/results/study_)?runs/[\w./-]+", text))
+    names = set(re.findall(r"(?:benchmarks/results/(?:study|cluttered)_)?runs/[\w./-]+", text))
     for name in sorted(names):
         folder = root / name.split("/model.safetensors")[0].split("/config.yaml")[0].split("/checkpoints")[0]
-        if folder.name in ("runs", "frontier", "study", "study_runs") or folder.exists():
+        if folder.name in ("runs", "frontier", "study", "study_runs", "cluttered_runs") or folder.exists():
             continue
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(run, folder)
