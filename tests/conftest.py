@@ -33,7 +33,7 @@ def _lightning_logs_to_current_stderr() -> None:
 @pytest.fixture(scope="session")
 def fit_digits() -> Callable[..., Path]:
     """``fit_digits(runs_dir, name, *overrides)``: train the digits recipe in-process; returns the run folder."""
-    from iamnn.lit import run_lightning_cli
+    from iamnn.training.lightning_cli import run_lightning_cli
 
     def fit(runs_dir: Path, name: str = "digits", *overrides: str) -> Path:
         cli = run_lightning_cli(

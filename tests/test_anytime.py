@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from iamnn.lit import Classifier
+from iamnn.training.classifier import Classifier
 from iamnn.weights import load_model
 
 

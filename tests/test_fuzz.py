@@ -114,7 +114,7 @@ def test_export_flags_give_a_file_or_one_line(halting: str, output: str, tmp_pat
 def test_a_training_value_builds_or_is_refused_with_a_reason(name: str, value: object) -> None:
     """`iamnn fit` builds the Classifier from the recipe; a ValueError or TypeError is turned into one
     line ("the recipe does not build: ..."), anything else would be a traceback."""
-    from iamnn.lit import Classifier
+    from iamnn.training.classifier import Classifier
 
     base = {"model": "iamnn_r18", "width": 0.0625, "num_classes": 10, "in_chans": 1, "stem": "cifar"}
     try:

@@ -109,7 +109,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, fit_digits) -> Path:
             continue
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(run, folder)
-    make_example_folder(root / "my_photos", per_class=8, size=40)  # the README's own-folder fit
+    make_example_folder(root / "data" / "shapes", per_class=8, size=40)  # the README's own-folder fit
     (root / "docs").mkdir()
     (root / "docs" / "samples").symlink_to(REPO / "docs" / "samples")
     return root

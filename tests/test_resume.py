@@ -13,7 +13,7 @@ import torch
 from benchmarks import kill_resume as kr
 from iamnn.data import EpochShuffleSampler
 from iamnn.files import atomic_write
-from iamnn.lit import SafeCheckpointIO
+from iamnn.training.checkpoint_io import SafeCheckpointIO
 
 
 def test_sigkilled_training_resumes_with_bitwise_identical_weights(tmp_path: Path) -> None:

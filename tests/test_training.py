@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 import iamnn
 from iamnn.cli import main
-from iamnn.lit import Classifier
+from iamnn.training.classifier import Classifier
 from iamnn.weights import WeightsError, load_model, read_config, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -310,7 +310,7 @@ def test_onnx_export_of_trained_model_matches_pytorch(digits_run: Path, digits_o
 
 def test_bf16_mixed_fit_stays_finite(tmp_path: Path, fit_digits, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     # where the CPU emulates bf16 (no AVX-512 / AMX), fit says so in one line: several times slower than float32
-    monkeypatch.setattr("iamnn.lit.cpu_emulates_bf16", lambda: True)
+    monkeypatch.setattr("iamnn.training.lightning_cli.cpu_emulates_bf16", lambda: True)
     run = fit_digits(tmp_path, "bf16", "--trainer.max_epochs=2", "--trainer.precision=bf16-mixed")
     warned = [line for line in capsys.readouterr().err.splitlines() if "no native bfloat16" in line]
     assert len(warned) == 1 and warned[0].startswith("iamnn fit: warning: precision bf16-mixed"), warned
@@ -371,7 +371,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> Non
 
 def test_integer_batch_limits_stay_integers(tmp_path: Path) -> None:
     """jsonargparse reads `--trainer.limit_train_batches 1` as 1.0 (every batch); an int means batches."""
-    from iamnn.lit import given_batch_counts
+    from iamnn.training.recipes import given_batch_counts
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("trainer:\n  limit_val_batches: 3\n  limit_test_batches: 0.5\n")

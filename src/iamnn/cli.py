@@ -728,8 +728,8 @@ def _print_bench(result: dict, sizes: tuple[int, ...]) -> None:
 # -- demo ----------------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> None:
     """Train the demo recipe, then report on it: what `make demo` runs."""
-    from .lit import run_lightning_cli
     from .report import build_report
+    from .training.lightning_cli import run_lightning_cli
 
     recipe = Path(args.config) if args.config else REPO_RECIPES / "fashion_mnist" / "demo.yaml"
     if not recipe.is_file():
@@ -1008,7 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         if command in LIGHTNING_COMMANDS:
-            from .lit import run_lightning_cli
+            from .training.lightning_cli import run_lightning_cli
 
             run_lightning_cli(argv, epilogs={name: _epilog(name) for name in LIGHTNING_COMMANDS})
             return

@@ -84,7 +84,7 @@ def describe_weights(path: str | Path, within_run: bool = True) -> str:
     as given.
 
     A run's ``model.safetensors`` is its best checkpoint's network, or an anytime run's weights at
-    the end of training (``lit.ExportWeights``); its JSON sidecar says which. The sidecar is
+    the end of training (``training.callbacks.ExportWeights``); its JSON sidecar says which. The sidecar is
     believed only when it names these weights' digest: a kill between the two renames of a save
     can leave an earlier one beside new weights.
     """

@@ -103,7 +103,7 @@ def model_config(model: nn.Module) -> dict[str, Any]:
 
 def config_from_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     """The registry config (``{"model", "kwargs"}``) of the network a training ``Classifier`` with
-    these hyper-parameters builds (``lit.py``); how a Lightning checkpoint names its model."""
+    these hyper-parameters builds (``training/classifier.py``); how a Lightning checkpoint names its model."""
     kwargs = {
         "num_classes": hparams.get("num_classes"),
         "in_chans": hparams.get("in_chans"),

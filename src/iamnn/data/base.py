@@ -262,7 +262,7 @@ class ImageDataModule(L.LightningDataModule):
         if ds is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
         # Training order and worker seeds follow (seed, epoch) only; the global RNG, reseeded each
-        # epoch by lit.EpochSeed, is left to the augmentation. Together: bitwise-identical resumes.
+        # epoch by training.callbacks.EpochSeed, is left to the augmentation. Together: bitwise-identical resumes.
         seed = int(os.environ.get("PL_GLOBAL_SEED", self.seed))
         return DataLoader(
             ds,

@@ -491,7 +491,7 @@ class IamNN(nn.Module):
                 f"input {x.shape[-2]}x{x.shape[-1]} is too small: the {self.stem_type} stem and "
                 f"{len(self.stages) - 1} 2x2 poolings leave no pixel for the last stage"
             )
-        if self.memory_format is not None:  # None: the caller's layout stays (lit.Classifier sets its own)
+        if self.memory_format is not None:  # None: the caller's layout stays (the training Classifier sets its own)
             x = x.contiguous(memory_format=self.memory_format)
         return self.maxpool(torch.relu(self.bn1(self.conv1(x))))
 
