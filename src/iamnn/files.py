@@ -213,6 +213,17 @@ def load_yaml(path: str | Path, max_nodes: int = MAX_YAML_NODES, max_bytes: int 
     return yaml.safe_load(text)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (``hashlib.file_digest`` is Python 3.11+)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 # what torchvision's ImageFolder reads, and GIF (its first frame)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 

@@ -8,7 +8,6 @@ modules, and weights are read without running pickled code (``weights.py``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import yaml
 
 from .data import ImageDataModule, datamodule_class
 from .errors import CLIError, one_line
-from .files import load_yaml
+from .files import file_sha256, load_yaml
 from .models import IamNN
 from .weights import load_model_with_config
 
@@ -104,11 +103,7 @@ def describe_weights(path: str | Path, within_run: bool = True) -> str:
         meta = json.loads(sidecar.read_text())
         if not isinstance(meta, dict) or "checkpoint" not in meta:
             return shown
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:  # hashlib.file_digest is Python 3.11+
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if meta.get("weights_sha256") != digest.hexdigest():
+        if meta.get("weights_sha256") != file_sha256(path):
             return shown
     except (OSError, ValueError):  # an unreadable or malformed sidecar says nothing about the weights
         return shown

@@ -43,6 +43,7 @@ from filelock import FileLock
 from torch import Tensor, nn
 
 from ..errors import one_line
+from ..files import file_sha256
 from .halting import ACT, HaltingPolicy
 
 try:  # a private helper of PyTorch's; without it, assume no dispatch mode watches
@@ -110,10 +111,6 @@ def _note(text: str) -> None:
     print(f"iamnn: note: {text}", file=sys.stderr)
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _verified(path: Path) -> bool:
     """Whether ``path`` is a library this user built: private (:func:`_refusal`), and its content
     the one whose hash was recorded beside it at build (a planted, truncated or empty file is not)."""
@@ -121,7 +118,7 @@ def _verified(path: Path) -> bool:
     if not path.exists() or _refusal(path) or _refusal(record):
         return False
     try:
-        return record.read_text().strip() == _digest(path)
+        return record.read_text().strip() == file_sha256(path)
     except OSError:
         return False
 
@@ -163,7 +160,7 @@ def _compile(compiler: str) -> Path:
             if run.returncode == 0:
                 record = path.with_name(path.name + ".sha256")
                 record.unlink(missing_ok=True)  # a planted symlink is replaced, never written through
-                record.write_text(_digest(tmp) + "\n")
+                record.write_text(file_sha256(tmp) + "\n")
                 os.replace(tmp, path)  # atomic: a reader never sees a half-written library
                 return path
             tmp.unlink(missing_ok=True)
