@@ -60,7 +60,7 @@ def test_kernel_gives_the_pytorch_paths_answers(
     exactly, logits and ponder cost to float rounding (the kernel sums in another order)."""
     monkeypatch.setattr(FoldedProcessingBlock, "fused_min_pixels", 0 if fused else 10**9)
     x, model = _folded(channels_last=channels_last, name=name)
-    used: dict[str, list[object]] = {"act_one_sample": [], "halting_step": []}
+    used: dict[str, list[object]] = {"one_sample_halting": [], "halting_step": []}
 
     def spy(path: str) -> object:
         def run(*args: object) -> object:
@@ -72,7 +72,7 @@ def test_kernel_gives_the_pytorch_paths_answers(
     for path in used:
         monkeypatch.setattr(f"iamnn.models.iamnn.{path}", spy(path))
     kernel_runs = _one_by_one(model, x, policy), _batched(model, x, policy)
-    for path, results in used.items():  # batch 1 took act_one_sample, the batch halting_step
+    for path, results in used.items():  # batch 1 took one_sample_halting, the batch halting_step
         assert results and all(r is not None for r in results), f"the kernel did not run ({path})"
     monkeypatch.setattr(act_kernel, "library", lambda: None)
     reference = _one_by_one(model, x, policy)
@@ -92,12 +92,12 @@ def test_kernel_stays_out_of_what_it_does_not_cover() -> None:
     stage, x0 = folded.stages[0], torch.randn(1, folded.stages[0].in_channels, 8, 8)
     with torch.inference_mode():
         unfolded = iamnn.create_model("iamnn_r34", stem="cifar", num_classes=7, width=1 / 16).eval()
-        for path in (act_kernel.halting_step, act_kernel.act_one_sample):
+        for path in (act_kernel.halting_step, act_kernel.one_sample_halting):
             assert path(stage, x0, ACT()) is not None
             assert path(stage, x0, folded.policies("pondernet")[0]) is None
             assert path(stage, x0.double(), ACT()) is None
             assert path(unfolded.stages[0], x0, ACT()) is None
-    for path in (act_kernel.halting_step, act_kernel.act_one_sample):
+    for path in (act_kernel.halting_step, act_kernel.one_sample_halting):
         with torch.enable_grad():
             assert path(stage, x0, ACT()) is None
         with torch.inference_mode(), FlopCounterMode(display=False):  # it would hide MACs from the counter

@@ -3,6 +3,7 @@ with the backbone frozen: tiny models, one step each, and one short digits run."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -87,15 +88,22 @@ def test_depth_supervision_is_the_mean_of_each_depths_cross_entropy() -> None:
     assert stats.iterations.tolist() == [[2, 2, 2, 2]] * 8  # the deepest depth's stats are what the step logs
 
 
-def test_anytime_then_frozen_backbone_on_digits(tmp_path: Path, fit_digits) -> None:
-    backbone = fit_digits(tmp_path, "anytime", "--model.anytime=true", "--model.halting=full", "--trainer.max_epochs=1")
+@pytest.fixture(scope="module")
+def two_phase(tmp_path_factory: pytest.TempPathFactory, fit_digits) -> tuple[Path, Path]:  # noqa: ANN001
+    """An anytime backbone (every depth trained, ``full``) and halting units trained on it frozen."""
+    runs = tmp_path_factory.mktemp("anytime")
+    backbone = fit_digits(runs, "anytime", "--model.anytime=true", "--model.halting=full", "--trainer.max_epochs=1")
+    policy = fit_digits(
+        runs, "policy", "--model.freeze_backbone=true", "--model.halting=act", "--trainer.max_epochs=1",
+        f"--model.init_weights={backbone / 'model.safetensors'}",
+    )  # fmt: skip
+    return backbone, policy
+
+
+def test_anytime_then_frozen_backbone_on_digits(two_phase: tuple[Path, Path]) -> None:
+    backbone, policy = two_phase
     model = load_model(backbone / "model.safetensors")
     assert model.halting == "full"
-    weights = backbone / "model.safetensors"
-    policy = fit_digits(
-        tmp_path, "policy", "--model.freeze_backbone=true", "--model.halting=act", "--trainer.max_epochs=1",
-        f"--model.init_weights={weights}",
-    )  # fmt: skip
     trained = load_model(policy / "model.safetensors")
     assert trained.halting == "act"
     for (name, p), q in zip(trained.named_parameters(), model.parameters(), strict=True):
@@ -114,3 +122,21 @@ def test_anytime_then_frozen_backbone_on_digits(tmp_path: Path, fit_digits) -> N
         assert r["name"] == f"policy@{r['budget_macs'] / 1e6:.2f}M" and r["feasible"]
         assert r["val_macs_mean"] <= r["budget_macs"] and r["macs_min"] <= r["macs_mean"] <= r["macs_max"]
         assert r["train_samples"] > 1000 and r["epochs"] == 1 and 0 <= r["top1"] <= 100
+
+
+def test_report_writes_its_files_for_an_anytime_run(two_phase: tuple[Path, Path], tmp_path: Path) -> None:
+    """``iamnn report`` on both phases: the anytime backbone (``full``: its halting units swept
+    under ACT) and the halting units trained on it."""
+    from iamnn.cli import main
+
+    main(["report", *map(str, two_phase), "-o", str(tmp_path / "report"), "--quick-sweep"])
+    result = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [m["network"] for m in result["models"]] == ["anytime", "policy"]
+    for name in ("anytime", "policy"):
+        assert [p["regime"] for p in result["sweeps"][name]] == ["act"] * 5 + ["fixed", "full", "trained"]
+    assert sorted(result["figures"]) == sorted(
+        ["accuracy_vs_macs.png", *(f"{n}_{f}.png" for n in ("anytime", "policy") for f in ("iterations", "easy_hard"))]
+    )
+    assert all((tmp_path / "report" / f).is_file() for f in result["figures"])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md.count("| act ε=0.01 |") == 2 and md.count("| full |") == 2

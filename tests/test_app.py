@@ -52,6 +52,23 @@ def test_explorer_agrees_with_predict_and_the_threshold_moves_the_cost(explorer:
     assert got.macs_full > got.macs and got.baseline == "resnet34"
 
 
+def test_the_page_says_what_the_models_own_policy_does(explorer: Explorer) -> None:
+    """The slider's words and the level drawn on the halting-score plot are the policy's own
+    (``threshold_text``, ``stop_level``), not a check for ACT by name."""
+    from iamnn.app import build_app
+    from iamnn.models import ACT, PonderNet
+
+    assert explorer.threshold_text == ACT.threshold_text
+    ponder = Explorer(iamnn.create_model("iamnn_r34_fmnist", pretrained=True, halting="pondernet"), test_images=0)
+    assert ponder.analyse(SAMPLE).threshold is None and ponder.threshold_text == PonderNet.threshold_text
+    slider = next(b for b in build_app(ponder).blocks.values() if getattr(b, "elem_id", None) == "epsilon")
+    assert slider.info == PonderNet.threshold_text
+    # a fixed schedule has no threshold of its own: the slider moves nothing, and says so
+    fixed = Explorer(iamnn.create_model("iamnn_r34_fmnist", pretrained=True, halting=2), test_images=0)
+    slider = next(b for b in build_app(fixed).blocks.values() if getattr(b, "elem_id", None) == "epsilon")
+    assert slider.info == ACT.threshold_text + " (this model runs a fixed schedule)"
+
+
 def test_unreadable_images_and_drawings(explorer: Explorer, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "cut.png").write_bytes(SAMPLE.read_bytes()[:200])

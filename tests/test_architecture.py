@@ -73,3 +73,30 @@ def test_the_package_imports_its_names_on_first_use() -> None:
     assert not {"Any", "TYPE_CHECKING", "annotations", "importlib", "_HOMES"} & set(dir(iamnn))  # helpers stay out
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         iamnn.nope  # noqa: B018
+
+
+def test_the_stage_loop_is_written_once_where_the_docs_say() -> None:
+    """docs/architecture.md names the one stage loop by file:line; it is there, and no other module
+    of the package loops over a stage's iterations (a ``for`` that asks a policy ``wants_score``;
+    the ONNX export's ``while_loop`` body has no Python loop)."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text()
+    path, line = re.search(r"`(src/iamnn/models/iamnn\.py):(\d+)`", text).groups()
+    assert (REPO / path).read_text().splitlines()[int(line) - 1].strip() == "def run("
+    loops = []
+    for file in (REPO / "src" / "iamnn").rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.For) and any(
+                isinstance(n, ast.Attribute) and n.attr == "wants_score" for n in ast.walk(node)
+            ):
+                loops.append(f"{file.relative_to(REPO)}:{node.lineno}")
+    assert loops == [f"{path}:{_run_loop_line(REPO / path)}"], loops
+
+
+def _run_loop_line(path: Path) -> int:
+    """The line of the ``for`` inside ``IterativeStage.run``."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef) and node.name == "run":
+            return next(n.lineno for n in ast.walk(node) if isinstance(n, ast.For))
+    raise AssertionError("no IterativeStage.run")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from iamnn.bench import BenchError, bench_model, results_file, row
 from iamnn.cli import main
 from iamnn.models import act_kernel
 
@@ -25,23 +26,24 @@ def test_bench_smoke_writes_every_column(tmp_path: Path, capsys: pytest.CaptureF
     assert "mean ms @1" in printed and "img/s @4" in printed and "img/s @1" not in printed  # one unit per batch size
     result = json.loads(out.read_text())
     assert result["threads"] == 1 and result["inputs"].startswith("synthetic")
-    names = [r["row"] for r in result["rows"]]
-    assert names[:4] == ["ResNet resnet34", "IamNN full", "IamNN act", "IamNN fixed-1"]
-    assert names[4].startswith("IamNN no-halt ") and names[5] == "ResNet resnet50"
+    # every row names itself: read by name, never by position
+    assert [r["name"] for r in result["rows"]] == ["baseline", "full", "act", "fixed-1", "no-halt", "bottleneck_twin"]
+    labels = {r["name"]: r["row"] for r in result["rows"]}
+    assert labels["baseline"] == "ResNet resnet34" and labels["bottleneck_twin"] == "ResNet resnet50"
+    assert labels["full"] == "IamNN full" and labels["act"] == "IamNN act" and labels["fixed-1"] == "IamNN fixed-1"
     assert "halting machinery: act / no-halt" in printed
-    for row in result["rows"]:
+    for each in result["rows"]:
         for key in ("params", "macs_mean", "latency_p50_ms", "latency_p95_ms", "images_per_s@1", "images_per_s@4"):
-            assert row[key] > 0, (row["row"], key)
-    act = result["rows"][2]
+            assert each[key] > 0, (each["row"], key)
+    act, full = row(result, "act"), row(result, "full")
     for key in ("mac_ratio", "speedup_over_full@1", "efficiency@1", "efficiency@4", "efficiency_p50@1"):
         assert act[key] > 0
-    assert result["rows"][1]["time_per_mac_vs_baseline@1"] > 0
-    assert result["rows"][1]["time_per_mac_vs_bottleneck_twin@4"] > 0
-    assert result["rows"][3]["macs_mean"] < result["rows"][1]["macs_mean"]  # fixed-1 < full
+    assert full["time_per_mac_vs_baseline@1"] > 0 and full["time_per_mac_vs_bottleneck_twin@4"] > 0
+    assert row(result, "fixed-1")["macs_mean"] < full["macs_mean"]
     assert result["train_step"]["full"] > 0 and result["train_step"]["act"] > 0 and result["train_step"]["no-halt"] > 0
     # no-halt runs act's most common per-stage schedule as fixed counts, named in its row
     schedule = act["no_halt_iterations"]
-    assert names[4] == "IamNN no-halt " + "/".join(map(str, schedule)) and 0 < act["no_halt_share"] <= 1
+    assert labels["no-halt"] == "IamNN no-halt " + "/".join(map(str, schedule)) and 0 < act["no_halt_share"] <= 1
     for key in ("halting_overhead@1", "halting_overhead@4", "halting_overhead_p50@1", "no_halt_bound@4"):
         assert act[key] > 0, key
     assert result["train_step"]["halting_overhead"] > 0
@@ -54,7 +56,13 @@ def test_bench_onnxruntime_smoke(tmp_path: Path, capsys: pytest.CaptureFixture) 
     out = tmp_path / "bench.json"
     _bench_smoke(out, "iamnn_r18", "1,2", "--runtime", "onnxruntime")
     result = json.loads(out.read_text())
-    assert result["runtime"] == "onnxruntime" and len(result["rows"]) == 5
+    assert result["runtime"] == "onnxruntime" and [r["name"] for r in result["rows"]] == [
+        "baseline",
+        "full",
+        "act",
+        "fixed-1",
+        "no-halt",
+    ]  # no bottleneck twin for r18
     assert all(r["images_per_s@2"] > 0 for r in result["rows"])
     assert "ACT steps in the ONNX graph" in capsys.readouterr().out
     assert result["act_kernel"] is False  # the graph's own ops, not the kernel
@@ -92,3 +100,13 @@ def test_the_bench_notices_another_process_on_its_cores() -> None:
         hog.kill()
     assert busy.other_cores is not None and busy.other_cores > 0.6, busy.summary()
     assert not busy.summary()["trustworthy"] and busy.summary()["wall_s"] >= 1.0
+
+
+def test_bench_rows_are_read_by_name_and_the_service_picks_the_file() -> None:
+    result = {"rows": [{"name": "act", "row": "IamNN act"}, {"name": "full", "row": "IamNN full"}]}
+    assert row(result, "full")["row"] == "IamNN full" and row(result, "bottleneck_twin") is None
+    assert results_file("torch") == Path("benchmarks/results/bench.json")
+    assert results_file("onnxruntime") == Path("benchmarks/results/bench.onnxruntime.json")
+    assert bench_model("iamnn_r18", width=0.0625, stem="cifar").config["kwargs"] == {"width": 0.0625, "stem": "cifar"}
+    with pytest.raises(BenchError, match="give an iamnn_\\* model"):
+        bench_model("resnet18")

@@ -1,12 +1,21 @@
 """The halting-policy seam: a new policy is one class and one registration, and the model, its
-cost accounting, the batch-1 path, evaluation and the ONNX export all take it unchanged.
+cost accounting, the batch-1 path, evaluation, the ONNX export, the report (its files and figures),
+calibration and the app's texts all take it unchanged: they ask the policy how to describe and sweep
+itself (``describe``, ``with_threshold``, ``threshold_text``, ``stop_level``), never its name.
 
-``Confident`` below is the README's example, verbatim.
+``Confident`` below is the documentation's example (docs/architecture.md, "Where to add"), verbatim.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
+import json
+import re
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +23,18 @@ from helpers import spread_halting
 
 import iamnn
 from iamnn.cost import measure_macs
-from iamnn.evaluation import calibrate_threshold, evaluate, sweep_regimes
-from iamnn.models import ACT, Fixed, Full, PonderNet, halting_policy, policy_names
-from iamnn.models.halting import HaltingPolicy, halting_json, ponder_loss, register_policy, stage_policies, where
+from iamnn.evaluation import calibrate_threshold, evaluate, policy_text, sweep_policies
+from iamnn.models import ACT, Cascade, Fixed, Full, PonderNet, halting_policy, policy_names
+from iamnn.models.halting import (
+    HaltingPolicy,
+    halting_forms,
+    halting_json,
+    normalize_halting,
+    ponder_loss,
+    register_policy,
+    stage_policies,
+    where,
+)
 
 
 # -- the README's example ------------------------------------------------------------------------
@@ -33,6 +51,14 @@ class Confident(HaltingPolicy):
     def step(self, state, h):  # noqa: ANN001, ANN201 - a (b,) tensor or a float32 scalar
         halt = h >= self.threshold
         return where(halt, 1.0, 0.0), halt, state  # (p_n, which samples stop now, next state)
+
+
+def test_the_documentations_example_is_the_one_tested_here() -> None:
+    """docs/architecture.md's example policy is this file's ``Confident``, comments aside."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    block = re.search(r"```python\n(.*?)\n\s*```", text[text.index("**A halting policy**") :], re.S).group(1)
+    documented = next(n for n in ast.parse(textwrap.dedent(block)).body if isinstance(n, ast.ClassDef))
+    assert ast.dump(documented) == ast.dump(ast.parse(textwrap.dedent(inspect.getsource(Confident))).body[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -58,8 +84,51 @@ def test_registration_and_specs() -> None:
     for bad in ("sometimes", 0, -1, True, 2.5):
         with pytest.raises(ValueError, match="halting must be"):
             halting_policy(bad)
-    with pytest.raises(ValueError, match="3 modes for 4 stages"):
+    with pytest.raises(ValueError, match="3 policies for 4 stages"):
         stage_policies([1, 2, 3], 4)
+
+
+def test_the_valid_forms_come_from_the_registries() -> None:
+    forms = halting_forms()
+    # every registered name, the README's example included, then k and the network-level form
+    assert forms.startswith(", ".join(policy_names()) + ", an int k >= 1, or ")
+    assert "confident" in forms and forms.endswith(Cascade.form) and Cascade.form == "cascade:PASS,PASS@T"
+    with pytest.raises(ValueError) as error:
+        normalize_halting("sometimes")
+    assert str(error.value) == f"halting must be {forms}, got 'sometimes'"
+
+
+class Knobless(HaltingPolicy):
+    """A policy registered without a ``build(epsilon)``: it has no threshold for a sweep to move."""
+
+    name = "knobless"
+
+    def step(self, state, h):  # noqa: ANN001, ANN201
+        return where(h >= 0.5, 1.0, 0.0), h >= 0.5, state
+
+
+def test_a_policy_describes_and_sweeps_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    # in words: the shipped policies as the report always wrote them, a new one by its values
+    assert [p.describe() for p in (ACT(0.01), PonderNet(0.2), Fixed(2), Full())] == [
+        "act ε=0.01", "pondernet ε=0.2", "fixed k=2", "full",
+    ]  # fmt: skip
+    assert Confident(0.95).describe() == "confident (threshold=0.95)"
+    assert Cascade.parse("cascade:1,flip-1@0.9").describe() == "cascade:1,flip-1@0.9"
+    assert policy_text(ACT(0.05)) == "act ε=0.05" and policy_text([1, "act"]) == "1/act" and policy_text("2") == "2"
+    # the threshold knob is the registered build(epsilon); a fixed schedule's model is swept under ACT
+    assert ACT(0.01).with_threshold(0.3) == ACT(0.3) and PonderNet().with_threshold(0.2) == PonderNet(0.2)
+    assert Confident().with_threshold(0.25) == Confident(threshold=0.75)
+    assert Fixed(2).with_threshold(0.1) == ACT(0.1) == Full().with_threshold(0.1)
+    from iamnn.models import halting
+
+    for registry in ("_POLICIES", "_THRESHOLDED"):  # registered for this test only
+        monkeypatch.setattr(halting, registry, dict(getattr(halting, registry)))
+    register_policy("knobless")(Knobless)
+    assert Knobless().with_threshold(0.1) is None and "knobless" in halting_forms()
+    # what the app draws and says
+    assert ACT(0.1).stop_level() == pytest.approx(0.9) and PonderNet().stop_level() is None
+    assert Confident().stop_level() is None and "1 − ε" in ACT.threshold_text
+    assert Confident.threshold_text == HaltingPolicy.threshold_text
 
 
 @torch.no_grad()
@@ -136,9 +205,11 @@ def test_the_report_sweep_and_calibration_move_the_policys_threshold(name: str) 
     model = _model()
     model.halting = name
     loader = [(_inputs(32), torch.arange(32) % 10)]
-    points = sweep_regimes(model, loader, None, recalibrate=False, epsilons=(0.05, 0.95), fixed_k=(1,))
-    regimes = [p["regime"] for p in points]
-    assert regimes == [name, name, "fixed", "full", "trained"]
+    points = sweep_policies(model, loader, None, recalibrate=False, epsilons=(0.05, 0.95), fixed_k=(1,))
+    assert [p["regime"] for p in points] == [name, name, "fixed", "full", "trained"]
+    want = [halting_policy(name, 0.05).describe(), halting_policy(name, 0.95).describe(), "fixed k=1", "full"]
+    assert [p["label"] for p in points] == [*want, "as trained"]
+    assert [p["curve"] for p in points] == [f"{name}, threshold ε"] * 2 + ["fixed k", None, None]
     assert points[0]["macs_mean"] > points[1]["macs_mean"]  # a larger slack stops samples earlier
     full, one = evaluate(model, loader, halting="full").macs_mean, evaluate(model, loader, halting=1).macs_mean
     budget = (full + one) / 2
@@ -218,15 +289,51 @@ def test_a_long_evaluation_shows_nested_progress_on_a_terminal(monkeypatch: pyte
     assert not progress.enabled()
 
 
-def test_report_writes_its_files_for_a_pondernet_run(tmp_path, fit_digits) -> None:  # noqa: ANN001
-    """``iamnn report`` named its sweep's regimes from a fixed table of ACT's: a PonderNet run raised KeyError."""
-    import json
-
+# -- `iamnn report` writes its files for any policy -----------------------------------------------
+def report_of(runs: list[Path], out: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, str, list[str]]:
+    """``iamnn report RUNS -o OUT --quick-sweep`` as a user runs it: report.json, report.md, and the
+    titles and legend entries of every figure it drew (which the PNG files hold as pixels)."""
+    from iamnn import plots
     from iamnn.cli import main
 
+    drawn: list[str] = []
+    save = plots.save_figure
+
+    def save_and_read(fig, path):  # noqa: ANN001, ANN202
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            drawn.extend([ax.get_title(), *(t.get_text() for t in (legend.get_texts() if legend else []))])
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", save_and_read)
+    main(["report", *map(str, runs), "-o", str(out), "--quick-sweep"])
+    return json.loads((out / "report.json").read_text()), (out / "report.md").read_text(), drawn
+
+
+def test_report_writes_its_files_for_the_documentations_example_policy(
+    tmp_path: Path, fit_digits: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example policy, registered in this file only, trains, and ``iamnn report`` names it in
+    report.md, report.json and the figures without an entry for it anywhere in iamnn."""
+    run = fit_digits(tmp_path, "confident", "--model.halting=confident", "--trainer.max_epochs=1")
+    result, md, drawn = report_of([run], tmp_path / "report", monkeypatch)
+    assert sorted(p.name for p in (tmp_path / "report").glob("[!.]*")) == [
+        "accuracy_vs_macs.png", "confident_easy_hard.png", "confident_iterations.png", "report.json", "report.md",
+    ]  # fmt: skip
+    sweep = result["sweeps"]["confident"]
+    assert [p["regime"] for p in sweep] == ["confident"] * 5 + ["fixed", "full", "trained"]  # r18: k = 1 < 2
+    assert [p["label"] for p in sweep[:5]] == [f"confident (threshold={1 - e:g})" for e in (0.01, 0.1, 0.3, 0.6, 0.9)]
+    assert "| confident (threshold=0.99) |" in md and "| fixed k=1 |" in md and "| as trained |" in md
+    assert {"confident: confident, threshold ε", "confident: fixed k"} <= set(drawn)
+    assert result["figures"] == ["confident_iterations.png", "confident_easy_hard.png", "accuracy_vs_macs.png"]
+
+
+def test_report_writes_its_files_for_a_pondernet_run(
+    tmp_path: Path, fit_digits: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``iamnn report`` named its sweep's policies from a fixed table of ACT's: a PonderNet run raised KeyError."""
     run = fit_digits(tmp_path, "ponder", "--model.halting=pondernet", "--trainer.max_epochs=1")
-    main(["report", str(run), "-o", str(tmp_path / "report"), "--quick-sweep"])
-    result = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert {p["regime"] for p in result["sweeps"]["ponder"]} >= {"pondernet", "fixed", "trained"}
-    assert "pondernet ε=" in (tmp_path / "report" / "report.md").read_text()
-    assert (tmp_path / "report" / "accuracy_vs_macs.png").is_file()
+    result, md, drawn = report_of([run], tmp_path / "report", monkeypatch)
+    assert {p["regime"] for p in result["sweeps"]["ponder"]} == {"pondernet", "fixed", "full", "trained"}
+    assert "| pondernet ε=0.01 |" in md and "ponder: pondernet, threshold ε" in drawn
+    assert all((tmp_path / "report" / f).is_file() for f in result["figures"]) and len(result["figures"]) == 3

@@ -6,9 +6,10 @@ top-5 classes, each stage's iterations against its maximum, the cumulative halti
 iteration with the threshold where the stage stopped, and the image's MACs against running every
 iteration and against the same-preset ResNet (or MobileNet). A slider moves the halting threshold
 and re-runs the image; the accuracy-vs-MACs curve of the model (measured at start-up on test
-images) marks the current setting. For a model whose regime is a confidence cascade
+images) marks the current setting. For a model whose halting policy is a confidence cascade
 (``models/cascade.py``) the slider moves the cascade's threshold, and the page shows which pass
-answered and the confidence after each pass.
+answered and the confidence after each pass. What the slider does, and the level drawn on the
+halting-score plot, are the policy's own words (``threshold_text``, ``stop_level``).
 
 Everything runs locally: no asset is fetched from the internet, requests are queued one at a
 time (a second user waits, nobody crashes), and an upload that is not an image gets a message
@@ -58,7 +59,7 @@ class Analysis:
     macs_baseline: int
     baseline: str
     epsilon: float
-    threshold: float | None  # 1 − ε for ACT-style policies (None: the policy has no threshold)
+    threshold: float | None  # the level Σ h must reach to stop (ACT: 1 − ε; None: the policy has none)
     scores: list[list[float]]  # per stage, the halting score h_i after each iteration that called the unit
     #: under a cascade: the 1-based pass that answered, and the confidence after each pass run
     answered_by: int | None = None
@@ -99,9 +100,12 @@ class Explorer:
         if self.cascade is not None:  # the slider is the cascade's threshold t (one for every pass)
             self.default_epsilon = float(self.cascade.thresholds[0]) if self.cascade.thresholds else 1.0
             self.adaptive = len(self.cascade.passes) > 1
+            self.threshold_text = self.cascade.threshold_text
         else:
             self.default_epsilon = float(self.model.epsilon)
             self.adaptive = any(p.uses_scores for p in self.model.policies())
+            own = self.model.policies()[0]
+            self.threshold_text = (own.with_threshold(self.default_epsilon) or own).threshold_text
         if self.test_images > 0:
             self._measure_curve()
 
@@ -152,7 +156,8 @@ class Explorer:
         prob = logits.softmax(1)[0]
         top = prob.topk(min(5, len(prob)))
         label = lambda i: self.names[i] if i < len(self.names) else str(i)  # noqa: E731
-        act_like = self.cascade is None and all(p.name == "act" for p in self.model.policies(policies))
+        # the level Σ h must reach to stop, when every stage's policy has the same one (ACT's 1 − ε)
+        levels = {p.stop_level() for p in self.model.policies(policies)} if self.cascade is None else {None}
         return Analysis(
             label=label(int(top.indices[0])),
             top5={label(int(i)): float(p) for p, i in zip(top.values, top.indices, strict=True)},
@@ -163,7 +168,7 @@ class Explorer:
             macs_baseline=self.macs_baseline,
             baseline=self.baseline,
             epsilon=eps,
-            threshold=1.0 - eps if act_like else None,
+            threshold=levels.pop() if len(levels) == 1 else None,
             scores=scores,
             answered_by=None if stats.answered_by is None else int(stats.answered_by[0]) + 1,
             confidences=confidences,
@@ -330,12 +335,15 @@ def _inline_image(image: Image.Image, scale: int = 5) -> str:
     return _png_img(buffer.getvalue(), "the image as the model sees it", attributes)
 
 
-def build_app(explorer: Explorer) -> Any:
-    """The Gradio page around ``explorer``."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import gradio as gr
+class _Page:
+    """The page's event handlers around one explorer; each returns its outputs' new values."""
 
-    def show(image: Image.Image | None, epsilon: float, source: str = "") -> tuple[Any, ...]:
+    def __init__(self, explorer: Explorer) -> None:
+        self.explorer = explorer
+
+    def show(self, image: Image.Image | None, epsilon: float, source: str = "") -> tuple[Any, ...]:
+        """(preview, status, top-5, summary, scores plot, curve plot) for ``image`` at ``epsilon``."""
+        explorer = self.explorer
         if image is None:
             return ("", "", None, "", *_figures(explorer, None))
         high = 1.0 if explorer.cascade is not None else 0.99
@@ -355,72 +363,92 @@ def build_app(explorer: Explorer) -> Any:
             *_figures(explorer, result),
         )
 
-    def from_file(file: str | None, epsilon: float) -> tuple[Any, ...]:
+    def from_file(self, file: str | None, epsilon: float) -> tuple[Any, ...]:
         if file is None:
-            return (None, *show(None, epsilon))
+            return (None, *self.show(None, epsilon))
         name = Path(file).name
         try:
-            explorer.preprocess(file)  # the checks `iamnn predict` makes (format, truncation, pixel bombs)
+            self.explorer.preprocess(file)  # the checks `iamnn predict` makes (format, truncation, pixel bombs)
             with Image.open(file) as img:
                 image = img.copy()
         except (ValueError, OSError) as err:
-            return (None, "", f"**Could not read {name}**: {skip_reason(err)}", None, "", *_figures(explorer, None))
-        return (image, *show(image, epsilon, name))
+            message = f"**Could not read {name}**: {skip_reason(err)}"
+            return (None, "", message, None, "", *_figures(self.explorer, None))
+        return (image, *self.show(image, epsilon, name))
 
-    def from_sketch(sketch: Any, epsilon: float) -> tuple[Any, ...]:
+    def from_sketch(self, sketch: Any, epsilon: float) -> tuple[Any, ...]:
         image = sketch_image(sketch)
-        return (image, *show(image, epsilon, "the drawing"))
+        return (image, *self.show(image, epsilon, "the drawing"))
 
-    def from_gallery(epsilon: float, evt: gr.SelectData) -> tuple[Any, ...]:
-        image = explorer.gallery[evt.index][0]
-        return (image, *show(image, epsilon))
+    def from_gallery(self, epsilon: float, evt: Any) -> tuple[Any, ...]:  # evt: gr.SelectData, set by build_app
+        image = self.explorer.gallery[evt.index][0]
+        return (image, *self.show(image, epsilon))
 
-    # Gradio finds the event-data argument by its annotation, which `from __future__ import
-    # annotations` turns into a string it cannot resolve here
-    from_gallery.__annotations__["evt"] = gr.SelectData
+    def rerun(self, image: Image.Image | None, epsilon: float) -> tuple[Any, ...]:
+        return self.show(image, epsilon)
 
-    def rerun(image: Image.Image | None, epsilon: float) -> tuple[Any, ...]:
-        return show(image, epsilon)
-
-    def first_page(epsilon: float) -> tuple[Any, ...]:
+    def first_page(self, epsilon: float) -> tuple[Any, ...]:
         # a page that opens on an answer shows what the app is for before anything is picked
+        explorer = self.explorer
         if not explorer.gallery:
             note = "Drop an image or draw one" + (f" ({explorer.curve_note})." if explorer.curve_note else ".")
-            return (None, "", note, *show(None, epsilon)[2:])
+            return (None, "", note, *self.show(None, epsilon)[2:])
         image, caption = explorer.gallery[0]
-        preview, _, *rest = show(image, epsilon)
+        preview, _, *rest = self.show(image, epsilon)
         note = f"The first test image ({caption}): drop an image, pick another or draw one."
         return (image, preview, note, *rest)
 
+
+INTRO = (
+    "## IamNN: where does the network spend its compute?\n"
+    "Each stage iterates one shared block until its halting unit says stop. Drop an image, pick a test "
+    "image (cheapest first) or draw one; move the threshold to trade accuracy for MACs."
+)
+
+
+def _image_sources(gr: Any, explorer: Explorer) -> tuple[Any, Any, Any]:
+    """The three ways to give an image, as tabs: an upload, the gallery of test images, a sketch pad."""
+    with gr.Tabs():
+        with gr.Tab("Upload"):
+            upload = gr.File(label="image file", type="filepath", elem_id="upload")
+        with gr.Tab("Test images, cheapest first"):
+            gallery = gr.Gallery(
+                value=explorer.gallery or None, columns=4, height=330, allow_preview=False,
+                label=explorer.curve_note, elem_id="gallery",
+            )  # fmt: skip
+        with gr.Tab("Draw"):
+            sketch = gr.Sketchpad(label="draw an object (dark on light)", type="numpy",
+                                  image_mode="RGB", canvas_size=(280, 280), elem_id="sketch")  # fmt: skip
+    return upload, gallery, sketch
+
+
+def _threshold_slider(gr: Any, explorer: Explorer) -> Any:
+    """The slider of the model's threshold, saying what it does in the policy's own words."""
+    if explorer.cascade is not None:
+        label, high, note = "cascade threshold t", 1.0, ""
+    else:
+        label, high = "halting slack ε", 0.99
+        note = "" if explorer.adaptive else " (this model runs a fixed schedule)"
+    return gr.Slider(0.0, high, value=explorer.default_epsilon, step=0.01, label=label,
+                     info=explorer.threshold_text + note, elem_id="epsilon")  # fmt: skip
+
+
+def build_app(explorer: Explorer) -> Any:
+    """The Gradio page around ``explorer``."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    # Gradio finds the event-data argument by its annotation, which `from __future__ import
+    # annotations` turns into a string it cannot resolve here
+    _Page.from_gallery.__annotations__["evt"] = gr.SelectData
+    page = _Page(explorer)
     with gr.Blocks(title="iamnn: see it think") as app:
         current = gr.State(None)
-        gr.Markdown(
-            "## IamNN: where does the network spend its compute?\n"
-            "Each stage iterates one shared block until its halting unit says stop. Drop an image, pick a test "
-            "image (cheapest first) or draw one; move the threshold to trade accuracy for MACs."
-        )
+        gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1):
-                with gr.Tabs():
-                    with gr.Tab("Upload"):
-                        upload = gr.File(label="image file", type="filepath", elem_id="upload")
-                    with gr.Tab("Test images, cheapest first"):
-                        gallery = gr.Gallery(
-                            value=explorer.gallery or None, columns=4, height=330, allow_preview=False,
-                            label=explorer.curve_note, elem_id="gallery",
-                        )  # fmt: skip
-                    with gr.Tab("Draw"):
-                        sketch = gr.Sketchpad(label="draw an object (dark on light)", type="numpy",
-                                              image_mode="RGB", canvas_size=(280, 280), elem_id="sketch")  # fmt: skip
-                if explorer.cascade is not None:
-                    label = "cascade threshold t"
-                    info = "an image leaves after a pass once its confidence reaches t: larger t, more MACs"
-                else:
-                    label = "halting slack ε"
-                    info = "a stage stops once its scores sum to 1 − ε: larger ε, fewer MACs" + (
-                        "" if explorer.adaptive else " (this model runs a fixed schedule)")  # fmt: skip
-                epsilon = gr.Slider(0.0, 1.0 if explorer.cascade is not None else 0.99, value=explorer.default_epsilon,
-                                    step=0.01, label=label, info=info, elem_id="epsilon")  # fmt: skip
+                upload, gallery, sketch = _image_sources(gr, explorer)
+                epsilon = _threshold_slider(gr, explorer)
                 # inline (a data URL), not a file: Gradio writes output images to a cache file named by
                 # their content, and a second request rewriting it while the first one's is being
                 # served breaks that response (seen in the load test)
@@ -433,11 +461,11 @@ def build_app(explorer: Explorer) -> Any:
             scores_plot = gr.HTML(elem_id="scores")  # inline PNGs, drawn once per figure (_figures)
             curve_plot = gr.HTML(elem_id="curve")
         outputs = [preview, status, top5, summary, scores_plot, curve_plot]
-        upload.upload(from_file, [upload, epsilon], [current, *outputs], api_name="analyse_file")
-        gallery.select(from_gallery, [epsilon], [current, *outputs], api_name=False)
-        sketch.change(from_sketch, [sketch, epsilon], [current, *outputs], api_name=False)
-        epsilon.release(rerun, [current, epsilon], outputs, api_name=False)
-        app.load(first_page, [epsilon], [current, *outputs], api_name=False)
+        upload.upload(page.from_file, [upload, epsilon], [current, *outputs], api_name="analyse_file")
+        gallery.select(page.from_gallery, [epsilon], [current, *outputs], api_name=False)
+        sketch.change(page.from_sketch, [sketch, epsilon], [current, *outputs], api_name=False)
+        epsilon.release(page.rerun, [current, epsilon], outputs, api_name=False)
+        app.load(page.first_page, [epsilon], [current, *outputs], api_name=False)
     return app
 
 

@@ -28,12 +28,14 @@ from torch import Tensor, nn
 
 from .cost import count_params, model_macs
 from .data import datamodule_class
+from .errors import BenchError, one_line
 from .export import OnnxModel, export_onnx
 from .models import IamNN, act_kernel
+from .models.blocks import BLOCKS
 from .models.fold import fold_batchnorm
 from .models.halting import HaltingSpec, ponder_loss
 from .progress import track
-from .weights import create_model
+from .weights import DEFAULT_MODEL, Resolved, create_model, resolve
 
 BASELINE_OF = {"r18": "resnet18", "r34": "resnet34", "r50": "resnet50", "r101": "resnet101", "r152": "resnet152"}
 
@@ -48,26 +50,15 @@ class BenchConfig:
     train_batch: int = 128  # training step act vs full on one batch (0: skip)
 
 
-# the ResNet whose blocks are IamNN's own (bottleneck, same widths), where the preset's is not
-BOTTLENECK_TWIN = {"r34": "resnet50"}
-
-
-# IamNN-Mobile's reference: what a user would otherwise pick for cheap inference, at its own width 1
-MOBILE_BASELINE = "mobilenet_v3_small"
-
-
 def _preset(model: IamNN) -> str:
     return model.model_config["model"].removeprefix("iamnn_").removeprefix("mobile_").split("_")[0]
 
 
-def _mobile(model: IamNN) -> bool:
-    return getattr(model, "block_type", "bottleneck") == "inverted_residual"
-
-
 def baseline_name(model: IamNN) -> str:
-    """The registry name of the network ``model`` is timed against: the ResNet of its preset
-    (``iamnn_r34_fmnist`` -> ``resnet34``), or MobileNetV3-Small for IamNN-Mobile."""
-    return MOBILE_BASELINE if _mobile(model) else BASELINE_OF[_preset(model)]
+    """The registry name of the network ``model`` is timed against: the one its block names
+    (MobileNetV3-Small for IamNN-Mobile's inverted residual), else the ResNet of its preset
+    (``iamnn_r34_fmnist`` -> ``resnet34``)."""
+    return BLOCKS[model.block_type].baseline or BASELINE_OF[_preset(model)]
 
 
 def baseline_label(name: str) -> str:
@@ -198,32 +189,59 @@ def time_train_steps(
     return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}, macs
 
 
+@dataclass(frozen=True)
+class Row:
+    """A row of the bench: the name its results are read by, its label, and what it times."""
+
+    name: str  # "baseline", "full", "act", "fixed-1", "no-halt" or "bottleneck_twin"
+    label: str  # as printed: "ResNet resnet34", "IamNN full", …
+    network: nn.Module | None = None  # a baseline's network; None: the IamNN under ``mode``
+    mode: Any = None
+
+
+def bench_rows(model: IamNN, schedule: list[int], device: torch.device, fold: bool) -> list[Row]:
+    """The rows timed against each other: the preset's baseline, IamNN full / act / fixed-1 /
+    no-halt (``schedule``, act's most common counts) and, for ``r34``, ResNet-50, the ResNet built
+    from IamNN's own bottleneck blocks at the same widths."""
+    twin = BLOCKS[model.block_type].twins.get(_preset(model))
+    baselines = {"baseline": baseline_name(model), **({"bottleneck_twin": twin} if twin else {})}
+    networks = {key: baseline_for(model, name).to(device) for key, name in baselines.items()}
+    if fold:  # inference with BatchNorm folded and channels-last, as the IamNN rows run
+        networks = {key: fold_batchnorm(b).to(memory_format=torch.channels_last) for key, b in networks.items()}
+    rows = [Row("baseline", baseline_label(baselines["baseline"]), networks["baseline"])]
+    rows += [Row("full", "IamNN full", mode="full"), Row("act", "IamNN act", mode="act"),
+             Row("fixed-1", "IamNN fixed-1", mode=1),
+             Row("no-halt", f"IamNN no-halt {'/'.join(map(str, schedule))}", mode=schedule)]  # fmt: skip
+    if twin:  # last row: the ResNet built from IamNN's own blocks
+        rows.append(Row("bottleneck_twin", baseline_label(twin), networks["bottleneck_twin"]))
+    return rows
+
+
+def row(result: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The row ``name`` of a bench result (see :class:`Row`), or None where it has none."""
+    return next((r for r in result["rows"] if r.get("name") == name), None)
+
+
 def _onnx_runners(
-    model: IamNN,
-    resnets: list[nn.Module | None],
-    modes: list[Any],
-    images: Tensor,
-    folder: Path,
-    threads: int,
-    act_onnx: str | None,
+    model: IamNN, rows: list[Row], images: Tensor, folder: Path, threads: int, act_onnx: str | None
 ) -> list[Any]:
-    """onnxruntime sessions for the rows (a ResNet, or the IamNN in a halting mode), exported
+    """onnxruntime sessions for the rows (a baseline, or the IamNN in a halting mode), exported
     from the PyTorch models into ``folder``."""
     hw = tuple(images.shape[-2:])
     runners: list[Any] = []
-    for r, (resnet, mode) in enumerate(zip(resnets, modes, strict=True)):
-        if resnet is not None:
+    for r, spec in enumerate(rows):
+        if spec.network is not None:
             path = folder / f"resnet{r}.onnx"
             torch.onnx.export(
-                resnet, (images[:2],), str(path), dynamo=True, input_names=["input"],
+                spec.network, (images[:2],), str(path), dynamo=True, input_names=["input"],
                 dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, verbose=False,  # no "[torch.onnx] ✅"
             )  # fmt: skip
             session = OnnxModel(path, threads)  # its session runs any graph; a ResNet has one output
             runners.append(lambda x, b=session: b.session.run(None, {b.input_name: x.numpy()}))
-        elif mode == "act" and act_onnx:
+        elif spec.mode == "act" and act_onnx:
             runners.append(OnnxModel(act_onnx, threads))
         else:
-            path = export_onnx(model, folder / f"iamnn{r}.onnx", input_size=hw, halting=mode)
+            path = export_onnx(model, folder / f"iamnn{r}.onnx", input_size=hw, halting=spec.mode)
             runners.append(OnnxModel(path, threads))
     return runners
 
@@ -302,9 +320,8 @@ def run_bench(
     runtime: str = "torch",
     onnx_path: str | None = None,
 ) -> dict[str, Any]:
-    """Measure the rows on ``images`` (already preprocessed, on the target device): the preset's
-    ResNet, IamNN full / act / fixed-1 and, for ``r34``, ResNet-50 (the ResNet made of IamNN's own
-    bottleneck blocks, at the same widths: the fair reference for IamNN's time per MAC).
+    """Measure the rows (:func:`bench_rows`) on ``images`` (already preprocessed, on the target
+    device); each row of the result names itself (``"name"``: read it with :func:`row`).
 
     ``runtime="onnxruntime"`` times ONNX exports of the same models (the IamNN ones keep
     their halting loops in the graph; ``onnx_path``, if given, is timed as the ``act`` row).
@@ -313,66 +330,18 @@ def run_bench(
     model = model.eval()
     infer = fold_batchnorm(model) if config.fold else model
     schedule, share = act_schedule(infer, images)
-    names = [baseline_label(baseline_name(model)), "IamNN full", "IamNN act", "IamNN fixed-1",
-             f"IamNN no-halt {'/'.join(map(str, schedule))}"]  # fmt: skip
-    modes: list[Any] = [None, "full", "act", 1, schedule]
-    baselines = [baseline_for(model).to(images.device)]
-    twin = None if _mobile(model) else BOTTLENECK_TWIN.get(_preset(model))
-    if twin:  # last row: the ResNet built from IamNN's own blocks
-        baselines.append(baseline_for(model, twin).to(images.device))
-        names.append(baseline_label(twin))
-        modes.append(None)
-    if config.fold:
-        baselines = [fold_batchnorm(b).to(memory_format=torch.channels_last) for b in baselines]
-        if runtime == "torch":
-            images = images.contiguous(memory_format=torch.channels_last)
-    resnets = [baselines[0], None, None, None, None, *baselines[1:]]  # the ResNet of each row, None for IamNN's
-    macs = []
-    for resnet, mode in zip(resnets, modes, strict=True):
-        if resnet is not None:
-            macs.append(float(model_macs(resnet, tuple(images.shape[1:]))))
-        else:
-            macs.append(_avg_macs(infer, images, mode))
-    with tempfile.TemporaryDirectory() as tmp:
-        if runtime == "onnxruntime":
-            runners = _onnx_runners(model, resnets, modes, images, Path(tmp), torch.get_num_threads(), onnx_path)
-        else:
-            runners = [resnet or run_in(infer, mode) for resnet, mode in zip(resnets, modes, strict=True)]
-        rows = []
-        with Disturbance() as disturbance:
-            seconds = latencies(runners, images[: config.latency_images], config.warmup)
-            speeds = {
-                b: throughputs(runners, images, b, max(config.throughput_images, 2 * b), config.warmup)
-                for b in config.batch_sizes
-            }
-        for r, (name, resnet, avg_macs) in enumerate(zip(names, resnets, macs, strict=True)):
-            lat = seconds[r]
-            row = {
-                "row": name,
-                "params": count_params(resnet or model),
-                "macs_mean": avg_macs,
-                "latency_p50_ms": _pct(lat, 0.5),
-                "latency_p95_ms": _pct(lat, 0.95),
-                "latency_mean_ms": sum(lat) / len(lat) * 1000,
-            }
-            for b in config.batch_sizes:
-                row[f"images_per_s@{b}"] = speeds[b][r]
-            rows.append(row)
-    full, act = rows[1], rows[2]
-    mac_ratio = full["macs_mean"] / act["macs_mean"]
-    act["mac_ratio"] = mac_ratio
-    # batch-1 latency medians: robust to the latency spikes of a shared machine
-    act["speedup_p50_over_full@1"] = full["latency_p50_ms"] / act["latency_p50_ms"]
-    act["efficiency_p50@1"] = act["speedup_p50_over_full@1"] / mac_ratio
-    for b in config.batch_sizes:
-        speedup = act[f"images_per_s@{b}"] / full[f"images_per_s@{b}"]
-        act[f"speedup_over_full@{b}"] = speedup
-        act[f"efficiency@{b}"] = speedup / mac_ratio
-    _halting_overhead(full, act, rows[4], config.batch_sizes)
+    plan = bench_rows(model, schedule, images.device, config.fold)
+    if config.fold and runtime == "torch":
+        images = images.contiguous(memory_format=torch.channels_last)
+    rows, disturbance = _measure(model, infer, plan, images, config, runtime, onnx_path)
+    named = {r["name"]: r for r in rows}
+    full, act = named["full"], named["act"]
+    _act_speedups(full, act, config.batch_sizes)
+    _halting_overhead(full, act, named["no-halt"], config.batch_sizes)
     act["no_halt_iterations"], act["no_halt_share"] = schedule, share
-    for key, base in (("baseline", rows[0]), ("bottleneck_twin", rows[-1] if twin else None)):
-        if base is not None:
-            _time_per_mac(full, base, key, config.batch_sizes)
+    for key in ("baseline", "bottleneck_twin"):
+        if key in named:
+            _time_per_mac(full, named[key], key, config.batch_sizes)
     result: dict[str, Any] = {
         "rows": rows, "runtime": runtime, "threads": torch.get_num_threads(), "device": str(images.device),
         "disturbance": disturbance.summary(),
@@ -380,16 +349,65 @@ def run_bench(
         "act_kernel": runtime == "torch" and config.fold and images.device.type == "cpu" and act_kernel.available(),
     }  # fmt: skip
     if config.train_batch and labels is not None:
-        batch = min(config.train_batch, len(images))
-        with Disturbance() as disturbance:
-            steps = train_step_times(model, images[:batch], labels[:batch])
-        result["train_step_disturbance"] = disturbance.summary()
-        steps["speedup"] = steps["full"] / steps["act"]
-        steps["mac_ratio"] = steps["full_macs"] / steps["act_macs"]
-        steps["speedup_over_mac_ratio"] = steps["speedup"] / steps["mac_ratio"]
-        steps["halting_overhead"] = steps["act"] / steps["no-halt"]
-        result["train_step"] = {"batch": batch, **steps}
+        result.update(_train_step(model, images, labels, config.train_batch))
     return result
+
+
+def _measure(
+    model: IamNN, infer: IamNN, plan: list[Row], images: Tensor, config: BenchConfig, runtime: str, onnx: str | None
+) -> tuple[list[dict[str, Any]], Disturbance]:
+    """One result row per planned row (MACs, batch-1 latencies, throughput per batch size), the
+    rows timed taking turns, and how disturbed the machine was meanwhile."""
+    shape = tuple(images.shape[1:])
+    macs = [float(model_macs(r.network, shape)) if r.network is not None else _avg_macs(infer, images, r.mode)
+            for r in plan]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        if runtime == "onnxruntime":
+            runners = _onnx_runners(model, plan, images, Path(tmp), torch.get_num_threads(), onnx)
+        else:
+            runners = [r.network or run_in(infer, r.mode) for r in plan]
+        with Disturbance() as disturbance:
+            seconds = latencies(runners, images[: config.latency_images], config.warmup)
+            speeds = {
+                b: throughputs(runners, images, b, max(config.throughput_images, 2 * b), config.warmup)
+                for b in config.batch_sizes
+            }
+    rows = []
+    for i, (spec, avg_macs) in enumerate(zip(plan, macs, strict=True)):
+        lat = seconds[i]
+        rows.append({
+            "name": spec.name, "row": spec.label, "params": count_params(spec.network or model), "macs_mean": avg_macs,
+            "latency_p50_ms": _pct(lat, 0.5), "latency_p95_ms": _pct(lat, 0.95),
+            "latency_mean_ms": sum(lat) / len(lat) * 1000,
+            **{f"images_per_s@{b}": speeds[b][i] for b in config.batch_sizes},
+        })  # fmt: skip
+    return rows, disturbance
+
+
+def _act_speedups(full: dict[str, Any], act: dict[str, Any], batch_sizes: tuple[int, ...]) -> None:
+    """act's MAC ratio over ``full``, its realised speedups, and their quotient (efficiency)."""
+    mac_ratio = full["macs_mean"] / act["macs_mean"]
+    act["mac_ratio"] = mac_ratio
+    # batch-1 latency medians: robust to the latency spikes of a shared machine
+    act["speedup_p50_over_full@1"] = full["latency_p50_ms"] / act["latency_p50_ms"]
+    act["efficiency_p50@1"] = act["speedup_p50_over_full@1"] / mac_ratio
+    for b in batch_sizes:
+        speedup = act[f"images_per_s@{b}"] / full[f"images_per_s@{b}"]
+        act[f"speedup_over_full@{b}"] = speedup
+        act[f"efficiency@{b}"] = speedup / mac_ratio
+
+
+def _train_step(model: IamNN, images: Tensor, labels: Tensor, train_batch: int) -> dict[str, Any]:
+    """A training step of act, full and no-halt on one batch (:func:`train_step_times`), with the
+    machine's disturbance meanwhile."""
+    batch = min(train_batch, len(images))
+    with Disturbance() as disturbance:
+        steps = train_step_times(model, images[:batch], labels[:batch])
+    steps["speedup"] = steps["full"] / steps["act"]
+    steps["mac_ratio"] = steps["full_macs"] / steps["act_macs"]
+    steps["speedup_over_mac_ratio"] = steps["speedup"] / steps["mac_ratio"]
+    steps["halting_overhead"] = steps["act"] / steps["no-halt"]
+    return {"train_step_disturbance": disturbance.summary(), "train_step": {"batch": batch, **steps}}
 
 
 def bench_inputs(
@@ -409,3 +427,100 @@ def bench_inputs(
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(count, model.in_chans, size, size, generator=g)
     return x, torch.randint(0, model.num_classes, (count,), generator=g), f"synthetic N(0,1) {size}x{size}{note}"
+
+
+def results_file(runtime: str) -> Path:
+    """Where ``iamnn bench`` keeps its results: one file per runtime, so that an onnxruntime run
+    does not overwrite the torch run's figures."""
+    return Path("benchmarks/results") / ("bench.json" if runtime == "torch" else f"bench.{runtime}.json")
+
+
+def bench_device(name: str, runtime: str) -> torch.device:
+    """The device named by ``--device``, checked: one line instead of a CUDA traceback mid-run."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise BenchError(f"--device {name}: {one_line(err)}") from None
+    if device.type != "cpu" and runtime != "torch":
+        raise BenchError(f"--device {name}: the {runtime} rows run on the CPU; give --device cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"--device {name}: this PyTorch sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise BenchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise BenchError(f"--device {name}: bench runs on cpu or cuda")
+    return device
+
+
+def onnx_source(path: str | Path) -> dict[str, str]:
+    """The weights an ``iamnn export`` file was made from, as it recorded them: ``{"weights": FILE}``
+    or ``{"pretrained": NAME}``."""
+    source = (OnnxModel(path).config or {}).get("source") or {}
+    if not source:
+        raise BenchError(f"{path}: no weights source recorded; add --weights or --model NAME --pretrained")
+    return source
+
+
+def bench_model(
+    model: str = DEFAULT_MODEL,
+    weights: str | None = None,
+    pretrained: bool = False,
+    width: float | None = None,
+    stem: str | None = None,
+) -> Resolved:
+    """The IamNN to bench: a weights file, the shipped weights of ``model``, or ``model`` untrained
+    at ``width`` and ``stem``."""
+    try:
+        loaded = resolve(weights) if weights else resolve(model, pretrained=pretrained, width=width, stem=stem)
+    except ValueError as err:  # an untrained model's arguments that do not build
+        raise BenchError(str(err)) from None
+    if not isinstance(loaded.model, IamNN):
+        raise BenchError(f"{model}: bench compares an IamNN with its ResNet; give an iamnn_* model")
+    return loaded
+
+
+def benchmark(
+    model: str = DEFAULT_MODEL,
+    *,
+    weights: str | None = None,
+    pretrained: bool = False,
+    onnx: str | None = None,
+    width: float | None = None,
+    stem: str | None = None,
+    input_size: int | None = None,
+    batch_sizes: tuple[int, ...] = (1, 64, 256),
+    threads: int | None = None,
+    fold: bool = True,
+    device: str = "cpu",
+    runtime: str = "torch",
+    smoke: bool = False,
+) -> tuple[dict[str, Any], Path]:
+    """``iamnn bench``: the model (:func:`bench_model`; with ``onnx`` alone, the weights the ONNX
+    file was exported from) timed by :func:`run_bench` on its dataset's test images, or synthetic
+    ones; returns the result and the file it belongs in (:func:`results_file`). ``smoke``: a tiny
+    measurement, for tests. ``threads``: torch's threads (default: torch's choice)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if onnx and not (weights or pretrained):
+        source = onnx_source(onnx)
+        weights, pretrained, model = source.get("weights"), "pretrained" in source, source.get("pretrained", model)
+    if onnx and runtime != "onnxruntime":
+        raise BenchError("--onnx needs --runtime onnxruntime")
+    target = bench_device(device, runtime)
+    loaded = bench_model(model, weights, pretrained, *((None, None) if pretrained or weights else (width, stem)))
+    config = BenchConfig(batch_sizes=batch_sizes, fold=fold)
+    count = max(512, max(batch_sizes))
+    if smoke:
+        config = BenchConfig(batch_sizes=batch_sizes, latency_images=4, throughput_images=8, warmup=1, train_batch=8)
+        count = max(8, max(batch_sizes))
+    images, labels, inputs = bench_inputs(loaded.data, loaded.model, count, input_size)
+    net, images, labels = loaded.model.to(target), images.to(target), labels.to(target)
+    try:
+        result = run_bench(net, images, labels, config, runtime=runtime, onnx_path=onnx)
+    except ImportError as err:  # onnxruntime or onnxscript missing: the optional extra
+        raise BenchError(str(err)) from None
+    result.update(
+        model=str(weights) if weights else model, inputs=inputs, input_size=list(images.shape[1:]),
+        folded_batchnorm=config.fold, torch=torch.__version__,
+    )  # fmt: skip
+    return result, results_file(runtime)

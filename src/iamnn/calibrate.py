@@ -1,6 +1,6 @@
 """Budgets: the halting threshold that meets an average-MACs budget (``iamnn calibrate``; a
-cascade's confidence threshold too), and BatchNorm statistics re-estimated for an inference regime
-(``iamnn recalibrate``)."""
+cascade's confidence threshold too), and BatchNorm statistics re-estimated for another halting
+policy (``iamnn recalibrate``)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def calibrate_run(
     with a cascade as ``halting`` (``cascade:1,flip-1``), its confidence threshold instead.
 
     ``save``: write the model at the (single) budget's threshold, with its re-estimated BatchNorm
-    statistics, as a weights file that loads in that regime.
+    statistics, as a weights file that loads with that policy.
     """
     if save and len(budgets) != 1:
         raise ValueError("saving the calibrated model needs exactly one budget")
@@ -85,7 +85,7 @@ def calibrate_cascade(
 def recalibrate_run(
     source: str | Path, halting: HaltingSpec, save: str | Path | None = None, test_subset: int | None = None
 ) -> dict[str, Any]:
-    """Re-estimate a run's BatchNorm statistics for an inference regime (``halting``: ``act``,
+    """Re-estimate a run's BatchNorm statistics for a halting policy (``halting``: ``act``,
     ``full`` or k) on its training data; test accuracy before and after; optionally save the model."""
     weights, model, config, dm = load_iamnn_run(source, test_subset)
     return recalibrate_model(model, dm, halting, str(weights), config.get("data"), save)
@@ -100,9 +100,9 @@ def recalibrate_model(
     save: str | Path | None = None,
 ) -> dict[str, Any]:
     """:func:`recalibrate_run` for a model and its data module (``dm``: set up with training and
-    test images): ``model`` keeps the re-estimated statistics and ``halting`` as its own regime;
-    ``save`` writes it as weights (with ``data`` as their preprocessing) that load in that regime."""
-    model.halting = halting  # the regime the saved model loads in
+    test images): ``model`` keeps the re-estimated statistics and ``halting`` as its own policy;
+    ``save`` writes it as weights (with ``data`` as their preprocessing) that load with that policy."""
+    model.halting = halting  # the policy the saved model loads with
     before = evaluate(model, dm.test_dataloader())
     recalibrate_batchnorm(model, dm.train_dataloader())
     after = evaluate(model, dm.test_dataloader())

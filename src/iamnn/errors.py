@@ -28,6 +28,14 @@ class WeightsError(IamNNError):
     """A weights file that cannot be used: unreadable, unsafe, or for another architecture."""
 
 
+class RunFolderError(IamNNError):
+    """A run folder that is missing, or a folder that holds no run of ``iamnn fit``."""
+
+
+class BenchError(IamNNError):
+    """A benchmark that cannot run as asked: a device this machine lacks, options that do not go together."""
+
+
 class TrainingDivergedError(IamNNError):
     """The training loss became NaN or infinite: training stops, and no weights are written."""
 

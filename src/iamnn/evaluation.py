@@ -1,10 +1,11 @@
 """Evaluation of a trained model on a test set, per sample, under the halting policy you pass.
 
 ``evaluate`` keeps each image's cost and correctness; ``recalibrate_batchnorm`` re-estimates
-BatchNorm statistics for a regime; ``calibrate_threshold`` finds the halting threshold that meets
-an average-MACs budget; ``sweep_regimes`` traces accuracy against MACs over halting thresholds and
-fixed iteration counts. The regime is always an argument (``halting=...``): the
-model's own default is never flipped and restored.
+BatchNorm statistics for a halting policy; ``calibrate_threshold`` finds the halting threshold that
+meets an average-MACs budget; ``sweep_policies`` traces accuracy against MACs over halting
+thresholds and fixed iteration counts. The policy is always an argument (``halting=...``): the
+model's own default is never flipped and restored. Each policy is asked how to move its threshold
+and how to name itself (``HaltingPolicy.with_threshold``, ``describe``), never looked up by name.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .cost import count_params
-from .models import IamNN, halting_policy
-from .models.halting import HaltingPolicy, HaltingSpec, halting_json, threshold_policy_name
+from .models import IamNN
+from .models.halting import Fixed, Full, HaltingPolicy, HaltingSpec, halting_json, network_policy
 from .progress import task, track
 
-# inference regimes of the accuracy-vs-MACs curve: halting thresholds 1 − ε, and fixed k
+# the halting policies of the accuracy-vs-MACs curve: the model's own at thresholds ε (one grid
+# serves every policy: ε is in [0, 1) and a larger one never stops later), and fixed k
 EPSILONS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 FIXED_K = (1, 2, 3, 4, 6, 8, 12, 16, 23, 36)
 QUICK_EPSILONS, QUICK_FIXED_K = (0.01, 0.1, 0.3, 0.6, 0.9), (1, 2, 4)
@@ -102,8 +104,8 @@ def evaluate(
     keeping each sample's cost and correctness."""
     model.eval()
     out: dict[str, list[Tensor]] = {k: [] for k in ("macs", "iterations", "ponder", "c1", "c5", "conf", "pred", "y")}
-    regime = "" if halting is None else f" ({_regime_text(halting)})"
-    for x, y in track(loader, f"evaluating {name}{regime}"):
+    policy = "" if halting is None else f" ({policy_text(halting)})"
+    for x, y in track(loader, f"evaluating {name}{policy}"):
         logits, stats = model(x, return_stats=True, halting=halting)
         prob = logits.softmax(1)
         conf, pred = prob.max(1)
@@ -127,11 +129,11 @@ def evaluate(
 def recalibrate_batchnorm(
     model: nn.Module, loader: DataLoader, num_batches: int = 20, halting: HaltingSpec | None = None
 ) -> None:
-    """Re-estimate every BatchNorm's running statistics for the halting regime ``halting``
+    """Re-estimate every BatchNorm's running statistics for the halting policy ``halting``
     (default: the model's own).
 
     Per-iteration BatchNorm has no statistics for iterations that training never (or rarely)
-    reached; a regime that reaches them (more fixed iterations, a higher halting threshold) needs
+    reached; a policy that reaches them (more fixed iterations, a higher halting threshold) needs
     statistics of its own. As in slimmable networks, the statistics are reset and recomputed as
     a plain average over ``num_batches`` training batches; the weights are not touched.
     """
@@ -157,20 +159,24 @@ def calibrate_threshold(
     train_loader: Any | None = None,
     steps: int = 14,
 ) -> dict[str, Any]:
-    """The halting slack ε (threshold 1 − ε) whose average MACs on ``val_loader`` come closest to
-    ``budget_macs`` from below, by bisection: a larger ε never makes a sample halt later, so the
-    average MACs fall as ε grows. With ``train_loader`` each candidate has its BatchNorm
-    statistics re-estimated for its regime first, as the report's sweep does.
+    """The halting slack ε of the model's policy (:meth:`~iamnn.HaltingPolicy.with_threshold`)
+    whose average MACs on ``val_loader`` come closest to ``budget_macs`` from below, by bisection:
+    a larger ε never makes a sample halt later, so the average MACs fall as ε grows. With
+    ``train_loader`` each candidate has its BatchNorm statistics re-estimated for it first, as the
+    report's sweep does.
 
     Leaves the model at the chosen ε (and its re-estimated statistics). ``feasible`` is False when
     even ε → 1 (one iteration per stage) costs more than the budget.
     """
-    name = threshold_policy_name(model.policies()[0])
+    own = model.policies()[0]
+    if (knob := own.with_threshold(0.0)) is None:
+        raise ValueError(f"the halting policy {own.describe()!r} has no threshold to calibrate")
+    name = knob.spec  # what the model is left at: the policy by its name, with the chosen ε
     trained = {k: v.clone() for k, v in model.state_dict().items()}
 
     def measure(eps: float) -> float:
         model.load_state_dict(trained)
-        halting = halting_policy(name, eps)
+        halting = own.with_threshold(eps)
         if train_loader is not None:
             recalibrate_batchnorm(model, train_loader, halting=halting)
         return evaluate(model, val_loader, halting=halting).macs_mean
@@ -196,13 +202,13 @@ def _bisect(
             else:
                 lo = mid
     eps, macs = best if best is not None else (0.999, macs_hi)
-    measure(eps)  # leave the model in the chosen regime: its statistics, and its default policy
+    measure(eps)  # leave the model at the chosen ε: its statistics, and its default policy
     model.halting, model.epsilon = name, eps
     return {"budget_macs": budget_macs, "epsilon": eps, "val_macs_mean": macs, "feasible": best is not None,
             "recalibrated": recalibrated, "val_macs_range": [macs_hi, macs_lo]}  # fmt: skip
 
 
-def sweep_regimes(
+def sweep_policies(
     model: IamNN,
     test_loader: DataLoader,
     train_loader: DataLoader | None,
@@ -211,40 +217,51 @@ def sweep_regimes(
     fixed_k: tuple[int, ...] = FIXED_K,
     trained: Evaluation | None = None,
 ) -> list[dict[str, Any]]:
-    """Accuracy and average MACs over inference regimes: halting thresholds (ε) and fixed k.
+    """Accuracy and average MACs over halting policies: the model's own policy at thresholds ε
+    (:meth:`~iamnn.HaltingPolicy.with_threshold`: ACT's for a fixed schedule; none for a policy
+    without a knob), then the fixed-depth reference, k iterations and ``full``.
 
-    The thresholds are those of the model's own policy when it uses halting scores, else of ACT.
-    With ``recalibrate`` every point's BatchNorm statistics are re-estimated on training data
-    for that regime first (``recalibrated: true``); the trained statistics are restored after.
-    The last point is the model as trained (``trained``: its test evaluation, if already done).
+    Each point names its policy (``regime``: its name; ``label``: :meth:`~iamnn.HaltingPolicy.describe`)
+    and the curve it is drawn on (``curve``, None for a point of its own). With ``recalibrate``
+    every point's BatchNorm statistics are re-estimated on training data for that policy first
+    (``recalibrated: true``); the trained statistics are restored after. The last point is the
+    model as trained (``trained``: its test evaluation, if already done).
     """
-    adaptive = threshold_policy_name(model.policies()[0])
-    regimes: list[tuple[str, float | None, Any]] = [(adaptive, e, halting_policy(adaptive, e)) for e in epsilons]
-    regimes += [("fixed", None, k) for k in fixed_k if k < max(model.max_iterations)]
-    regimes.append(("full", None, "full"))
+    own = model.policies()[0]
+    thresholded = [(p, eps) for eps in epsilons if (p := own.with_threshold(eps)) is not None]
+    sweep = [(p, eps, None, f"{p.name}, threshold ε") for p, eps in thresholded]
+    sweep += [(Fixed(k), None, k, "fixed k") for k in fixed_k if k < max(model.max_iterations)]
+    sweep.append((Full(), None, None, None))
     recalibrated = bool(recalibrate and train_loader is not None)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     points = []
-    for regime, eps, halting in track(regimes, "sweeping regimes"):
+    for policy, eps, k, curve in track(sweep, "sweeping halting policies"):
         if recalibrated:
-            recalibrate_batchnorm(model, train_loader, halting=halting)
-        ev = evaluate(model, test_loader, halting=halting)
-        k = halting if regime == "fixed" else None
-        points.append(_point(regime, eps, k, ev, recalibrated))
+            recalibrate_batchnorm(model, train_loader, halting=policy)
+        ev = evaluate(model, test_loader, halting=policy)
+        points.append(_point(policy.name, policy.describe(), curve, eps, k, ev, recalibrated))
         model.load_state_dict(state)
     # the model as trained, no re-estimation: the reference point
-    points.append(_point("trained", model.epsilon, None, trained or evaluate(model, test_loader), False))
+    ev = trained or evaluate(model, test_loader)
+    points.append(_point("trained", "as trained", None, model.epsilon, None, ev, False))
     return points
 
 
-def _point(regime: str, eps: float | None, k: int | None, ev: Evaluation, recalibrated: bool) -> dict[str, Any]:
-    return {"regime": regime, "epsilon": eps, "k": k, "macs_mean": ev.macs_mean, "top1": ev.top1,
-            "recalibrated": recalibrated}  # fmt: skip
+def _point(
+    regime: str, label: str, curve: str | None, eps: float | None, k: int | None, ev: Evaluation, recalibrated: bool
+) -> dict[str, Any]:
+    # "regime" is the key stored reports have: the policy's name ("trained" for the model as trained)
+    return {"regime": regime, "label": label, "curve": curve, "epsilon": eps, "k": k, "macs_mean": ev.macs_mean,
+            "top1": ev.top1, "recalibrated": recalibrated}  # fmt: skip
 
 
-def _regime_text(halting: HaltingSpec) -> str:
-    if isinstance(halting, HaltingPolicy) and hasattr(halting, "epsilon"):
-        return f"{halting.spec} ε={halting.epsilon:g}"
+def policy_text(halting: HaltingSpec) -> str:
+    """A halting policy in words, as progress lines name it: the policy's (or a network-level
+    policy's) own ``describe()``; a name or k as given, one per stage joined by '/'."""
+    if isinstance(halting, HaltingPolicy):
+        return halting.describe()
+    if (network := network_policy(halting)) is not None:
+        return network.describe() if hasattr(network, "describe") else str(network.spec)
     spec = halting_json(halting)
     return "/".join(map(str, spec)) if isinstance(spec, list) else str(spec)
 

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch._higher_order_ops import while_loop
-from torch.nn import functional as F
 
-from .models.fold import FoldedInvertedResidualBlock, FoldedProcessingBlock, fold_batchnorm
+from .models.fold import fold_batchnorm
 from .models.halting import HaltingPolicy, HaltingSpec, halting_json, initial_states, network_policy
 from .models.iamnn import IamNN, IterativeStage
 from .weights import CONFIG_KEY
@@ -49,54 +48,43 @@ def _require(module: str) -> Any:
 
 
 class ExportableStage(nn.Module):
-    r"""One stage of a BatchNorm-folded IamNN written for ``torch.export``: a ``while_loop`` under a
-    policy that uses halting scores, unrolled under a fixed schedule.
+    r"""One stage of a BatchNorm-folded IamNN written for ``torch.export``: under a fixed schedule
+    the stage's own loop (``IterativeStage.run``), unrolled at export; under a policy that uses
+    halting scores a ``while_loop``, since ``torch.export`` cannot trace the loop's data-dependent
+    ``break``.
 
-    The first iteration (``i = 0``, from :math:`s_0 = 0`, with ``w1_first``) runs before the loop;
-    the loop body is iteration ``i >= 1`` (0-based). Carried: ``i``, :math:`s`, :math:`y`, the
-    policy's state, the iteration count ``n`` and the still-active mask, the last five per sample
-    (B, …). A halted sample keeps computing until the whole batch has halted, with its ``y``, ``n``
-    and state frozen. Each iteration's decision is the policy's own :meth:`HaltingPolicy.step`.
+    The ``while_loop`` body is the same iteration (the block's ``step`` with iteration ``i``'s
+    weights picked by a (1,) tensor, the halting unit, the policy's :meth:`HaltingPolicy.step`) for
+    ``i >= 1``; the first iteration (``i = 0``, from :math:`s_0 = 0`) runs before it. Carried:
+    ``i``, :math:`s`, :math:`y`, the policy's state, the iteration count ``n`` and the
+    still-active mask, the last five per sample (B, …). A halted sample keeps computing until the
+    whole batch has halted, with its ``y``, ``n`` and state frozen (the batch's compaction, as a mask).
     """
 
     def __init__(self, stage: IterativeStage, policy: HaltingPolicy) -> None:
         super().__init__()
-        block = stage.block
-        if not isinstance(block, FoldedProcessingBlock | FoldedInvertedResidualBlock):
+        if not hasattr(stage.block, "compute"):
             raise TypeError("ExportableStage needs a stage of fold_batchnorm(model)")
-        self.block, self.halting_unit, self.policy = block, stage.halting_unit, policy
+        self.stage, self.policy = stage, policy
         self.iterations = policy.limit(stage.max_iterations)
 
-    def _block(self, x: Tensor, i: Tensor | int, first: bool = False) -> Tensor:
-        """u = B_k(x) with iteration ``i``'s folded weights; ``i`` a (1,) long tensor inside a
-        loop, or an int where the iteration is known at export (its weights are then constants)."""
-
-        def pick(stacked: Tensor) -> Tensor:
-            return stacked[i] if isinstance(i, int) else stacked.index_select(0, i)[0]
-
-        return self.block.compute(x, pick, first)
-
-    def forward(self, x0: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long."""
-        batch, policy = x0.shape[0], self.policy
-        u = self._block(x0, 0, first=True)
-        update = self.block.update  # s_i from s_{i-1} and u_i: the block's residual rule
-        s = update(None, u)  # s_0 = 0
-        n = torch.ones(batch, dtype=torch.long, device=x0.device)
+    def forward(
+        self, x0: Tensor, policy: HaltingPolicy | None = None, resume: None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, C_in, H, W) -> y (B, C_out, H, W), iterations (B,) long, ponder (zeros when adaptive:
+        not exported). ``policy`` and ``resume`` are ``IamNN.forward_stages``'s; the policy baked
+        in at construction is the one run."""
+        policy, block, unit = self.policy, self.stage.block, self.stage.halting_unit
         if not policy.uses_scores:  # a fixed number of iterations, y = last state: unrolled, no Loop
-            for i in range(1, self.iterations):
-                s = update(s, self._block(torch.cat([x0, s], 1), i))
-            return s, torch.full_like(n, self.iterations)
+            return self.stage(x0, policy)
+        s, u = block.step(x0, None, 0)  # s_0 = 0
+        n = torch.ones(x0.shape[0], dtype=torch.long, device=x0.device)
         if self.iterations == 1:
-            return s, n
-        i1 = torch.ones(1, dtype=torch.long, device=x0.device)
-
+            return s, n, torch.zeros_like(n, dtype=s.dtype)
         # the policy's step after the first iteration
-        context = self.halting_unit.context(x0)  # the halting unit's view of x0, once per stage
-        h = self.halting_unit(s, context, u) if policy.wants_score(0) else torch.zeros_like(n, dtype=s.dtype)
+        context = unit.context(x0)  # the halting unit's view of x0, once per stage
+        h = unit(s, context, u) if policy.wants_score(0) else torch.zeros_like(n, dtype=s.dtype)
         p, halt, state = policy.step(initial_states(policy, x0), h)
-        y = p[:, None, None, None] * s
-        active = ~halt
         last = self.iterations - 1
         # where the policy wants no score (e.g. ACT's min_iterations) the step gets 0: a 0/1 table
         # indexed by i, in the graph only if some iteration is unscored
@@ -109,9 +97,8 @@ class ExportableStage(nn.Module):
         def body(
             i: Tensor, s: Tensor, y: Tensor, state: Tensor, n: Tensor, active: Tensor
         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-            u = self._block(torch.cat([x0, s], 1), i)
-            s = update(s, u)
-            h = self.halting_unit(s, context, u)  # also run at the last iteration, where h_{N_k} := 1
+            s, u = block.step(x0, s, i)  # u_i = B_k(concat(x0, s_{i-1})), s_i, iteration i's weights
+            h = unit(s, context, u)  # also run at the last iteration, where h_{N_k} := 1
             if table is not None:
                 h = h * table.index_select(0, i)
             p, halt, next_state = policy.step(state, torch.where(i == last, 1.0, h))
@@ -120,30 +107,25 @@ class ExportableStage(nn.Module):
             state = torch.where(active.view(-1, *[1] * (state.ndim - 1)), next_state, state)
             return i + 1, s, y, state, n, active & ~halt
 
-        _, _, y, _, n, _ = while_loop(cond, body, (i1, s, y, state, n, active))
-        return y, n
+        i1 = torch.ones(1, dtype=torch.long, device=x0.device)
+        _, _, y, _, n, _ = while_loop(cond, body, (i1, s, p[:, None, None, None] * s, state, n, ~halt))
+        return y, n, torch.zeros_like(n, dtype=y.dtype)
 
 
 class ExportableIamNN(nn.Module):
-    """A BatchNorm-folded IamNN, each adaptive stage one ``while_loop``: (B, C, H, W) -> logits, iterations (B, 4)."""
+    """A BatchNorm-folded IamNN, each adaptive stage one ``while_loop``: (B, C, H, W) -> logits,
+    iterations (B, 4). The network's own forward (stem, stages, head) runs, over exportable stages."""
 
     def __init__(self, model: IamNN, halting: HaltingSpec | None = None) -> None:
         super().__init__()
-        folded = fold_batchnorm(model)
-        self.conv1, self.maxpool, self.pool, self.fc = folded.conv1, folded.maxpool, folded.pool, folded.fc
-        policies = model.policies(halting)
-        self.stages = nn.ModuleList(ExportableStage(s, p) for s, p in zip(folded.stages, policies, strict=True))
+        self.net = fold_batchnorm(model)
+        self.policies = model.policies(halting)
+        stages = zip(self.net.stages, self.policies, strict=True)
+        self.net.stages = nn.ModuleList(ExportableStage(s, p) for s, p in stages)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.maxpool(torch.relu(self.conv1(x)))
-        iterations = []
-        for k, stage in enumerate(self.stages):
-            if k > 0:
-                x = self.pool(x)
-            x, n = stage(x)
-            iterations.append(n)
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return logits, torch.stack(iterations, 1)
+        features, iterations, _, _ = self.net.forward_stages(self.net.forward_stem(x), self.policies)
+        return self.net.forward_head(features), iterations
 
 
 CASCADE_NOT_EXPORTED = (

@@ -4,10 +4,11 @@
 (one record per model), ``frontier.md`` and ``frontier.png`` (top-1 against average MACs, log x,
 the Pareto front drawn).
 
-A record's ``kind`` says what the point is: ``fixed`` (k iterations per stage), ``full``, ``act``
-(paper-style ACT trained end to end, or another halting policy by its name), ``adaptive`` (halting
-units trained on a frozen anytime backbone: one model, any budget; or a model whose regime is a
-confidence cascade, ``models/cascade.py``), ``resnet`` or ``mobilenet``.
+A record's ``kind`` says what the point is: the name of the halting policy an IamNN trained with
+(``fixed`` for k iterations per stage, ``full``, ``act`` for paper-style ACT trained end to end,
+``pondernet`` or any registered one), ``adaptive`` (halting units trained on a frozen anytime
+backbone: one model, any budget; or a model whose halting policy is a confidence cascade,
+``models/cascade.py``), ``resnet`` or ``mobilenet``.
 An adaptive run is also calibrated to ``budgets`` average-MACs budgets between its k = 1 and
 ``full`` costs (threshold chosen on the validation split, BatchNorm re-estimated for each), each
 budget a record of its own: the model's accuracy-vs-MACs curve.
@@ -24,7 +25,7 @@ from .errors import IamNNError, one_line
 from .evaluation import attach_levels, by_level, calibrate_threshold, evaluate, markdown_by_level, provenance
 from .files import atomic_folder, load_yaml, write_text_atomic
 from .headroom import cascade_points, opinions
-from .models import Cascade, IamNN, MobileNet, ResNet, halting_policy
+from .models import Cascade, IamNN, MobileNet, ResNet
 from .models.halting import network_policy
 from .plots import plot_frontier
 from .progress import track
@@ -32,18 +33,17 @@ from .runs import describe_weights, find_weights, load_datamodule, read_recipe
 from .weights import load_model_with_config
 
 
-def run_kind(model: Any, config: dict[str, Any], hparams: dict[str, Any] | None = None) -> str:
+def run_kind(model: Any, hparams: dict[str, Any] | None = None) -> str:
     """What a trained network is, for the frontier: ``resnet``, ``mobilenet``, ``adaptive`` (halting
-    units trained on a frozen backbone), or the name of an IamNN's halting policy (``act``, ``full``,
-    ``fixed``…)."""
+    units trained on a frozen backbone), or the name of an IamNN's halting policy (its first stage's,
+    as loaded with its weights: ``act``, ``full``, ``fixed``…)."""
     if isinstance(model, ResNet):
         return "resnet"
     if isinstance(model, MobileNet):
         return "mobilenet"
-    halting = config["kwargs"].get("halting", "act")
-    if network_policy(halting) is not None:  # a cascade: each image its own passes
+    if network_policy(model.halting) is not None:  # a cascade: each image its own passes
         return "adaptive"
-    policy = halting_policy(halting)
+    policy = model.policies()[0]
     return "adaptive" if policy.uses_scores and (hparams or {}).get("freeze_backbone") else policy.name
 
 
@@ -66,7 +66,7 @@ def frontier_records(run_dir: str | Path, test_subset: int | None = None, budget
         "run": str(run_dir),
         "model": config["model"],
         "dataset": (config.get("data") or {}).get("dataset"),  # the data module that made the test set
-        "kind": run_kind(model, config, hparams),
+        "kind": run_kind(model, hparams),
         "halting": config["kwargs"].get("halting"),
         "width": config["kwargs"].get("width"),
         "recipe": {k: hparams[k] for k in options if k in hparams},

@@ -1,6 +1,6 @@
 """Can per-image compute pay on this data? Headroom of a set of opinions, and cascades over them.
 
-An *opinion* is one way to answer every image: a model under a halting regime on a view of the
+An *opinion* is one way to answer every image: a model under a halting policy on a view of the
 image (``fixed_k1:1``, ``fixed_k1:flip-1``, ``fixed_k2:2``), with each image's softmax output and
 MACs on a validation split and on the test set. :func:`headroom` says how much any router between
 them could win — their pairwise disagreement on the test set and the per-image oracle (the

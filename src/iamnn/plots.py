@@ -4,6 +4,7 @@ figure is drawn (Agg backend: no display needed)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,9 @@ def plot_easy_hard(ev: Evaluation, images: Any, class_names: list[str], path: Pa
     save_figure(fig, path)
 
 
+CURVE_MARKERS = ("o-", "s--", "^-.", "D:")  # a sweep's curves, in the order the sweep gives them
+
+
 def plot_tradeoff(evaluations: list[Evaluation], path: Path) -> None:
     """Accuracy against average MACs per image: each model, and each IamNN's inference sweep."""
     plt = pyplot_agg()
@@ -81,13 +85,13 @@ def plot_tradeoff(evaluations: list[Evaluation], path: Path) -> None:
         color = f"C{i}"
         s = ev.summary()
         ax.scatter([s["macs_mean"]], [s["top1"]], color=color, marker="*", s=140, zorder=3, label=f"{ev.name}")
-        # the threshold sweep of the model's policy (act, pondernet, …), then fixed k
-        thresholded = next((p["regime"] for p in ev.sweep if p["regime"] not in ("fixed", "full", "trained")), "act")
-        for regime, marker, label in ((thresholded, "o-", f"{thresholded}, threshold ε"), ("fixed", "s--", "fixed k")):
-            pts = sorted((p["macs_mean"], p["top1"]) for p in ev.sweep if p["regime"] == regime)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker, color=color, alpha=0.7, ms=4, label=f"{ev.name}: {label}")
-    accuracy_vs_macs_axes(ax, "accuracy vs compute (sweep points: BatchNorm re-estimated per regime)")
+        # each curve the sweep named (the policy's threshold, then fixed k), in its order; a point
+        # on no curve (full, as trained) is not drawn
+        curves = list(dict.fromkeys(p["curve"] for p in ev.sweep if p.get("curve")))
+        for curve, marker in zip(curves, itertools.cycle(CURVE_MARKERS)):
+            pts = sorted((p["macs_mean"], p["top1"]) for p in ev.sweep if p.get("curve") == curve)
+            ax.plot(*zip(*pts, strict=True), marker, color=color, alpha=0.7, ms=4, label=f"{ev.name}: {curve}")
+    accuracy_vs_macs_axes(ax, "accuracy vs compute (sweep points: BatchNorm re-estimated per halting policy)")
     footnote(fig, provenance([ev.summary() for ev in evaluations]))
     save_figure(fig, path)
 

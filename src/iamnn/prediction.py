@@ -19,10 +19,10 @@ from torchvision import transforms
 
 from .export import OnnxModel
 from .files import IMAGE_SUFFIXES, convert_image, read_image
-from .models import IamNN, build_model, pretrained_file
+from .models import IamNN, build_model
 from .models.fold import fold_batchnorm
 from .models.halting import HaltingSpec, other_regime_note
-from .weights import WeightsError, checked_config, create_model, load_model_with_config
+from .weights import DEFAULT_MODEL, WeightsError, checked_config, resolve
 
 
 @dataclass
@@ -191,7 +191,7 @@ def predict_files(
 
 def predict(
     images: str | Path | Image.Image | list[str | Path | Image.Image],
-    model: str | Path | nn.Module = "iamnn_r34_fmnist",
+    model: str | Path | nn.Module = DEFAULT_MODEL,
     halting: HaltingSpec | None = None,
     batch_size: int = 64,
 ) -> list[Prediction]:
@@ -200,8 +200,9 @@ def predict(
     Args:
         images: image files, folders of them, or PIL images (one or a list).
         model: a registered name with shipped weights (``"iamnn_r34_fmnist"``), a weights file
-            (safetensors or Lightning ``.ckpt``), or a model loaded from one (``load_model``,
-            ``create_model(..., pretrained=True)``), which carries its preprocessing.
+            (safetensors or Lightning ``.ckpt``), a run folder, or a model loaded from one
+            (``load_model``, ``create_model(..., pretrained=True)``), which carries its
+            preprocessing; as ``iamnn.weights.resolve`` reads them.
         halting: the halting policy to run (default: the model's own), e.g. ``"full"`` or ``2``.
             Another regime than the model's own warns: its BatchNorm statistics are the own
             regime's; ``iamnn recalibrate`` writes weights with them re-estimated for another.
@@ -209,32 +210,32 @@ def predict(
     Returns one :class:`Prediction` per image (class name, index, confidence, iterations per
     stage, MACs), in order; an unreadable file raises ``ValueError`` naming it.
     """
-    if isinstance(model, nn.Module):
-        net = model
-    elif isinstance(model, str) and pretrained_file(model) is not None and not Path(model).exists():
-        net = create_model(model, pretrained=True)
-    else:
-        net = load_model_with_config(model)[0]
+    loaded = resolve(model)
+    net, data = loaded.model, loaded.data
     if isinstance(net, IamNN) and (note := other_regime_note(net.halting, halting)):
         warnings.warn(f"{note}: predict with the weights of `iamnn recalibrate --weights FILE --halting H -o NEW`",
                       stacklevel=2)  # fmt: skip
-    data = getattr(net, "data_config", None)
     if not data:
         raise ValueError("the model carries no preprocessing (input size, mean, std): load it from a weights file")
-    inputs: list[tuple[str, Tensor]] = []
-    for item in images if isinstance(images, list) else [images]:
-        if isinstance(item, Image.Image):
-            inputs.append(("<PIL image>", load_image(item, data)))
-            continue
-        files, empty = expand_paths([item])
-        if empty:
-            raise ValueError(f"{empty[0][0]}: {empty[0][1]}")
-        for path in files:
-            try:
-                inputs.append((str(path), load_image(path, data)))
-            except (ValueError, OSError) as err:
-                raise ValueError(f"{path}: {skip_reason(err)}") from None
-    return classify(torch_runner(net, halting), inputs, data.get("class_names") or [], batch_size)
+    inputs = [item for image in (images if isinstance(images, list) else [images]) for item in _inputs(image, data)]
+    return classify(torch_runner(net, halting), inputs, loaded.class_names, batch_size)
+
+
+def _inputs(image: str | Path | Image.Image, data: dict[str, Any]) -> list[tuple[str, Tensor]]:
+    """``(name, preprocessed image)`` for a PIL image, an image file or each image of a folder;
+    ValueError naming the first that cannot be read."""
+    if isinstance(image, Image.Image):
+        return [("<PIL image>", load_image(image, data))]
+    files, empty = expand_paths([image])
+    if empty:
+        raise ValueError(f"{empty[0][0]}: {empty[0][1]}")
+    inputs = []
+    for path in files:
+        try:
+            inputs.append((str(path), load_image(path, data)))
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{path}: {skip_reason(err)}") from None
+    return inputs
 
 
 @torch.no_grad()

@@ -1,7 +1,9 @@
 """The paper's Table 1 and Figures 2–3 for trained runs (``iamnn report``): markdown, JSON, PNG.
 
 A run directory is what ``iamnn fit`` leaves (``runs.py``); each is evaluated on its test set
-(``evaluation.py``), its IamNN swept over inference regimes, and drawn (``plots.py``).
+(``evaluation.py``), its IamNN swept over halting policies, and drawn (``plots.py``). The sweep's
+points carry their policy's own words (``label``), so any registered policy reports without an
+entry here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .evaluation import (
     markdown_by_level,
     provenance,
     recalibrate_batchnorm,
-    sweep_regimes,
+    sweep_policies,
     test_images_text,
 )
 from .files import atomic_folder
@@ -36,7 +38,8 @@ from .weights import load_model
 def evaluate_run(
     run_dir: str | Path, sweep: bool = True, test_subset: int | None = None, quick: bool = False
 ) -> tuple[Evaluation, Any]:
-    """A run's test evaluation (as trained) and its data module; an IamNN's with its regime sweep."""
+    """A run's test evaluation (as trained) and its data module; an IamNN's with its sweep of
+    halting policies."""
     run_dir = Path(run_dir)
     weights = find_weights(run_dir)
     model = load_model(weights)
@@ -44,11 +47,11 @@ def evaluate_run(
     ev = evaluate(model, dm.test_dataloader(), run_dir.name)
     ev.test_set_size, ev.weights = dm.full_test_size, describe_weights(weights)
     attach_levels(ev, dm)
-    # a cascade's curve is its thresholds' (``iamnn calibrate``, ``iamnn frontier``), not regimes of the stages
+    # a cascade's curve is its thresholds' (``iamnn calibrate``, ``iamnn frontier``), not the stages' policies
     if sweep and isinstance(model, IamNN) and network_policy(model.halting) is None:
         dm.setup("fit")
         grid = (QUICK_EPSILONS, QUICK_FIXED_K) if quick else (EPSILONS, FIXED_K)
-        ev.sweep = sweep_regimes(model, dm.test_dataloader(), dm.train_dataloader(), True, *grid, trained=ev)
+        ev.sweep = sweep_policies(model, dm.test_dataloader(), dm.train_dataloader(), True, *grid, trained=ev)
     return ev, dm
 
 
@@ -128,14 +131,11 @@ def _write_report(
     for ev in evaluations:
         if ev.sweep:
             seen = test_images_text(len(ev.label), ev.test_set_size)
-            md += [f"## {ev.name}: inference regimes on {seen} (BatchNorm re-estimated on training data per point)",
+            md += [f"## {ev.name}: halting policies on {seen} (BatchNorm re-estimated on training data per point)",
                    "",
-                   "| regime | avg MACs | top-1 (%) | BN re-estimated |", "|---|---|---|---|"]  # fmt: skip
-            for p in ev.sweep:
-                # a threshold policy by its name (act, pondernet, a registered one), then the fixed regimes
-                what = {"fixed": f"fixed k={p['k']}", "full": "full", "trained": "as trained"}.get(
-                    p["regime"], f"{p['regime']} ε={p['epsilon']}")  # fmt: skip
-                md.append(f"| {what} | {p['macs_mean'] / 1e6:.2f} M | {p['top1']:.2f} | {p['recalibrated']} |")
+                   "| halting policy | avg MACs | top-1 (%) | BN re-estimated |", "|---|---|---|---|"]  # fmt: skip
+            for p in ev.sweep:  # each point in its policy's own words (HaltingPolicy.describe)
+                md.append(f"| {p['label']} | {p['macs_mean'] / 1e6:.2f} M | {p['top1']:.2f} | {p['recalibrated']} |")
             md.append("")
     levelled = [s for s in summaries if "by_level" in s]
     if levelled:  # a data set whose images carry a difficulty level (Cluttered Fashion-MNIST)

@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 
 from .data import ImageDataModule, datamodule_class
-from .errors import CLIError, one_line
+from .errors import RunFolderError, one_line
 from .files import file_sha256, load_yaml
 from .models import IamNN
-from .weights import load_model_with_config
+from .weights import find_weights, resolve
 
 __all__ = [
     "datamodule_of_weights",
@@ -64,16 +64,6 @@ def load_datamodule(run_dir: Path, **overrides: Any) -> ImageDataModule:
         raise ValueError(f"{config}: its data section does not build {class_name}: {one_line(err)}") from None
     dm.setup("test")
     return dm
-
-
-def find_weights(run_dir: Path) -> Path:
-    """The run's ``model.safetensors``, else its best (or last) checkpoint."""
-    if (run_dir / "model.safetensors").is_file():
-        return run_dir / "model.safetensors"
-    ckpts = sorted((run_dir / "checkpoints").glob("best*.ckpt")) or sorted((run_dir / "checkpoints").glob("*.ckpt"))
-    if not ckpts:
-        raise FileNotFoundError(f"{run_dir}: no model.safetensors or checkpoints/*.ckpt")
-    return ckpts[-1]
 
 
 def describe_weights(path: str | Path, within_run: bool = True) -> str:
@@ -126,13 +116,13 @@ def run_folders(paths: list[str | Path]) -> list[Path]:
     """Each path as a run folder, or the run folders directly inside it (``runs/frontier``)."""
     missing = [str(p) for p in paths if not Path(p).is_dir()]
     if missing:
-        raise CLIError(f"no such run directory: {', '.join(missing)}")
+        raise RunFolderError(f"no such run directory: {', '.join(missing)}")
     runs: list[Path] = []
     for path in map(Path, paths):
         inside = sorted(d for d in path.iterdir() if (d / "config.yaml").is_file())
         runs += [path] if (path / "config.yaml").is_file() else inside
     if not runs:
-        raise CLIError(f"no run folders (with a config.yaml) in {', '.join(map(str, paths))}")
+        raise RunFolderError(f"no run folders (with a config.yaml) in {', '.join(map(str, paths))}")
     return runs
 
 
@@ -140,12 +130,11 @@ def load_iamnn_run(source: str | Path, test_subset: int | None = None) -> tuple[
     """(weights file, IamNN, its config, the run's data module without augmentation) of a run
     folder or of a weights file inside one."""
     run_dir = find_run_dir(Path(source))
-    weights = Path(source) if Path(source).is_file() else find_weights(run_dir)
-    model, config = load_model_with_config(weights)
-    if not isinstance(model, IamNN):
-        raise ValueError(f"{weights}: {type(model).__name__} has no halting regimes (give an IamNN run)")
+    loaded = resolve(Path(source) if Path(source).is_file() else find_weights(run_dir))
+    if not isinstance(loaded.model, IamNN):
+        raise ValueError(f"{loaded.path}: {type(loaded.model).__name__} has no halting regimes (give an IamNN run)")
     dm = load_datamodule(run_dir, augment=False, **({"test_subset": test_subset} if test_subset else {}))
-    return weights, model, config, dm
+    return loaded.path, loaded.model, loaded.config, dm
 
 
 def datamodule_of_weights(data: dict[str, Any], test_subset: int | None = None, train: bool = False) -> ImageDataModule:

@@ -3,21 +3,26 @@
 A weights file carries everything needed to rebuild its model: the safetensors metadata holds
 ``{"model": registry name, "kwargs": builder arguments}`` as JSON (also written beside it as
 ``<file>.json`` for people). Lightning ``.ckpt`` files are read with ``torch.load(weights_only=True)``.
+:func:`resolve` turns every way of naming a model (registered name, weights file, run folder, shipped
+weights) into the model, its preprocessing and its class names, opening a weights file once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import pickle
 import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
+from safetensors.torch import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
@@ -28,14 +33,18 @@ from .models.halting import halting_json
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 CONFIG_KEY = "iamnn_config"
+DEFAULT_MODEL = "iamnn_r34_fmnist"  # the shipped model: what predict, the app and the commands use unless told
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "Resolved",
     "WeightsError",
     "check_fits",
     "check_file_builds",
     "config_from_hparams",
     "create_model",
     "data_config",
+    "find_weights",
     "load_model",
     "load_model_with_config",
     "load_pretrained",
@@ -45,6 +54,8 @@ __all__ = [
     "pretrained_path",
     "read_checkpoint",
     "read_config",
+    "read_weights",
+    "resolve",
     "save_weights",
 ]
 
@@ -70,21 +81,14 @@ def create_model(
     if not pretrained and checkpoint_path is None:
         return build_model(name, **kwargs)
     path = pretrained_path(name) if pretrained else Path(checkpoint_path)
-    checkpoint = read_checkpoint(path) if path.suffix == ".ckpt" else None
-    config = read_config(path, checkpoint)
-    stored = config.get("kwargs", {})
-    clash = {k: (v, stored[k]) for k, v in kwargs.items() if k not in REGIME_KWARGS and k in stored and stored[k] != v}
-    if clash:
-        key, (given, saved) = next(iter(clash.items()))
-        raise WeightsError(f"{path}: {key}={given!r} contradicts the file's {key}={saved!r} (leave it out)")
-    model = load_from_file(name, {**stored, **kwargs}, path, checkpoint, config)
+    model, _ = read_weights(path, kwargs, name=name, agree=True)
     if num_classes is not None and num_classes != getattr(model, "num_classes", num_classes):
         model.reset_classifier(num_classes)  # a new task: the backbone is kept, the head starts afresh
         kwargs_now = {**model.model_config["kwargs"], "num_classes": num_classes}
         model.model_config = {**model.model_config, "kwargs": kwargs_now}
         if getattr(model, "data_config", None):
             model.data_config = {k: v for k, v in model.data_config.items() if k != "class_names"}
-    return model.eval() if pretrained else model
+    return model if pretrained else model.train()  # a checkpoint to fine-tune comes back in training mode
 
 
 REGIME_KWARGS = frozenset({"halting", "epsilon"})  # how a model runs, not what its weights are
@@ -184,15 +188,20 @@ def read_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> d
         config = config_from_hparams(hparams)
         config = {**config, "data": checkpoint["iamnn_data"]} if "iamnn_data" in checkpoint else config
         return checked_config(config, path)
+    _refuse_onnx(path)
+    with _open_safetensors(path) as f:
+        return _stored_config(_safetensors_read(path, f.metadata) or {}, path)
+
+
+def _refuse_onnx(path: Path) -> None:
     if path.suffix == ".onnx":
         raise WeightsError(
             f"{path}: an ONNX model, not weights: run it with `iamnn predict --onnx` (iamnn.export.OnnxModel)"
         )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(err)})") from None
+
+
+def _stored_config(metadata: dict[str, str], path: Path) -> dict[str, Any]:
+    """The checked config in a safetensors file's metadata."""
     if CONFIG_KEY not in metadata:
         raise WeightsError(f"{path}: safetensors file has no {CONFIG_KEY!r} metadata; pass the model name instead")
     try:
@@ -273,30 +282,24 @@ def file_shapes(path: str | Path, checkpoint: dict[str, Any] | None = None) -> d
     """The tensor shapes a weights file holds, read from its header: no tensor is loaded."""
     if checkpoint is not None:
         return {k: tuple(v.shape) for k, v in load_state_dict(path, checkpoint).items()}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
-    except (SafetensorError, OSError, ValueError) as err:
-        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(err)})") from None
-    return upgrade_state_dict(shapes)  # legacy key names, as load_state_dict renames them
+    with _open_safetensors(Path(path)) as f:
+        return _SafetensorsState(Path(path), f).shapes()  # legacy key names, as load_state_dict renames them
 
 
 def check_file_builds(name: str, kwargs: dict[str, Any], path: str | Path, checkpoint: dict[str, Any] | None) -> None:
     """Build ``name`` on the meta device and match it against the tensors in ``path``: a config
     that does not build, or whose tensors differ from the file's, fails in one line before anything
     is allocated (a crafted ``num_classes = 5e9`` or ``width = 64`` costs nothing)."""
+    _check_builds(name, kwargs, path, file_shapes(path, checkpoint))
+
+
+def _check_builds(name: str, kwargs: dict[str, Any], path: str | Path, shapes: dict[str, Any]) -> None:
     try:
         with torch.device("meta"):
             skeleton = build_model(name, **kwargs)
     except (TypeError, ValueError, OverflowError, RuntimeError) as err:
         raise WeightsError(f"{path}: the stored config does not build a model: {one_line(err)}") from None
-    check_fits(skeleton, file_shapes(path, checkpoint), path)
-
-
-def build_for_file(name: str, kwargs: dict[str, Any], path: str | Path, checkpoint: dict[str, Any] | None) -> nn.Module:
-    """Build ``name`` for the weights in ``path``, checked first (:func:`check_file_builds`)."""
-    check_file_builds(name, kwargs, path, checkpoint)
-    return build_model(name, **kwargs)
+    check_fits(skeleton, shapes, path)
 
 
 def load_state_dict(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
@@ -311,10 +314,8 @@ def load_state_dict(path: str | Path, checkpoint: dict[str, Any] | None = None) 
         checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
         state = checkpoint.get("state_dict", {})
         return upgrade_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    try:
-        return upgrade_state_dict(load_file(str(path)))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(err)})") from None
+    with _open_safetensors(path) as f:
+        return _SafetensorsState(path, f).tensors()
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
@@ -324,6 +325,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
     check_fits(model, state, path)
+    return _load_checked(model, state, path)
+
+
+def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
+    """Load ``state``, already matched to ``model``'s keys and shapes, refusing non-finite weights."""
     # NaN weights loaded silently: predict printed "confidence": NaN (not JSON), evaluate 7.81 %
     broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
@@ -360,23 +366,152 @@ def load_model(path: str | Path, **overrides: Any) -> nn.Module:
 
 def load_model_with_config(path: str | Path, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`load_model`, and the file's config (with its ``"data"`` preprocessing); one read."""
+    return read_weights(Path(path), overrides)
+
+
+def read_weights(
+    path: Path, overrides: dict[str, Any], name: str | None = None, agree: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a weights file describes, in eval mode, and the file's config, from one open of
+    the file: its config and tensor shapes are read from the header, the model is built on the meta
+    device and matched against them (a crafted config costs nothing), then built and loaded.
+
+    ``overrides`` replace stored builder arguments (e.g. ``halting``); with ``agree``, any but the
+    regime's must equal the stored ones. ``name``: build this registered name instead of the file's.
+    The file's preprocessing is kept as ``model.data_config``."""
     path = Path(path)
-    checkpoint = read_checkpoint(path) if path.suffix == ".ckpt" else None
-    config = read_config(path, checkpoint)
-    model = load_from_file(config["model"], {**config.get("kwargs", {}), **overrides}, path, checkpoint, config)
-    return model.eval(), config
+    if path.suffix == ".ckpt":
+        checkpoint = read_checkpoint(path)
+        config = read_config(path, checkpoint)
+        state = load_state_dict(path, checkpoint)
+        return _build_loaded(path, config, overrides, name, agree, state), config
+    _refuse_onnx(path)
+    with _open_safetensors(path) as f:
+        config = _stored_config(_safetensors_read(path, f.metadata) or {}, path)
+        state = _SafetensorsState(path, f)
+        return _build_loaded(path, config, overrides, name, agree, state), config
 
 
-def load_from_file(
-    name: str, kwargs: dict[str, Any], path: Path, checkpoint: dict[str, Any] | None, config: dict[str, Any]
+class _SafetensorsState:
+    """The tensors of an open safetensors file: their shapes from its header, the tensors when asked."""
+
+    def __init__(self, path: Path, handle: Any) -> None:
+        self.path, self.handle = path, handle
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        keys = _safetensors_read(self.path, self.handle.keys)
+        return upgrade_state_dict({k: tuple(self.handle.get_slice(k).get_shape()) for k in keys})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        keys = _safetensors_read(self.path, self.handle.keys)
+        return upgrade_state_dict({k: _safetensors_read(self.path, self.handle.get_tensor, k) for k in keys})
+
+
+def _build_loaded(
+    path: Path,
+    config: dict[str, Any],
+    overrides: dict[str, Any],
+    name: str | None,
+    agree: bool,
+    state: dict[str, torch.Tensor] | _SafetensorsState,
 ) -> nn.Module:
-    """``name`` built with ``kwargs`` for the weights in ``path`` (checked first on the meta
-    device), the weights loaded, and the file's preprocessing kept as ``model.data_config``."""
-    model = build_for_file(name, kwargs, path, checkpoint)
+    """``config``'s model built for ``state`` (checked once, on the meta device), loaded, in eval mode."""
+    stored = config.get("kwargs", {})
+    if agree and (clash := [k for k, v in overrides.items() if k not in REGIME_KWARGS and stored.get(k, v) != v]):
+        raise WeightsError(f"{path}: {clash[0]}={overrides[clash[0]]!r} contradicts the file's "
+                           f"{clash[0]}={stored[clash[0]]!r} (leave it out)")  # fmt: skip
+    name, kwargs = name or config["model"], {**stored, **overrides}
+    shapes = state.shapes() if isinstance(state, _SafetensorsState) else state
+    _check_builds(name, kwargs, path, shapes)
+    model = build_model(name, **kwargs)
     if (problem := _data_misfit(model, config.get("data"))) is not None:
         raise WeightsError(f"{path}: the stored config's data section {problem}")
     model.data_config = config.get("data")  # the preprocessing it was trained with, for iamnn.predict
-    return _load_into(model, load_state_dict(path, checkpoint), path)
+    tensors = state.tensors() if isinstance(state, _SafetensorsState) else state
+    return _load_checked(model, tensors, path).eval()
+
+
+@contextlib.contextmanager
+def _open_safetensors(path: Path) -> Iterator[Any]:
+    """``safe_open`` with its failures as one ``WeightsError`` line."""
+    handle = _safetensors_read(path, safe_open, str(path), framework="pt")
+    with handle as f:
+        yield f
+
+
+def _safetensors_read(path: Path, read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return read(*args, **kwargs)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path}: not a readable safetensors file ({one_line(err)})") from None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A model and what using it takes, as :func:`resolve` found them."""
+
+    model: nn.Module
+    #: ``{"model": registry name, "kwargs": builder arguments}``, with ``"data"`` where the weights carry it
+    config: dict[str, Any]
+    #: the weights file read (the shipped one, a run folder's, or the one given); None for a model built here
+    path: Path | None = None
+    #: the registered name whose shipped weights these are; None for any other source
+    shipped: str | None = None
+
+    @property
+    def data(self) -> dict[str, Any] | None:
+        """The preprocessing the model was trained with (``dataset``, ``in_chans``, ``input_size``,
+        ``mean``, ``std``, ``class_names``, ``crop_pct``), also ``model.data_config``; None if unknown."""
+        return self.config.get("data")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list((self.data or {}).get("class_names") or [])
+
+
+def resolve(source: str | Path | nn.Module | None = None, *, pretrained: bool | None = None, **kwargs: Any) -> Resolved:
+    """The model that ``source`` names, its preprocessing and class names: the one way every
+    command, ``iamnn.predict``, the app and the benchmark turn a name into a model. A weights file
+    is opened once.
+
+    ``source``: a registered name (default :data:`DEFAULT_MODEL`, the shipped model), a weights
+    file (safetensors or Lightning ``.ckpt``), a run folder of ``iamnn fit`` (its
+    ``model.safetensors``, else its best checkpoint), or a model already built (kept as it is).
+    ``pretrained`` (a registered name): True loads the weights shipped for it, False builds it
+    untrained, None loads them where some ship. ``kwargs``: builder arguments of an untrained
+    model, or overrides of a file's (``halting``, ``epsilon``); ``None`` values are dropped.
+    """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if isinstance(source, nn.Module):
+        data = getattr(source, "data_config", None)
+        return Resolved(source, {**(getattr(source, "model_config", None) or {}), **({"data": data} if data else {})})
+    source = DEFAULT_MODEL if source is None else source
+    name = source if isinstance(source, str) and not Path(source).exists() else None
+    if pretrained or (name in list_models() and pretrained is None and pretrained_file(name) is not None):
+        path = pretrained_path(str(source))
+        return Resolved(*read_weights(path, kwargs, agree=True), path, str(source))
+    if name in list_models():
+        model = build_model(name, **kwargs)
+        return Resolved(model, model.model_config)
+    path = Path(source)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file, run folder or registered model")
+    if path.is_dir():
+        try:
+            path = find_weights(path)
+        except FileNotFoundError as err:
+            raise WeightsError(str(err)) from None
+    return Resolved(*read_weights(path, kwargs, agree=True), path)
+
+
+def find_weights(run_dir: Path) -> Path:
+    """A run folder's ``model.safetensors``, else its best (or last) checkpoint."""
+    if (run_dir / "model.safetensors").is_file():
+        return run_dir / "model.safetensors"
+    ckpts = sorted((run_dir / "checkpoints").glob("best*.ckpt")) or sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    if not ckpts:
+        raise FileNotFoundError(f"{run_dir}: no model.safetensors or checkpoints/*.ckpt")
+    return ckpts[-1]
 
 
 def pretrained_path(name: str) -> Path:
@@ -398,17 +533,28 @@ def load_pretrained(name: str, **overrides: Any) -> nn.Module:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint's contents, unpickled with ``weights_only=True``; anything else is refused."""
-    problem = _not_torch_file(path)
-    if problem:
-        raise WeightsError(f"{path}: refused: not a PyTorch checkpoint ({problem})")
+    """A Lightning checkpoint's contents, unpickled with ``weights_only=True``; anything else is
+    refused. One open: its first bytes are checked, then the same handle is unpickled."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after torch.load has read it
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except OSError as err:
+        raise WeightsError(f"{path}: refused: not a PyTorch checkpoint ({one_line(err)})") from None
+    with f:
+        problem = _not_torch_head(f.read(len(TORCH_LEGACY_PREFIX)))
+        if problem:
+            raise WeightsError(f"{path}: refused: not a PyTorch checkpoint ({problem})")
+        f.seek(0)
+        return _unpickle(path, f)
+
+
+def _unpickle(path: str | Path, f: BinaryIO) -> dict[str, Any]:
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled objects
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says it all
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such file") from None
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # what weights_only raises for anything but tensors and plain data
         # torch's first lines advise retrying with weights_only=False; the reason is further down
         lines = [line for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line]
@@ -425,16 +571,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
-def _not_torch_file(path: str | Path) -> str | None:
-    """Why ``path`` cannot be a file from ``torch.save`` (a plain pickle, text), or None: so that
-    such a file is named for what it is, not for the unpickler's first complaint about it."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(TORCH_LEGACY_PREFIX))
-    except FileNotFoundError:
-        return None  # said by the caller
-    except OSError as err:
-        return one_line(err)
+def _not_torch_head(head: bytes) -> str | None:
+    """Why a file starting with ``head`` cannot be from ``torch.save`` (a plain pickle, text), or
+    None: so that such a file is named for what it is, not for the unpickler's first complaint."""
     if head.startswith(b"PK\x03\x04") or head == TORCH_LEGACY_PREFIX:
         return None
     if not head:

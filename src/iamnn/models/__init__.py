@@ -4,6 +4,7 @@ per preset (presets are data: iterations per stage, or block and units)."""
 from __future__ import annotations
 
 from .baselines import MOBILENETS, RESNETS, MobileNet, ResNet
+from .blocks import FoldedBlock, IterationBlock, register_block
 from .cascade import Cascade, Pass
 from .halting import ACT, Fixed, Full, HaltingPolicy, PonderNet, halting_policy, policy_names, register_policy
 from .iamnn import (
@@ -24,11 +25,13 @@ __all__ = [
     "ACT",
     "Cascade",
     "Fixed",
+    "FoldedBlock",
     "Full",
     "HaltingPolicy",
     "IamNN",
     "IamNNStats",
     "InvertedResidualBlock",
+    "IterationBlock",
     "IterativeStage",
     "MobileNet",
     "Pass",
@@ -44,6 +47,7 @@ __all__ = [
     "list_models",
     "policy_names",
     "pretrained_file",
+    "register_block",
     "register_model",
     "register_policy",
     "register_pretrained",

@@ -6,7 +6,8 @@ halted samples) that at these sizes cost more in dispatch than in arithmetic: me
 the shipped model spent 1.58–1.70x the time of "no-halt" (the same iterations with no halting) at
 batch 1. For a BatchNorm-folded model (``fold.py``) under the paper's policy,
 :class:`~iamnn.models.halting.ACT`, at inference, that step is one call into ``act_kernel.c``:
-:func:`act_one_sample` at batch 1, :class:`KernelStep` for a batch. :func:`weighted_sum` forms
+:class:`KernelOneSample` at batch 1, :class:`KernelStep` for a batch (both decide inside
+the stage's one loop, ``IterativeStage.run``). :func:`weighted_sum` forms
 y = Σ p_n·s_n where samples halt, in one pass over the states (forward and backward), and in
 training :func:`pooled_relu_update` forms s = ReLU(s + u) with the poolings the halting unit reads
 in one pass. The C source is compiled on first use with the system's C compiler and cached under
@@ -263,7 +264,7 @@ def _packed(stage: nn.Module) -> PackedUnit | None:
 
 class KernelStep:
     """ACT's halting step for one stage through the kernel: :meth:`context` once, then one call per
-    iteration (see ``IterativeStage._batched``, which forms y with :func:`weighted_sum`)."""
+    iteration (see ``iamnn.BatchHalting``, which forms y with :func:`weighted_sum`)."""
 
     def __init__(self, lib: ctypes.CDLL, packed: PackedUnit, threshold: float) -> None:
         self.lib, self.packed, self.threshold = lib, packed, threshold
@@ -330,44 +331,62 @@ def halting_step(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> KernelS
     return None if kernel is None else KernelStep(*kernel, policy.threshold)
 
 
-def act_one_sample(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor] | None:
-    """``IterativeStage._one_sample`` through the kernel: (y, N, ρ), or None where the kernel does
-    not apply. The lean twin of :class:`KernelStep` for a single sample: at batch 1 every Python
-    line between two iterations' convolutions shows in the latency (measured on 2 cores with
-    other models run in between, as ``iamnn bench`` does: about 20 µs a line-heavy call)."""
+class KernelOneSample:
+    """:class:`~iamnn.models.iamnn.HostHalting` through the kernel: one C call per iteration scores,
+    decides and adds p·s to y. The lean twin of :class:`KernelStep` for a single sample: at batch 1
+    every Python line between two iterations' convolutions shows in the latency (measured on 2
+    cores with other models run in between, as ``iamnn bench`` does: about 20 µs a line-heavy call)."""
+
+    __slots__ = ("x0", "policy", "iteration", "ref", "threshold", "context", "context_map", "numbers", "halted",
+                 "cum_h", "p", "halt", "y", "n")  # fmt: skip
+
+    def __init__(self, lib: ctypes.CDLL, packed: PackedUnit, x0: Tensor, policy: HaltingPolicy) -> None:
+        self.x0, self.policy, self.iteration, self.ref = x0, policy, lib.iamnn_act_iteration, packed.ref
+        self.threshold = policy.threshold
+        self.context_map = x0.new_empty(1, packed.hidden)  # this call's own buffers: threads may share a model
+        self.context = self.context_map.data_ptr()
+        self.numbers, self.halted = (ctypes.c_float * 2)(0.0, 0.0), ctypes.c_ubyte()  # [Σ_{i<n} h_i, p_n]; halt
+        self.cum_h, self.p = ctypes.byref(self.numbers), ctypes.byref(self.numbers, 4)
+        self.halt = ctypes.byref(self.halted)
+        self.y: Tensor | None = None
+        self.n = 0
+
+    def after(self, i: int, s: Tensor, u: Tensor | None, s_seen: Tensor, wants: bool, is_last: bool) -> Tensor | None:
+        s, s_rows = _readable(s)  # the folded blocks' maps already are
+        if self.y is None:
+            self.y = torch.empty_like(s)
+        elif self.y.stride() != s.stride():  # y is formed in the layout of the first state
+            s = torch.empty_like(self.y).copy_(s)
+            s_rows = _rows(s)
+        u, u_rows = _readable(u) if wants else (None, 0)
+        stop = self.iteration(
+            self.ref, 1, self.context, s.data_ptr(), s_rows, u.data_ptr() if wants else None, u_rows, float(is_last),
+            self.threshold, self.y.data_ptr(), i == 0, self.cum_h, self.p, self.halt,
+        )  # fmt: skip
+        if stop < 0:
+            raise MemoryError("iamnn: the ACT kernel could not allocate its buffers")
+        if stop:
+            self.n = i + 1
+            return None
+        return s
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        rho = self.policy.ponder(np.float32(self.numbers[1]), np.float32(self.n))  # ACT: p_N + N, in float32
+        return self.y, torch.full((1,), self.n, dtype=torch.long), torch.full((1,), float(rho))
+
+
+def one_sample_halting(stage: nn.Module, x0: Tensor, policy: HaltingPolicy) -> KernelOneSample | None:
+    """The kernel's decisions for one sample of ``stage`` under ``policy`` (:class:`KernelOneSample`),
+    or None where the kernel does not apply (as :func:`halting_step`)."""
     kernel = _kernel_for(stage, x0, policy)
     x_rows = None if kernel is None else _rows(x0)
     if x_rows is None:
         return None
     lib, packed = kernel
-    context_map = x0.new_empty(1, packed.hidden)  # this call's own buffers: threads may share a model
-    context = context_map.data_ptr()
-    if lib.iamnn_context(packed.ref, 1, x0.data_ptr(), x_rows, context):
+    one = KernelOneSample(lib, packed, x0, policy)
+    if lib.iamnn_context(packed.ref, 1, x0.data_ptr(), x_rows, one.context):
         return None
-    iteration, step, threshold = lib.iamnn_act_iteration, stage.block.step, policy.threshold
-    numbers, halted = (ctypes.c_float * 2)(0.0, 0.0), ctypes.c_ubyte()  # [Σ_{i<n} h_i, p_n]; the halt flag
-    cum_h, p, halt = ctypes.byref(numbers), ctypes.byref(numbers, 4), ctypes.byref(halted)
-    limit = policy.limit(stage.max_iterations)
-    s = y = None
-    for i in range(limit):
-        is_last = i == limit - 1
-        wants = not is_last and policy.wants_score(i)
-        s, u = step(x0, s, i, need_u=wants)
-        if y is None:
-            y = torch.empty_like(s)
-        s_rows, u_rows = _rows(s), _rows(u) if wants else 0
-        if s_rows is None or u_rows is None or y.stride() != s.stride():
-            return None  # a layout the kernel does not read (the folded blocks give none)
-        stop = iteration(
-            packed.ref, 1, context, s.data_ptr(), s_rows, u.data_ptr() if wants else None, u_rows, float(is_last),
-            threshold, y.data_ptr(), i == 0, cum_h, p, halt,
-        )  # fmt: skip
-        if stop:
-            if stop < 0:
-                return None
-            rho = policy.ponder(np.float32(numbers[1]), np.float32(i + 1))  # ACT: p_N + N, in float32
-            return y, torch.full((1,), i + 1, dtype=torch.long), torch.full((1,), float(rho))
-    raise AssertionError("unreachable: the last iteration always halts")
+    return one
 
 
 def available() -> bool:

@@ -87,6 +87,10 @@ class Cascade:
     score: str = "maxprob"
     combine: Literal["mean", "last"] = "mean"
     name: ClassVar[str] = "cascade"
+    #: how ``halting_forms()`` (help texts, errors) writes it
+    form: ClassVar[str] = "cascade:PASS,PASS@T"
+    #: what the threshold t does, in words (the app's slider says it)
+    threshold_text: ClassVar[str] = "an image leaves after a pass once its confidence reaches t: larger t, more MACs"
 
     def __post_init__(self) -> None:
         if len(self.passes) < 1:  # one pass is that regime alone (``iamnn headroom`` compares such)
@@ -127,6 +131,10 @@ class Cascade:
         if self.score != "maxprob":
             text += f";score={self.score}"
         return text + (";combine=last" if self.combine == "last" else "")
+
+    def describe(self) -> str:
+        """The cascade in words, for progress lines and tables: its text form."""
+        return self.spec
 
     def with_thresholds(self, thresholds: tuple[float, ...]) -> Cascade:
         return Cascade(self.passes, tuple(float(t) for t in thresholds), self.score, self.combine)

@@ -22,8 +22,11 @@ Policies shipped here:
 
 A new policy is one subclass of :class:`HaltingPolicy` and one :func:`register_policy`; the model,
 its cost accounting, training, evaluation, benchmarks and export then take its name
-(``create_model(..., halting="mine")``, ``model(x, halting="mine")``). The README's architecture
-section shows a twenty-line example.
+(``create_model(..., halting="mine")``, ``model(x, halting="mine")``), and the report, its figures,
+calibration and the app ask the policy itself how to describe it (:meth:`~HaltingPolicy.describe`),
+how to move its threshold (:meth:`~HaltingPolicy.with_threshold`) and what that threshold does
+(:attr:`~HaltingPolicy.threshold_text`), never its name. The architecture page of the
+documentation shows a twenty-line example.
 
 The rule is written over "numbers" that may be (b,) tensors (a batch of active samples, or a
 traced ONNX ``Loop`` body) or float32 numpy scalars (the batch-1 path, which decides on the host):
@@ -40,7 +43,9 @@ import torch
 from torch import Tensor
 
 Number = Any  # a (b,) float tensor, or a numpy float32 scalar on the batch-1 path
-HaltingSpec = Any  # "act" | "full" | int k | a registered name | a HaltingPolicy | one of these per stage
+# a halting policy as a user gives it: "act" | "full" | int k | a registered name | a HaltingPolicy |
+# one of these per stage | a network-level policy ("cascade:…")
+HaltingSpec = Any
 
 
 def where(condition: Number, a: Number, b: Number) -> Number:
@@ -123,6 +128,34 @@ class HaltingPolicy:
         """What ``create_model(halting=...)`` and the saved config call this policy."""
         return self.name
 
+    # -- how the policy describes and sweeps itself (the report, its figures, calibration, the app) --
+    #: what the threshold knob ε does, in words, with its direction (the app's slider says it). The
+    #: knob's contract, which calibration's bisection relies on: ε in [0, 1), a larger ε never stops
+    #: a sample later; so one grid of ε serves every policy's sweep
+    threshold_text: ClassVar[str] = "ε moves the policy's threshold: larger ε, fewer MACs"
+
+    def describe(self) -> str:
+        """The policy in words, for the report's tables, the figures' legends and progress lines
+        ('act ε=0.01', 'fixed k=2', 'full'). By default its spec and the values it was built with:
+        ``Confident(threshold=0.95)`` is 'confident (threshold=0.95)'."""
+        values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in vars(self).items())
+        return f"{self.spec} ({values})" if values else str(self.spec)
+
+    def with_threshold(self, epsilon: float) -> HaltingPolicy | None:
+        """This policy with its threshold knob at ``epsilon``: what the report's sweep, ``iamnn
+        calibrate`` and the frontier's budgets move. By default the ``build(epsilon)`` it was
+        registered with; None when it was registered without one (it has no knob). A fixed schedule
+        has no knob of its own: its model's halting units are swept under ACT, the paper's rule."""
+        if not self.uses_scores:
+            return ACT(epsilon)
+        build = _THRESHOLDED.get(self.name)
+        return build(epsilon) if build is not None else None
+
+    def stop_level(self) -> float | None:
+        """The level a stage's cumulative halting score must reach for it to stop (ACT's 1 − ε),
+        drawn on the app's plot of that score; None for a rule that is not such a level."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
 
@@ -138,6 +171,7 @@ class ACT(HaltingPolicy):
     """
 
     name = "act"
+    threshold_text = "a stage stops once its scores sum to 1 − ε: larger ε, fewer MACs"
 
     def __init__(self, epsilon: float = 0.01, min_iterations: int = 0) -> None:
         if not 0.0 <= float(epsilon) < 1.0:
@@ -146,6 +180,12 @@ class ACT(HaltingPolicy):
         self.min_iterations = int(min_iterations)
         # 1 − ε rounded to float32 once, so that tensors and numpy scalars compare alike
         self.threshold = float(np.float32(1.0 - self.epsilon))
+
+    def describe(self) -> str:
+        return f"{self.spec} ε={self.epsilon:g}"
+
+    def stop_level(self) -> float:
+        return 1.0 - self.epsilon
 
     def wants_score(self, i: int) -> bool:
         return i + 1 >= self.min_iterations
@@ -175,6 +215,9 @@ class Fixed(HaltingPolicy):
     @property
     def spec(self) -> int:
         return self.k
+
+    def describe(self) -> str:
+        return f"{self.name} k={self.k}"
 
 
 class Full(HaltingPolicy):
@@ -207,6 +250,7 @@ class PonderNet(HaltingPolicy):
     """
 
     name = "pondernet"
+    threshold_text = "a stage stops once the halting mass left is at most ε: larger ε, fewer MACs"
     initial_state = (1.0, 0.0, 0.0, 0.0)
 
     def __init__(self, epsilon: float = 0.01, prior: float = 0.5) -> None:
@@ -214,6 +258,9 @@ class PonderNet(HaltingPolicy):
             raise ValueError(f"the geometric prior's λ_p must be in (0, 1), got {prior!r}")
         self.epsilon, self.prior = float(epsilon), float(prior)
         self.threshold = float(np.float32(self.epsilon))
+
+    def describe(self) -> str:
+        return f"{self.spec} ε={self.epsilon:g}"
 
     def step(self, state: Number, h: Number) -> tuple[Number, Number, Number]:
         r, k, plogp, kp = state[..., 0], state[..., 1], state[..., 2], state[..., 3]
@@ -233,17 +280,24 @@ class PonderNet(HaltingPolicy):
 # -- the registry ---------------------------------------------------------------------------------
 P = TypeVar("P", bound=type[HaltingPolicy])
 _POLICIES: dict[str, Callable[[float], HaltingPolicy]] = {}
+_THRESHOLDED: dict[str, Callable[[float], HaltingPolicy]] = {}  # those registered with a build(epsilon)
 
 
 def register_policy(name: str, build: Callable[[float], HaltingPolicy] | None = None) -> Callable[[P], P]:
     """Register a policy class under ``name`` (a decorator), so that ``halting=name`` builds it.
 
-    ``build(epsilon)`` makes an instance from the model's ``epsilon`` (its one threshold knob,
-    which calibration moves); by default the class is called with no argument.
+    ``build(epsilon)`` makes an instance from the model's ``epsilon``, its one threshold knob
+    (ε in [0, 1), a larger ε never stopping later), which the report's sweep and calibration move
+    (:meth:`HaltingPolicy.with_threshold`) and the app's slider sets; without it the class is
+    called with no argument, and the policy has no knob to move.
     """
 
     def decorate(cls: P) -> P:
         _POLICIES[name] = build or (lambda epsilon: cls())
+        if build is not None:
+            _THRESHOLDED[name] = build
+        else:
+            _THRESHOLDED.pop(name, None)
         return cls
 
     return decorate
@@ -252,12 +306,6 @@ def register_policy(name: str, build: Callable[[float], HaltingPolicy] | None = 
 register_policy("act", lambda epsilon: ACT(epsilon))(ACT)
 register_policy("full")(Full)
 register_policy("pondernet", lambda epsilon: PonderNet(epsilon))(PonderNet)
-
-
-def threshold_policy_name(policy: HaltingPolicy) -> str:
-    """The policy whose threshold (ε) a sweep or a calibration moves for a model whose policy is
-    ``policy``: that policy when it uses halting scores, else ACT (a fixed-depth model's units)."""
-    return policy.name if policy.uses_scores else "act"
 
 
 def ponder_loss(
@@ -280,7 +328,9 @@ _NETWORK_POLICIES: dict[str, type] = {}
 
 def register_network_policy(name: str, cls: type) -> None:
     """Register a network-level policy class, written ``name:…`` and read by ``cls.parse``; its
-    instances have ``spec`` (their text) and ``run(model, x)`` (what ``IamNN.forward`` calls)."""
+    instances have ``spec`` (their text), ``describe()`` (in words) and ``run(model, x)`` (what
+    ``IamNN.forward`` calls); its ``form`` (a class attribute, e.g. ``"cascade:PASS,PASS@T"``)
+    is how :func:`halting_forms` writes it."""
     _NETWORK_POLICIES[name] = cls
 
 
@@ -297,9 +347,18 @@ def policy_names() -> list[str]:
     return sorted(_POLICIES)
 
 
+def halting_forms() -> str:
+    """The forms a halting policy may be given in (``--halting``, ``halting=``), in words, from the
+    registries: 'act, full, pondernet, an int k >= 1, or cascade:PASS,PASS@T'."""
+    network = [getattr(cls, "form", f"{name}:…") for name, cls in sorted(_NETWORK_POLICIES.items())]
+    forms = [*policy_names(), "an int k >= 1", *network]
+    return ", ".join(forms[:-1]) + ", or " + forms[-1]
+
+
 def normalize_halting(spec: HaltingSpec) -> Any:
-    """A halting spec in its canonical form: ``"2"`` (as a command line gives it) becomes 2, a
-    per-stage list a tuple; raises ValueError for anything that is not a policy."""
+    """A halting policy as given, in its canonical form: ``"2"`` (as a command line gives it)
+    becomes 2, a per-stage list a tuple; raises ValueError, naming :func:`halting_forms`, for
+    anything that is not a policy."""
     if isinstance(spec, HaltingPolicy):
         return spec
     if (network := network_policy(spec)) is not None:
@@ -312,13 +371,12 @@ def normalize_halting(spec: HaltingSpec) -> Any:
         return spec
     if isinstance(spec, str) and spec in _POLICIES:
         return spec
-    names = ", ".join(repr(n) for n in policy_names())
-    raise ValueError(f"halting must be {names}, an int k >= 1 or a cascade:PASS,PASS@T, got {spec!r}")
+    raise ValueError(f"halting must be {halting_forms()}, got {spec!r}")
 
 
 def halting_json(spec: HaltingSpec) -> str | int | list[str | int]:
-    """A spec as saved in a model config: a policy by its :attr:`~HaltingPolicy.spec`, one per
-    stage as a list, ``"2"`` as 2."""
+    """A halting policy as saved in a model config: a policy by its :attr:`~HaltingPolicy.spec`,
+    one per stage as a list, ``"2"`` as 2."""
     spec = normalize_halting(spec)
     if isinstance(spec, tuple):
         return [halting_json(s) for s in spec]
@@ -326,13 +384,14 @@ def halting_json(spec: HaltingSpec) -> str | int | list[str | int]:
 
 
 def other_regime_note(own: HaltingSpec, halting: HaltingSpec | None) -> str | None:
-    """Why ``halting`` may cost accuracy, when it is another regime than ``own``, the one a model
-    trained in, whose per-iteration BatchNorm statistics it keeps (other regimes feed its iterations
-    other inputs: the shipped model gives 20 % under ``full`` with them, 91 % re-estimated); else None."""
+    """Why the halting policy ``halting`` may cost accuracy, when it is another than ``own``, the
+    one a model trained with, whose per-iteration BatchNorm statistics it keeps (other policies feed
+    its iterations other inputs: the shipped model gives 20 % under ``full`` with them, 91 %
+    re-estimated); else None. (The note's words, "regime", are what users and tests read.)"""
     if halting is None:
         return None
-    mine, others = regimes(own), [r for r in regimes(halting) if r not in regimes(own)]
-    if not others:  # a cascade over the model's own regime (other views of the image) is at home
+    mine, others = saved_policies(own), [r for r in saved_policies(halting) if r not in saved_policies(own)]
+    if not others:  # a cascade over the model's own policy (other views of the image) is at home
         return None
     mine, other = (mine[0] if len(mine) == 1 else halting_json(own)), halting_json(halting)
     return (
@@ -341,8 +400,8 @@ def other_regime_note(own: HaltingSpec, halting: HaltingSpec | None) -> str | No
     )
 
 
-def regimes(spec: HaltingSpec) -> list[Any]:
-    """The per-stage regimes ``spec`` runs, as saved: itself, or a cascade's passes' regimes."""
+def saved_policies(spec: HaltingSpec) -> list[Any]:
+    """The per-stage halting policies ``spec`` runs, as saved: itself, or a cascade's passes'."""
     network = network_policy(spec)
     return [halting_json(p.halting) for p in network.passes] if network is not None else [halting_json(spec)]
 
@@ -354,7 +413,7 @@ def halting_policy(spec: HaltingSpec, epsilon: float = 0.01) -> HaltingPolicy:
     if isinstance(spec, HaltingPolicy):
         return spec
     if isinstance(spec, tuple):
-        raise ValueError(f"expected one halting mode, got one per stage: {spec!r}")
+        raise ValueError(f"expected one halting policy, got one per stage: {spec!r}")
     return Fixed(spec) if isinstance(spec, int) else _POLICIES[spec](epsilon)
 
 
@@ -365,6 +424,6 @@ def stage_policies(spec: HaltingSpec, stages: int, epsilon: float = 0.01) -> tup
         raise ValueError(f"{spec.spec!r} chooses between whole passes, not per stage: run it as model(x, halting=...)")
     if isinstance(spec, tuple):
         if len(spec) != stages:
-            raise ValueError(f"halting gives {len(spec)} modes for {stages} stages")
+            raise ValueError(f"halting gives {len(spec)} policies for {stages} stages")
         return tuple(halting_policy(s, epsilon) for s in spec)
     return (halting_policy(spec, epsilon),) * stages

@@ -1,26 +1,36 @@
-r"""IamNN: a ResNet whose stages are single weight-shared blocks iterated under ACT control.
+r"""IamNN: a ResNet whose stages are single weight-shared blocks iterated under a halting policy.
 
-Read top to bottom: the processing block :math:`B_k` → one iterative stage (state buffer,
-per-iteration BatchNorm, halting unit, active-set compaction) → the network → presets.
-The details the paper leaves open (stems, widths, the exact ACT rule, the cost convention) are
-written down in ``docs/specification.md``.
+Read top to bottom: one iterative stage (its one loop of iterations, and the ways a halting policy
+decides inside it: a fixed schedule, a batch with compaction, one sample on the host) → the
+network → presets. The processing blocks :math:`B_k` are in ``bottleneck.py`` and
+``inverted_residual.py`` (what a block is: ``blocks.py``). The details the paper leaves open (stems,
+widths, the exact ACT rule, the cost convention) are written down in ``docs/specification.md``.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.ops import SqueezeExcitation
 
 from ..cost import conv_macs, conv_out_hw, linear_macs
-from .act_kernel import KernelStep, act_one_sample, halting_step, pooled_relu_update, weighted_sum
+from . import bottleneck as _bottleneck  # noqa: F401 - registers "bottleneck"
+from . import inverted_residual as _inverted_residual  # noqa: F401 - registers "inverted_residual"
+from .act_kernel import halting_step, one_sample_halting, weighted_sum
+from .blocks import BLOCKS, MAX_WIDTH, block_options, iteration_norms, scaled_channels
+from .bottleneck import ProcessingBlock
 from .halting import HaltingPolicy, HaltingSpec, initial_states, network_policy, normalize_halting, stage_policies
 from .halting_unit import HaltingUnit
+from .inverted_residual import InvertedResidualBlock
+
+__all__ = [
+    "BLOCKS", "MAX_WIDTH", "PRESETS", "IamNN", "IamNNStats", "InvertedResidualBlock", "IterativeStage",
+    "ProcessingBlock", "check_input", "check_model_args", "iteration_norms", "scaled_channels", "upgrade_state_dict",
+]  # fmt: skip
 
 Stem = Literal["imagenet", "cifar"]
 
@@ -52,133 +62,7 @@ class IamNNStats:
     answered_by: Tensor | None = None
 
 
-def iteration_norms(iterations: int, *channels: int) -> nn.ModuleList:
-    """One BatchNorm per convolution (of ``channels`` outputs) for each iteration: ``norms[i][j]``."""
-    return nn.ModuleList(nn.ModuleList(nn.BatchNorm2d(c) for c in channels) for _ in range(iterations))
-
-
-class ProcessingBlock(nn.Module):
-    r"""Bottleneck :math:`B_k` = 1x1 conv → BN → ReLU → 3x3 conv → BN → ReLU → 1x1 conv → BN.
-
-    The three convolutions are shared by every iteration; each iteration ``i`` has its own three
-    BatchNorms (the paper found separate statistics per iteration important).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, max_iterations: int) -> None:
-        super().__init__()
-        mid = out_channels // 4
-        self.conv1 = nn.Conv2d(in_channels + out_channels, mid, 1, bias=False)
-        self.conv2 = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
-        self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
-        self.out_channels = out_channels
-        self.norms = iteration_norms(max_iterations, mid, mid, out_channels)
-
-    def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
-        """u_i = B_k(concat(x0, s_{i-1})) with iteration ``i``'s (0-based) BatchNorms.
-
-        ``s=None`` stands for the zero state s_0: its half of the first 1x1 convolution
-        contributes nothing, so only the x0 half runs (no concatenation, fewer MACs).
-        """
-        bn1, bn2, bn3 = self.norms[i]
-        if s is None:
-            z = nn.functional.conv2d(x0, self.conv1.weight[:, : x0.shape[1]].contiguous())
-        else:
-            z = self.conv1(torch.cat([x0, s], dim=1))
-        u = torch.relu(bn1(z))
-        u = torch.relu(bn2(self.conv2(u)))
-        return bn3(self.conv3(u))
-
-    def step(self, x0: Tensor, s: Tensor | None, i: int, need_u: bool = True) -> tuple[Tensor, Tensor | None]:
-        """Iteration ``i`` (0-based) from state ``s`` (None: the zero state s_0): returns (s_i, u_i).
-
-        ``need_u``: whether the caller uses u_i (the halting unit does); None is returned in its
-        place when not. (A BatchNorm-folded block returns u_i as its (B, C) spatial mean, all the
-        halting unit reads of it.)
-        """
-        u = self(x0, s, i)
-        return self.update(s, u), u if need_u else None
-
-    @staticmethod
-    def update(s: Tensor | None, u: Tensor) -> Tensor:
-        """s_i = ReLU(s_{i-1} + u_i), the residual update of torchvision's Bottleneck (s_0 = 0: None)."""
-        return torch.relu(u if s is None else s + u)
-
-    def macs(self, hw: tuple[int, int], first: bool = False) -> int:
-        """MACs of one iteration at spatial size ``hw``; ``first``: from the zero state s_0."""
-        macs = sum(conv_macs(c, hw) for c in (self.conv1, self.conv2, self.conv3))
-        if first:  # the state's input channels of conv1 are skipped
-            macs -= hw[0] * hw[1] * self.conv1.out_channels * self.out_channels
-        return macs
-
-
-class InvertedResidualBlock(nn.Module):
-    r"""Depthwise-separable :math:`B_k`, MobileNetV2/V3's inverted residual: 1x1 expand → BN →
-    hard-swish → 3x3 depthwise → BN → hard-swish → squeeze-excitation → 1x1 project → BN, applied
-    to concat(x0, s_{i-1}) like :class:`ProcessingBlock`.
-
-    The convolutions and the squeeze-excitation are shared by every iteration; each iteration has
-    its own three BatchNorms. The state update is MobileNetV2's linear residual
-    s_i = s_{i-1} + u_i: no ReLU after the addition, since the narrow projected map would lose
-    information to it (MobileNetV2, section 3.2).
-
-    Args:
-        expansion: hidden channels = ``expansion`` x ``out_channels`` (rounded to a multiple of 8).
-        se: squeeze-excitation on the hidden map (reduction 4, hard-sigmoid gate, as MobileNetV3).
-    """
-
-    def __init__(
-        self, in_channels: int, out_channels: int, max_iterations: int, expansion: float = 4.0, se: bool = True
-    ) -> None:
-        super().__init__()
-        if not 0 < expansion <= MAX_WIDTH:
-            raise ValueError(f"expansion must be in (0, {MAX_WIDTH}], got {expansion!r}")
-        hidden = scaled_channels(out_channels, expansion, 8)
-        self.expand = nn.Conv2d(in_channels + out_channels, hidden, 1, bias=False)
-        self.depthwise = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False)
-        self.se = (
-            SqueezeExcitation(hidden, scaled_channels(hidden, 0.25, 8), scale_activation=nn.Hardsigmoid) if se else None
-        )
-        self.project = nn.Conv2d(hidden, out_channels, 1, bias=False)
-        self.out_channels = out_channels
-        self.norms = iteration_norms(max_iterations, hidden, hidden, out_channels)
-
-    def forward(self, x0: Tensor, s: Tensor | None, i: int) -> Tensor:
-        """u_i = B_k(concat(x0, s_{i-1})) with iteration ``i``'s BatchNorms (``s=None``: s_0 = 0,
-        whose half of the expansion contributes nothing and is skipped)."""
-        bn1, bn2, bn3 = self.norms[i]
-        if s is None:
-            z = nn.functional.conv2d(x0, self.expand.weight[:, : x0.shape[1]].contiguous())
-        else:
-            z = self.expand(torch.cat([x0, s], dim=1))
-        z = nn.functional.hardswish(bn1(z))
-        z = nn.functional.hardswish(bn2(self.depthwise(z)))
-        if self.se is not None:
-            z = self.se(z)
-        return bn3(self.project(z))
-
-    step = ProcessingBlock.step
-
-    @staticmethod
-    def update(s: Tensor | None, u: Tensor) -> Tensor:
-        """s_i = s_{i-1} + u_i, the linear residual (s_0 = 0: None)."""
-        return u if s is None else s + u
-
-    def macs(self, hw: tuple[int, int], first: bool = False) -> int:
-        """MACs of one iteration at spatial size ``hw`` (depthwise: 9 per hidden pixel); ``first``:
-        from the zero state s_0."""
-        macs = sum(conv_macs(c, hw) for c in (self.expand, self.depthwise, self.project))
-        if self.se is not None:  # two 1x1 convolutions on the pooled (1x1) map
-            macs += conv_macs(self.se.fc1, (1, 1)) + conv_macs(self.se.fc2, (1, 1))
-        if first:  # the state's input channels of the expansion are skipped
-            macs -= hw[0] * hw[1] * self.expand.out_channels * self.out_channels
-        return macs
-
-
-# the processing blocks a stage can iterate: IamNN(block=...)
-BLOCKS: dict[str, type[nn.Module]] = {"bottleneck": ProcessingBlock, "inverted_residual": InvertedResidualBlock}
-
 MAX_ITERATIONS = 1024  # per stage; the deepest preset (r152) has 36
-MAX_WIDTH = 64  # 64x ResNet's widths: 131 072 channels in the last stage; wide ResNets use 2-10x
 
 
 def check_model_args(num_classes: int, in_chans: int, width: float, stem: str) -> None:
@@ -192,9 +76,128 @@ def check_model_args(num_classes: int, in_chans: int, width: float, stem: str) -
         raise ValueError(f"width must be a number in (0, {MAX_WIDTH}], got {width!r}")
 
 
+# -- who decides, iteration by iteration ------------------------------------------------------------
+class StageHalting(Protocol):
+    """What :meth:`IterativeStage.run` asks after each iteration: the halting policy's decision
+    carried out one way (a fixed schedule, a batch, one sample on the host, the C kernel)."""
+
+    x0: Tensor  # the stage input of the samples still running
+
+    def after(self, i: int, s: Tensor, u: Tensor | None, s_seen: Tensor, wants: bool, is_last: bool) -> Tensor | None:
+        """Iteration ``i`` is done (state ``s``, ``u`` for the halting unit where it ``wants`` a
+        score, ``s_seen`` as the unit reads s): score, decide, add p_i·s_i to y. Returns the state
+        of the samples that go on, or None when none does."""
+        ...
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        """y (B, C, H, W), iterations (B,) long, ponder ρ (B,), in the batch's order."""
+        ...
+
+
+class FixedSchedule:
+    """A fixed schedule: N iterations, p one-hot on the last state (y = s_N), no halting unit."""
+
+    def __init__(self, x0: Tensor, policy: HaltingPolicy, n: int, s: Tensor | None = None) -> None:
+        self.x0, self.policy, self.n, self.s = x0, policy, n, s
+
+    def after(self, i: int, s: Tensor, u: Tensor | None, s_seen: Tensor, wants: bool, is_last: bool) -> Tensor:
+        self.s = s
+        return s
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        iterations = torch.full((self.x0.shape[0],), self.n, dtype=torch.long, device=self.x0.device)
+        return self.s, iterations, self.policy.ponder(1.0, iterations.to(self.x0.dtype))
+
+
+class BatchHalting:
+    """The policy's rule over a batch, halted samples leaving it (compaction): each later iteration
+    computes on the still-active rows only, so the work done is proportional to the iterations
+    used. ``kernel``: the halting step in C (``act_kernel.KernelStep``), else the PyTorch ops."""
+
+    def __init__(self, stage: IterativeStage, x0: Tensor, policy: HaltingPolicy, kernel: Any = None) -> None:
+        self.x0, self.policy, self.kernel, self.unit = x0, policy, kernel, stage.halting_unit
+        self.batch = x0.shape[0]
+        self.rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
+        self.state = initial_states(policy, x0)  # the policy's per-sample state (ACT: Σ_{i<n} h_i)
+        self.y: Tensor | None = None  # Σ_j p_j · s_j of the active samples, up to the last halting
+        self.terms: list[tuple[Tensor, Tensor]] = []  # (p_n, s_n) since then: added to y where samples halt
+        # the halting unit's view of x0, the same at every iteration
+        self.context = self.unit.context(x0) if kernel is None else kernel.context(x0)
+        self.done: list[tuple[Tensor | None, Tensor, Tensor, Tensor]] = []  # per halting event: rows, y, N, ρ
+
+    def after(self, i: int, s: Tensor, u: Tensor | None, s_seen: Tensor, wants: bool, is_last: bool) -> Tensor | None:
+        x0, policy = self.x0, self.policy
+        if self.kernel is not None:  # u is None where the policy wants no score
+            p, halt, next_state, n_halt = self.kernel(s, u, self.context, self.state, is_last)
+        else:
+            # h_{N_k} := 1 at the last iteration (no halting call); 0 where the policy wants no score
+            h = self.unit(s_seen, self.context, u) if wants else x0.new_full((len(x0),), float(is_last))
+            p, halt, next_state = policy.step(self.state, h)
+            n_halt = len(halt) if is_last else int(halt.sum())  # the one host sync of an iteration
+        self.terms.append((p, s))
+        if n_halt == 0:
+            self.state = next_state
+            return s
+        # y = Σ_n p_n · s_n, formed only now, in one pass over the states (adding each iteration's
+        # term as it comes would read and write y every iteration)
+        y, self.terms = weighted_sum(self.y, self.terms), []
+        if n_halt == len(halt):  # everyone left stops now
+            rho = policy.ponder(p, i + 1, next_state)
+            self.done.append((self.rows, y, torch.full_like(p, i + 1, dtype=torch.long), rho))
+            return None
+        gone, keep = halt.nonzero().squeeze(1), (~halt).nonzero().squeeze(1)
+        rho = policy.ponder(p[gone], i + 1, next_state[gone])
+        rows = self.rows
+        self.done.append((gone if rows is None else rows[gone], y[gone], torch.full_like(gone, i + 1), rho))
+        # compaction: the next iteration computes on the active samples only
+        self.rows = keep if rows is None else rows[keep]
+        self.x0, self.context, self.y, self.state = x0[keep], self.context[keep], y[keep], next_state[keep]
+        return s[keep]
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        done = self.done
+        if done[0][0] is None:  # every sample halted at the same iteration: nothing to reorder
+            return done[0][1:]
+        order = torch.cat([d[0] for d in done])  # order[j] = full-batch row of the j-th finished sample
+        position = torch.empty_like(order).index_copy_(0, order, torch.arange(self.batch, device=order.device))
+        return tuple(torch.cat([d[j] for d in done])[position] for j in (1, 2, 3))  # type: ignore[return-value]
+
+
+class HostHalting:
+    """The policy's rule for a single sample at inference, decided on the host.
+
+    The batch's bookkeeping is about ten small tensor ops per iteration; with one sample they become
+    float32 scalar arithmetic (numpy, so that every decision equals the batched one bit for bit) and
+    one host read of h per iteration. (A folded model under ACT takes the C kernel's
+    ``act_kernel.KernelOneSample`` instead, when it built.)
+    """
+
+    def __init__(self, stage: IterativeStage, x0: Tensor, policy: HaltingPolicy) -> None:
+        self.x0, self.policy, self.unit = x0, policy, stage.halting_unit
+        self.context = self.unit.context(x0)
+        self.state = np.asarray(policy.initial_state, dtype=np.float32)[()]  # a float32 scalar, or a vector
+        self.y: Tensor | None = None
+        self.n, self.p = 0, np.float32(0.0)
+
+    def after(self, i: int, s: Tensor, u: Tensor | None, s_seen: Tensor, wants: bool, is_last: bool) -> Tensor | None:
+        h = np.float32(self.unit(s, self.context, u).item()) if wants else np.float32(is_last)
+        p, halt, self.state = self.policy.step(self.state, h)
+        self.y = s * float(p) if self.y is None else self.y.add_(s, alpha=float(p))  # y = Σ_n p_n · s_n
+        if halt or is_last:
+            self.n, self.p = i + 1, p
+            return None
+        return s
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        x0 = self.x0
+        rho = float(self.policy.ponder(self.p, np.float32(self.n), self.state))
+        n = torch.full((1,), self.n, dtype=torch.long, device=x0.device)
+        return self.y, n, torch.full((1,), rho, dtype=x0.dtype, device=x0.device)
+
+
 class IterativeStage(nn.Module):
-    r"""One IamNN stage: up to ``max_iterations`` applications of a shared processing block
-    (:class:`ProcessingBlock`, or another of :data:`BLOCKS`).
+    r"""One IamNN stage: up to ``max_iterations`` applications of a shared processing block (one of
+    :data:`~iamnn.models.blocks.BLOCKS`, the paper's bottleneck by default).
 
     With :math:`s_0 = 0`: :math:`u_i = B_k(\mathrm{concat}(x_0, s_{i-1}))`,
     :math:`s_i = \mathrm{ReLU}(s_{i-1} + u_i)`; the stage output is :math:`y = \sum_n p_n s_n`, with
@@ -227,110 +230,43 @@ class IterativeStage(nn.Module):
 
         ``resume``: (s_m, m), the state after m iterations of an earlier fixed schedule on the same
         x0; a fixed schedule then goes on from iteration m + 1 (a cascade's deeper pass)."""
-        if not policy.uses_scores:  # a fixed schedule: N iterations, p one-hot on the last state
-            n = policy.limit(self.max_iterations)
-            s, start = resume or (None, 0)  # s_0 = 0
-            for i in range(start, n):
-                s, _ = self.block.step(x0, s, i, need_u=False)
-            iterations = torch.full((x0.shape[0],), n, dtype=torch.long, device=x0.device)
-            return s, iterations, policy.ponder(1.0, iterations.to(x0.dtype))
-        if resume is not None:
+        if resume is not None and policy.uses_scores:
             raise ValueError("only a fixed schedule resumes a stage")
-        # a folded model under ACT at inference: each iteration's halting step is one C call
+        s, start = resume or (None, 0)  # s_0 = 0
+        return self.run(self.halting_for(x0, policy, s), policy, s, start)
+
+    def halting_for(self, x0: Tensor, policy: HaltingPolicy, s: Tensor | None = None) -> StageHalting:
+        """Who carries out ``policy``'s decisions for this call: a fixed schedule; at inference on
+        one float32 sample the C kernel (a folded model under ACT) or the host; else the batch."""
+        if not policy.uses_scores:
+            return FixedSchedule(x0, policy, policy.limit(self.max_iterations), s)
         if x0.shape[0] == 1 and not torch.is_grad_enabled() and x0.dtype == torch.float32:
-            return act_one_sample(self, x0, policy) or self._one_sample(x0, policy)
-        return self._batched(x0, policy, halting_step(self, x0, policy))
+            return one_sample_halting(self, x0, policy) or HostHalting(self, x0, policy)
+        return BatchHalting(self, x0, policy, halting_step(self, x0, policy))
 
-    def _batched(
-        self, x0: Tensor, policy: HaltingPolicy, kernel: KernelStep | None = None
+    def run(
+        self, halting: StageHalting, policy: HaltingPolicy, s: Tensor | None = None, start: int = 0
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The policy's rule over a batch, halted samples leaving it (compaction); ``kernel``: the
-        halting step in C (``act_kernel.py``), else the PyTorch ops below."""
-        batch, limit = x0.shape[0], policy.limit(self.max_iterations)
-        s: Tensor | None = None  # s_0 = 0
-        rows: Tensor | None = None  # full-batch row of each active sample; None while all are active
-        state = initial_states(policy, x0)  # the policy's per-sample state (ACT: Σ_{i<n} h_i)
-        y_active: Tensor | None = None  # Σ_j p_j · s_j of the active samples, up to the last halting
-        terms: list[tuple[Tensor, Tensor]] = []  # (p_n, s_n) since then: added to y where samples halt
-        # the halting unit's view of x0, the same at every iteration
-        context = self.halting_unit.context(x0) if kernel is None else kernel.context(x0)
-        done: list[tuple[Tensor | None, Tensor, Tensor, Tensor]] = []  # per halting event: rows, y, N, ρ
-        for i in range(limit):
-            is_last = i == limit - 1
-            wants = not is_last and policy.wants_score(i)
-            s, u, s_seen = self._iterate(x0, s, i, wants)
-            if kernel is not None:  # u is None where the policy wants no score
-                p, halt, next_state, n_halt = kernel(s, u, context, state, is_last)
-            else:
-                # h_{N_k} := 1 at the last iteration (no halting call); 0 where the policy wants no score
-                h = self.halting_unit(s_seen, context, u) if wants else x0.new_full((len(x0),), float(is_last))
-                p, halt, next_state = policy.step(state, h)
-                n_halt = len(halt) if is_last else int(halt.sum())  # the one host sync of an iteration
-            terms.append((p, s))
-            if n_halt == 0:
-                state = next_state
-                continue
-            # y = Σ_n p_n · s_n, formed only now, in one pass over the states (adding each iteration's
-            # term as it comes would read and write y every iteration)
-            y_active, terms = weighted_sum(y_active, terms), []
-            if n_halt == len(halt):  # everyone left stops now
-                rho = policy.ponder(p, i + 1, next_state)
-                done.append((rows, y_active, torch.full_like(p, i + 1, dtype=torch.long), rho))
-                break
-            gone, keep = halt.nonzero().squeeze(1), (~halt).nonzero().squeeze(1)
-            n_gone = torch.full_like(gone, i + 1)
-            rho = policy.ponder(p[gone], i + 1, next_state[gone])
-            done.append((gone if rows is None else rows[gone], y_active[gone], n_gone, rho))
-            # compaction: the next iteration computes on the active samples only
-            rows = keep if rows is None else rows[keep]
-            x0, context, s, y_active, state = x0[keep], context[keep], s[keep], y_active[keep], next_state[keep]
-        if done[0][0] is None:  # every sample halted at the same iteration: nothing to reorder
-            return done[0][1:]
-        order = torch.cat([d[0] for d in done])  # order[j] = full-batch row of the j-th finished sample
-        position = torch.empty_like(order).index_copy_(0, order, torch.arange(batch, device=order.device))
-        return tuple(torch.cat([d[j] for d in done])[position] for j in (1, 2, 3))  # type: ignore[return-value]
-
-    def _iterate(self, x0: Tensor, s: Tensor | None, i: int, wants: bool) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Iteration ``i``: (s_i, u_i or None, s_i as the halting unit reads it). In training, a
-        bottleneck's update s_i = ReLU(s_{i-1} + u_i) and the GAPs of s_i and u_i the unit reads
-        are one kernel pass (:func:`~iamnn.models.act_kernel.pooled_relu_update`), and u_i, s_i
-        are then given to the unit as their GAPs."""
-        if wants and type(self.block) is ProcessingBlock and torch.is_grad_enabled():
-            u = self.block(x0, s, i)
-            pooled = pooled_relu_update(s, u)
-            if pooled is not None:
-                s, s_gap, u_gap = pooled
-                return s, u_gap, s_gap
-            s = self.block.update(s, u)
-            return s, u, s
-        s, u = self.block.step(x0, s, i, need_u=wants)
-        return s, u, s
-
-    def _one_sample(self, x0: Tensor, policy: HaltingPolicy) -> tuple[Tensor, Tensor, Tensor]:
-        """The policy's rule for a single sample at inference, decided on the host.
-
-        The batched loop needs about ten small tensor ops per iteration for its bookkeeping; with
-        one sample they become float32 scalar arithmetic (numpy, so that every decision equals the
-        batched one bit for bit) and one host read of h per iteration. (A folded model under ACT
-        takes ``act_kernel.act_one_sample`` instead, one C call an iteration, when it built.)
-        """
-        s: Tensor | None = None
-        y: Tensor | None = None
-        context = self.halting_unit.context(x0)
-        state = np.asarray(policy.initial_state, dtype=np.float32)[()]  # a float32 scalar, or a vector
+        """The stage's iterations, written once: every path runs this loop (fixed schedules,
+        batches, one sample, the C kernel, the ONNX export's fixed schedules), ``halting`` deciding
+        after each iteration (:class:`StageHalting`). From state ``s`` after ``start`` iterations."""
         limit = policy.limit(self.max_iterations)
-        for i in range(limit):
+        step = self.block.step
+        pooled_step = self.block.pooled_step if torch.is_grad_enabled() else None
+        for i in range(start, limit):
             is_last = i == limit - 1
-            wants = not is_last and policy.wants_score(i)
-            s, u = self.block.step(x0, s, i, need_u=wants)
-            h = np.float32(self.halting_unit(s, context, u).item()) if wants else np.float32(is_last)
-            p, halt, state = policy.step(state, h)
-            y = s * float(p) if y is None else y.add_(s, alpha=float(p))  # y = Σ_n p_n · s_n
-            if halt or is_last:
-                n = torch.full((1,), i + 1, dtype=torch.long, device=x0.device)
-                rho = float(policy.ponder(p, np.float32(i + 1), state))
-                return y, n, torch.full((1,), rho, dtype=x0.dtype, device=x0.device)
-        raise AssertionError("unreachable: the last iteration always halts")
+            wants = not is_last and policy.wants_score(i)  # h_{N_k} := 1 needs no halting call
+            fused = pooled_step(halting.x0, s, i) if wants and pooled_step is not None else None
+            if fused is None:  # u_i = B_k(concat(x0, s_{i-1})), s_i = update(s_{i-1}, u_i)
+                s, u = step(halting.x0, s, i, need_u=wants)
+                s_seen = s
+            else:  # training: s_i and the GAPs of s_i and u_i the halting unit reads, in one pass
+                s, s_seen, u = fused
+            # h_i, the policy's (p_i, halt), y += p_i·s_i; the state of the samples that go on
+            s = halting.after(i, s, u, s_seen, wants, is_last)
+            if s is None:
+                break
+        return halting.result()
 
     def iteration_macs(self, hw: tuple[int, int]) -> tuple[int, int, int]:
         """MACs of the first iteration (from s_0 = 0), of each later one, and of one halting call."""
@@ -363,11 +299,6 @@ def check_input(x: Tensor, in_chans: int) -> None:
         raise ValueError("input contains NaN or Inf values")
 
 
-def scaled_channels(channels: int, width: float, divisor: int = 1) -> int:
-    """``channels · width`` rounded to a multiple of ``divisor`` (stage widths: 4, for C/4 inside)."""
-    return max(divisor, int(round(channels * width / divisor)) * divisor)
-
-
 class IamNN(nn.Module):
     r"""IamNN (Leroux et al., 2018): stem → 4 iterative stages (2x2 max-pool between) → GAP → FC.
 
@@ -386,10 +317,11 @@ class IamNN(nn.Module):
         channels: explicit stage output widths (overrides ``width`` for the stages; the stem
             keeps 64·width), e.g. ``(256, 512, 1024, 1024)`` for a narrower last stage.
         stem_channels: explicit stem width (default 64·width).
-        block: the processing block each stage iterates: ``"bottleneck"`` (the paper's) or
-            ``"inverted_residual"`` (depthwise-separable, MobileNetV3-style; the paper's future work).
-        expansion: the inverted residual's expansion ratio.
-        se: whether the inverted residual has a squeeze-excitation.
+        block: the processing block each stage iterates, a name of :data:`~iamnn.models.blocks.BLOCKS`:
+            ``"bottleneck"`` (the paper's), ``"inverted_residual"`` (depthwise-separable,
+            MobileNetV3-style; the paper's future work), or one you registered.
+        expansion: the inverted residual's expansion ratio (passed to a block that takes it).
+        se: whether the inverted residual has a squeeze-excitation (passed to a block that takes it).
     """
 
     def __init__(
@@ -414,7 +346,6 @@ class IamNN(nn.Module):
         check_model_args(num_classes, in_chans, width, stem)
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {', '.join(map(repr, BLOCKS))}, got {block!r}")
-        block_kwargs = {"expansion": expansion, "se": se} if block == "inverted_residual" else {}
         # bounded: each iteration has BatchNorms of its own, so 10^12 would exhaust memory building them
         if not iterations or not all(isinstance(n, int) and 1 <= n <= MAX_ITERATIONS for n in iterations):
             raise ValueError(f"iterations must give an int in 1..{MAX_ITERATIONS} per stage, got {iterations!r}")
@@ -425,34 +356,37 @@ class IamNN(nn.Module):
         self.epsilon = epsilon
         self.inference_chunk = 128  # eval batches larger than this run in chunks (0: never)
         self.memory_format: torch.memory_format | None = None  # if set, inputs are converted to it
-
         if stem_channels is None:
             stem_channels = scaled_channels(64, width)
-        elif not isinstance(stem_channels, int) or not 1 <= stem_channels <= 64 * 2**12:
-            raise ValueError(f"stem_channels must be an int in 1..{64 * 2**12}, got {stem_channels!r}")
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_chans, stem_channels, 7, stride=2, padding=3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
-        else:
-            self.conv1 = nn.Conv2d(in_chans, stem_channels, 3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
-        self.bn1 = nn.BatchNorm2d(stem_channels)
-        self.pool = nn.MaxPool2d(2, stride=2)  # between stages, instead of strided convolutions
-
+        self._build_stem(stem, in_chans, stem_channels)
         if channels is None:
             channels = tuple(scaled_channels(256 * 2**k, width, 4) for k in range(len(iterations)))
         if len(channels) != len(iterations) or any(not isinstance(c, int) or c < 4 or c % 4 for c in channels):
             raise ValueError(f"channels must give one multiple of 4 per stage, got {channels}")
         channels = [stem_channels, *channels]
         self.block_type = block
+        options = block_options(BLOCKS[block], {"expansion": expansion, "se": se})  # those the block takes
         self.stages = nn.ModuleList(
-            IterativeStage(channels[k], channels[k + 1], n, halting_hidden, halting_bias, block, **block_kwargs)
+            IterativeStage(channels[k], channels[k + 1], n, halting_hidden, halting_bias, block, **options)
             for k, n in enumerate(self.max_iterations)
         )
         self.num_features = channels[-1]
         self.fc = nn.Linear(self.num_features, num_classes)
         self.halting = halting
         self._init_weights(zero_init_residual)
+
+    def _build_stem(self, stem: Stem, in_chans: int, channels: int) -> None:
+        """The stem (conv → BN → ReLU → max-pool for ``imagenet``), and 2x2 max-pooling between stages."""
+        if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 64 * 2**12:
+            raise ValueError(f"stem_channels must be an int in 1..{64 * 2**12}, got {channels!r}")
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, channels, 7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, channels, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.pool = nn.MaxPool2d(2, stride=2)  # between stages, instead of strided convolutions
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         init_resnet_style(self)

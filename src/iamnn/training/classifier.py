@@ -22,6 +22,21 @@ from ..models.halting import HaltingPolicy, network_policy, ponder_loss
 from ..weights import check_fits, config_from_hparams, create_model, data_config, load_weights
 
 
+def _check_depth_training(
+    model: nn.Module, anytime: bool, freeze_backbone: bool, depth_supervision: Sequence[int]
+) -> None:
+    """What trains an IamNN's depths, refused in one line where it cannot apply."""
+    if isinstance(model, IamNN) and network_policy(model.halting) is not None:
+        raise ValueError(f"halting {model.halting.spec!r} is a cascade, an inference regime: train its passes' "
+                         "regime (halting: 1), then choose its threshold: iamnn calibrate --halting")  # fmt: skip
+    if (anytime or freeze_backbone or depth_supervision) and not isinstance(model, IamNN):
+        raise ValueError(f"anytime, depth_supervision and freeze_backbone train an IamNN's depths, "
+                         f"not a {type(model).__name__}")  # fmt: skip
+    if depth_supervision and (anytime or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
+                                             for k in depth_supervision)):  # fmt: skip
+        raise ValueError(f"depth_supervision takes ints k >= 1 and not with anytime, got {list(depth_supervision)!r}")
+
+
 def _check_training_args(**values: float) -> None:
     """Training hyper-parameters out of range fail before anything is built, with the range."""
     ranges = {"lr": (0, None, "> 0"), "gamma": (0, None, "> 0"), "momentum": (0, 1, "in [0, 1)"),
@@ -119,19 +134,9 @@ class Classifier(L.LightningModule):
         config = config_from_hparams(dict(self.hparams))
         self.model = create_model(config["model"], **config["kwargs"])
         self.adaptive = isinstance(self.model, IamNN)
-        if self.adaptive and network_policy(self.model.halting) is not None:
-            raise ValueError(f"halting {halting!r} is a cascade, an inference regime: train its passes' "
-                             "regime (halting: 1), then choose its threshold: iamnn calibrate --halting")  # fmt: skip
+        _check_depth_training(self.model, anytime, freeze_backbone, depth_supervision)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        if (anytime or freeze_backbone or depth_supervision) and not self.adaptive:
-            raise ValueError(f"anytime, depth_supervision and freeze_backbone train an IamNN's depths, "
-                             f"not a {type(self.model).__name__}")  # fmt: skip
-        if depth_supervision and (anytime or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
-                                                 for k in depth_supervision)):  # fmt: skip
-            raise ValueError(
-                f"depth_supervision takes ints k >= 1 and not with anytime, got {list(depth_supervision)!r}"
-            )
         if init_weights:
             load_weights(self.model, init_weights)
         if freeze_backbone:
