@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import iamnn
@@ -39,3 +40,17 @@ def varied_model(name: str = "iamnn_r34", batch: int = 12) -> tuple[torch.Tensor
                 m.running_var.uniform_(0.5, 2.0)
                 m.bias.uniform_(-0.2, 0.2)
     return x, model
+
+
+def run_iamnn(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``iamnn ARGS`` in this process: (exit status, stdout, stderr)."""
+    from iamnn.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_iamnn
 from PIL import Image
 
 import iamnn
-from iamnn.cli import main
 from iamnn.cost import measure_macs
 from iamnn.headroom import Opinion, Split, cascade_points, headroom, thresholds_for_budget
 from iamnn.models import Cascade, Pass
@@ -142,41 +142,29 @@ def run(tmp_path_factory: pytest.TempPathFactory, fit_digits) -> Path:  # noqa: 
                       "--trainer.max_epochs=2")  # fmt: skip
 
 
-def _iamnn(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """``iamnn ARGS`` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main(list(args))
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def test_calibrate_headroom_evaluate_and_export_take_a_cascade(run: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     weights = tmp_path / "c.safetensors"
-    status, out, err = _iamnn(capsys, "calibrate", "--ckpt", str(run), "--halting", "cascade:1,flip-1",
+    status, out, err = run_iamnn(capsys, "calibrate", "--ckpt", str(run), "--halting", "cascade:1,flip-1",
                               "--budget-macs", "1.5M", "--save", str(weights), "--json")  # fmt: skip
     assert status == 0, err
     (row,) = json.loads(out)["budgets"]
     assert row["val_macs_mean"] <= 1.5e6 and row["halting"].startswith("cascade:1,flip-1@")
     assert load_model(weights).halting.spec == row["halting"]
 
-    status, out, err = _iamnn(capsys, "headroom", f"{run}:1,flip-1", "--json")
+    status, out, err = run_iamnn(capsys, "headroom", f"{run}:1,flip-1", "--json")
     assert status == 0, err
     result = json.loads(out)
     assert [o["name"] for o in result["opinions"]] == ["k1:1", "k1:flip-1"]
     assert result["oracle_top1"] >= max(o["top1"] for o in result["opinions"])
 
-    status, out, err = _iamnn(capsys, "evaluate", "--weights", str(weights), "--json")  # the saved cascade runs
+    status, out, err = run_iamnn(capsys, "evaluate", "--weights", str(weights), "--json")  # the saved cascade runs
     assert status == 0, err
     summary = json.loads(out)
     assert summary["macs_min"] < summary["macs_max"]
 
-    status, out, err = _iamnn(capsys, "export", "--weights", str(weights), "-o", str(tmp_path / "c.onnx"))
+    status, out, err = run_iamnn(capsys, "export", "--weights", str(weights), "-o", str(tmp_path / "c.onnx"))
     assert status == 2 and len(err.strip().splitlines()) == 1 and "cascade is not exported" in err
-    status, out, err = _iamnn(capsys, "calibrate", "--ckpt", str(run), "--halting", "act", "--budget-macs", "1M")
+    status, out, err = run_iamnn(capsys, "calibrate", "--ckpt", str(run), "--halting", "act", "--budget-macs", "1M")
     assert status == 2 and "cascade" in err and len(err.strip().splitlines()) == 1
 
 
@@ -187,18 +175,18 @@ def test_a_cascade_run_folder_reports_frontiers_and_explores(run: Path, tmp_path
     cascade_run.mkdir()
     for name in ("config.yaml", "hparams.yaml"):
         (cascade_run / name).write_bytes((run / name).read_bytes())
-    status, _, err = _iamnn(capsys, "calibrate", "--ckpt", str(run), "--halting", "cascade:1,flip-1",
+    status, _, err = run_iamnn(capsys, "calibrate", "--ckpt", str(run), "--halting", "cascade:1,flip-1",
                             "--budget-macs", "1.3M", "--save", str(cascade_run / "model.safetensors"))  # fmt: skip
     assert status == 0, err
 
-    status, out, err = _iamnn(capsys, "frontier", str(cascade_run), "-o", str(tmp_path / "f"), "--budgets", "2",
+    status, out, err = run_iamnn(capsys, "frontier", str(cascade_run), "-o", str(tmp_path / "f"), "--budgets", "2",
                               "--json")  # fmt: skip
     assert status == 0, err
     records = json.loads(out)["models"]
     assert [r["kind"] for r in records] == ["adaptive"] * 3 and records[0]["macs_min"] < records[0]["macs_max"]
     assert all(r["val_macs_mean"] <= r["budget_macs"] for r in records[1:])
 
-    status, out, err = _iamnn(capsys, "report", str(cascade_run), "-o", str(tmp_path / "r"), "--json")
+    status, out, err = run_iamnn(capsys, "report", str(cascade_run), "-o", str(tmp_path / "r"), "--json")
     assert status == 0, err
     assert {"cascade_iterations.png", "cascade_easy_hard.png"} <= set(json.loads(out)["figures"])
 

@@ -9,13 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
+from helpers import run_iamnn
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 import iamnn
-from iamnn.cli import main
 from iamnn.cost import conv_macs
 from iamnn.models.blocks import (
     BLOCKS,
@@ -80,17 +79,6 @@ class FoldedPlainBlock(FoldedBlock):
     macs = PlainBlock.macs
 
 
-def _iamnn(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def test_the_toy_block_builds_folds_and_counts_its_macs() -> None:
     assert BLOCKS["plain_test"] is PlainBlock
     model = iamnn.create_model("iamnn_r18", stem="cifar", num_classes=5, width=1 / 16, block="plain_test").eval()
@@ -111,13 +99,13 @@ def test_a_registered_block_trains_reports_exports_and_benches(fit_digits, tmp_p
     model = iamnn.load_model(weights)
     assert all(type(stage.block) is PlainBlock for stage in model.stages)
 
-    status, _, err = _iamnn(capsys, "report", str(run), "-o", str(tmp_path / "report"), "--quick-sweep",
+    status, _, err = run_iamnn(capsys, "report", str(run), "-o", str(tmp_path / "report"), "--quick-sweep",
                             "--test-subset", "64")  # fmt: skip
     assert status == 0, err
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "report.json").is_file()
 
     onnx = tmp_path / "plain.onnx"
-    status, _, err = _iamnn(capsys, "export", "--weights", str(weights), "-o", str(onnx))
+    status, _, err = run_iamnn(capsys, "export", "--weights", str(weights), "-o", str(onnx))
     assert status == 0, err
     from iamnn.export import OnnxModel
 
@@ -129,7 +117,7 @@ def test_a_registered_block_trains_reports_exports_and_benches(fit_digits, tmp_p
     np.testing.assert_allclose(onnx_logits, logits.numpy(), atol=1e-4, rtol=1e-4)
 
     out = tmp_path / "bench.json"
-    status, _, err = _iamnn(capsys, "bench", "--weights", str(weights), "--smoke", "--input-size", "16",
+    status, _, err = run_iamnn(capsys, "bench", "--weights", str(weights), "--smoke", "--input-size", "16",
                             "--batch-sizes", "1,2", "--threads", "1", "--json", str(out))  # fmt: skip
     assert status == 0, err
     result = json.loads(out.read_text())

@@ -53,7 +53,7 @@ class Command:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
-REGIME = "a regime instead of the model's own: act, full, k, or cascade:1,flip-1@0.72"
+REGIME = "a halting policy instead of the model's own: act, full, pondernet, k, or cascade:1,flip-1@0.72"
 OUTPUT_FORCE = arg("--force", action="store_true", help="overwrite an existing output file")
 RUNS = "run directories written by `iamnn fit` (runs/<name>)"
 
@@ -88,7 +88,7 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(
         "trained weights on their dataset's test set: the README's Table-1 row", "results:evaluate",
         (arg("--recalibrate", action="store_true",
-             help="first re-estimate the BatchNorm statistics for that regime on training images"),),
+             help="first re-estimate the BatchNorm statistics for that halting policy on training images"),),
         source="required", halting=Halting(REGIME), json="", test_subset=True,
         examples=("iamnn evaluate --pretrained                              # the shipped model's Table-1 row",
                   "iamnn evaluate --weights runs/demo/model.safetensors --halting 2 --recalibrate"),
@@ -97,7 +97,7 @@ COMMANDS: dict[str, Command] = {
         "Table-1-style table and figures for trained runs", "results:report",
         (arg("runs", nargs="+", help=RUNS),
          arg("-o", "--output", default="report", help="output folder (default: report)"),
-         arg("--no-sweep", action="store_true", help="skip the accuracy-vs-MACs sweep of inference regimes"),
+         arg("--no-sweep", action="store_true", help="skip the accuracy-vs-MACs sweep of halting policies"),
          arg("--quick-sweep", action="store_true", help="8 sweep points instead of ~20")),
         json="", test_subset=True,
         examples=("iamnn report runs/fmnist_iamnn_r18 runs/fmnist_resnet18 -o report/fmnist",
@@ -136,9 +136,10 @@ COMMANDS: dict[str, Command] = {
         examples=("iamnn headroom runs/study/fixed_k1:1,flip-1 runs/study/fixed_k2:2",),
     ),
     "recalibrate": Command(
-        "re-estimate BatchNorm statistics for an inference regime (fixed k…)", "results:recalibrate",
+        "re-estimate BatchNorm statistics for a halting policy (fixed k…)", "results:recalibrate",
         (arg("-o", "--output", default=None, help="write the re-estimated model as safetensors here"), OUTPUT_FORCE),
-        source="run", halting=Halting("the regime: act, full or a fixed number of iterations k", required=True),
+        source="run",
+        halting=Halting("the halting policy: act, full, pondernet or a fixed number of iterations k", required=True),
         json="", test_subset=True,
         examples=("iamnn recalibrate --ckpt runs/frontier/fixed_k1 --halting 2 -o k2.safetensors",
                   "iamnn recalibrate --pretrained --halting full -o full.safetensors"),
