@@ -104,3 +104,20 @@ def test_report_and_frontier_break_a_cluttered_run_down_by_level(tmp_path: Path,
     report = build_report([run], tmp_path / "report", sweep=False)
     assert report["models"][0]["by_level"] == record["by_level"]
     assert "by distractors" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_the_shipped_cluttered_model_loads_in_its_regime_and_opens_in_the_app() -> None:
+    import iamnn
+    from iamnn.app import Explorer
+    from iamnn.models import Cascade, Pass
+
+    model = iamnn.create_model("iamnn_r34_cluttered_fmnist", pretrained=True)
+    assert isinstance(model.halting, Cascade) and model.halting.passes == (Pass(2), Pass(2, "flip"))
+    assert model.data_config["dataset"] == "ClutteredFashionMNISTDataModule"
+    assert tuple(model.data_config["input_size"]) == (40, 40)
+    with torch.no_grad():
+        _, stats = model(torch.randn(4, 1, 40, 40), return_stats=True)
+    k2 = model.max_macs((40, 40), 2)
+    assert set(stats.macs.tolist()) <= {k2, 2 * k2}  # one pass, or both
+    explorer = Explorer(model, test_images=0)  # `iamnn app --model iamnn_r34_cluttered_fmnist`
+    assert explorer.cascade is not None

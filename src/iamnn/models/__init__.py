@@ -185,3 +185,16 @@ def iamnn_r34_fmnist_cascade(**kwargs) -> IamNN:
 
 
 register_pretrained("iamnn_r34_fmnist_cascade", "iamnn_r34_fmnist_cascade.safetensors")
+
+
+@register_model
+def iamnn_r34_cluttered_fmnist(**kwargs) -> IamNN:
+    """IamNN-r34 at width 1/8 for Cluttered Fashion-MNIST (1x40x40, 10 classes; ``iamnn.data.
+    ClutteredFashionMNISTDataModule``), trained at two iterations per stage
+    (``recipes/cluttered_fashion_mnist/study/fixed_k2.yaml``), whose regime is a confidence cascade:
+    every image runs once, the least sure also mirrored (``cascade:2,flip-2@t``, t chosen on the
+    validation split for 16 M MACs); ``pretrained=True`` loads its weights."""
+    return _iamnn("r34", **{"stem": "cifar", "in_chans": 1, "num_classes": 10, "width": 0.125, **kwargs})
+
+
+register_pretrained("iamnn_r34_cluttered_fmnist", "iamnn_r34_cluttered_fmnist.safetensors")
