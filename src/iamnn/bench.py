@@ -51,7 +51,9 @@ class BenchConfig:
 
 
 def _preset(model: IamNN) -> str:
-    return model.model_config["model"].removeprefix("iamnn_").removeprefix("mobile_").split("_")[0]
+    if model.preset is None:
+        raise BenchError("bench compares a registered IamNN preset (iamnn_r18 … iamnn_r152) with its ResNet")
+    return model.preset
 
 
 def baseline_name(model: IamNN) -> str:

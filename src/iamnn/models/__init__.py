@@ -56,7 +56,14 @@ __all__ = [
 
 
 def _iamnn(preset: str, **kwargs) -> IamNN:
-    return IamNN(PRESETS[preset], **kwargs)
+    return _with_preset(IamNN(PRESETS[preset], **kwargs), preset)
+
+
+def _with_preset(model: IamNN, preset: str) -> IamNN:
+    """``model`` with the preset it was built from (``"r34"``), which names its ResNet baseline
+    (r34 and r50 share their iterations per stage, so the structure cannot tell them apart)."""
+    model.preset = preset
+    return model
 
 
 # IamNN-Mobile at width 1: stem and stage output widths, MobileNet-like (16 · 2^k), and the
@@ -71,7 +78,7 @@ def _iamnn_mobile(preset: str, width: float = 1.0, **kwargs) -> IamNN:
         "channels": tuple(scaled_channels(c, width, 8) for c in MOBILE["channels"]),
         "expansion": MOBILE["expansion"],
     }
-    return IamNN(PRESETS[preset], width=width, block="inverted_residual", **{**scaled, **kwargs})
+    return _with_preset(IamNN(PRESETS[preset], width=width, block="inverted_residual", **{**scaled, **kwargs}), preset)
 
 
 def _resnet(name: str, **kwargs) -> ResNet:

@@ -354,6 +354,7 @@ class IamNN(nn.Module):
         self.max_iterations = tuple(int(n) for n in iterations)
         self.num_classes, self.in_chans, self.stem_type, self.width = num_classes, in_chans, stem, width
         self.epsilon = epsilon
+        self.preset: str | None = None  # the registered preset it was built from ("r34"), set by its builder
         self.inference_chunk = 128  # eval batches larger than this run in chunks (0: never)
         self.memory_format: torch.memory_format | None = None  # if set, inputs are converted to it
         if stem_channels is None:
