@@ -264,7 +264,7 @@ def _packed(stage: nn.Module) -> PackedUnit | None:
 
 class KernelStep:
     """ACT's halting step for one stage through the kernel: :meth:`context` once, then one call per
-    iteration (see ``iamnn.BatchHalting``, which forms y with :func:`weighted_sum`)."""
+    iteration (see ``BatchHalting`` in ``iamnn.py``, which forms y with :func:`weighted_sum`)."""
 
     def __init__(self, lib: ctypes.CDLL, packed: PackedUnit, threshold: float) -> None:
         self.lib, self.packed, self.threshold = lib, packed, threshold
