@@ -40,10 +40,11 @@ NEEDS_MORE = {
     "--trainer.devices 4": "4 devices and CIFAR-10 in ~/data",
     "--trainer.devices 8": "8 GPUs",
 }
-# README lines only parsed, not run: what they do is run by the test named (here it would add ~35 s)
+# README lines only parsed, not run: what they do is run by the test named (here they would add ~45 s)
 PARSED_ONLY = {
     "--runtime onnxruntime": "tests/test_bench.py::test_bench_onnxruntime_smoke",
     "iamnn app": "tests/test_app.py (a server that runs until stopped, driven by a browser)",
+    "export --pretrained --format onnx -o shipped.onnx": "docs/deploy.md's export of the same model, run below",
 }
 # per command: flags that keep it small (appended)
 SMALL = {
