@@ -56,12 +56,9 @@ __all__ = [
 
 
 def _iamnn(preset: str, **kwargs) -> IamNN:
-    return _with_preset(IamNN(PRESETS[preset], **kwargs), preset)
-
-
-def _with_preset(model: IamNN, preset: str) -> IamNN:
-    """``model`` with the preset it was built from (``"r34"``), which names its ResNet baseline
+    """An IamNN of ``preset`` (``"r34"``), which it keeps: the preset names its ResNet baseline
     (r34 and r50 share their iterations per stage, so the structure cannot tell them apart)."""
+    model = IamNN(PRESETS[preset], **kwargs)
     model.preset = preset
     return model
 
@@ -78,7 +75,7 @@ def _iamnn_mobile(preset: str, width: float = 1.0, **kwargs) -> IamNN:
         "channels": tuple(scaled_channels(c, width, 8) for c in MOBILE["channels"]),
         "expansion": MOBILE["expansion"],
     }
-    return _with_preset(IamNN(PRESETS[preset], width=width, block="inverted_residual", **{**scaled, **kwargs}), preset)
+    return _iamnn(preset, width=width, block="inverted_residual", **{**scaled, **kwargs})
 
 
 def _resnet(name: str, **kwargs) -> ResNet:
